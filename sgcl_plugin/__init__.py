@@ -1,0 +1,24 @@
+"""sgcl_plugin: Saliency Guided Contrastive Learning (Chen et al., AAAI 2023) for your SSL loop."""
+
+from sgcl_plugin.affinity import cosine_affinity, tokens_to_map
+from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.ncut import fiedler_vector
+from sgcl_plugin.refresh import SaliencyInput, refresh_bank
+from sgcl_plugin.regions import Regions, extract_regions
+from sgcl_plugin.saliency import SaliencyGenerator, SaliencyResult, orient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Regions",
+    "SaliencyBank",
+    "SaliencyGenerator",
+    "SaliencyInput",
+    "SaliencyResult",
+    "cosine_affinity",
+    "extract_regions",
+    "fiedler_vector",
+    "orient",
+    "refresh_bank",
+    "tokens_to_map",
+]

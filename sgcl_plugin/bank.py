@@ -1,0 +1,172 @@
+"""Per-image saliency regions of a whole dataset, shared with DataLoader worker processes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Tuple, Union
+
+import torch
+from torch import Tensor
+
+
+class SaliencyBank:
+    """A fixed-size table of the scored regions of every image of a dataset.
+
+    Row ``i`` holds up to ``max_regions`` boxes (normalized xyxy), their scores (descending) and
+    their count for dataset index ``i``; a count of 0 means "no saliency yet" (before the first
+    refresh), and crop transforms then fall back to plain random crops.
+
+    The tables live in shared memory and are updated **in place**, so DataLoader workers see every
+    refresh, ``persistent_workers=True`` included, whether they were forked or spawned (torch
+    passes shared tensors to workers by handle). A version counter (a sequence lock: odd while a
+    refresh writes) lets readers detect and retry a read that overlapped a write, and tells any
+    consumer which refresh it is looking at.
+
+    Args:
+        num_images: Dataset size.
+        max_regions: Regions kept per image (the top-scored ones); pads the table so that results
+            of different images can be gathered across processes.
+
+    Examples:
+        >>> bank = SaliencyBank(len(dataset), max_regions=16)
+        >>> SaliencyGenerator().refresh(backbone, dataset, bank)  # fills it, in place
+        >>> boxes, scores = bank[17]  # (K, 4), (K,)
+        >>> torch.save({"model": model.state_dict(), "bank": bank.state_dict()}, "ckpt.pt")
+    """
+
+    def __init__(self, num_images: int, max_regions: int = 16) -> None:
+        if num_images < 1:
+            raise ValueError(f"A SaliencyBank needs at least one image, got num_images={num_images}.")
+        if max_regions < 1:
+            raise ValueError(f"max_regions must be >= 1, got {max_regions}.")
+        self.num_images = int(num_images)
+        self.max_regions = int(max_regions)
+        self.boxes = torch.zeros(num_images, max_regions, 4).share_memory_()
+        self.scores = torch.zeros(num_images, max_regions).share_memory_()
+        self.counts = torch.zeros(num_images, dtype=torch.int64).share_memory_()
+        self.fallback = torch.zeros(num_images, dtype=torch.bool).share_memory_()
+        # [0]: sequence counter (2 x number of completed writes), [1]: refreshes completed.
+        self._seq = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __repr__(self) -> str:
+        return f"SaliencyBank(num_images={self.num_images}, max_regions={self.max_regions}, version={self.version})"
+
+    @property
+    def version(self) -> int:
+        """Number of completed writes (refreshes or loads); 0 before the first one."""
+        return int(self._seq[0]) // 2
+
+    @property
+    def refreshes(self) -> int:
+        """Number of completed refreshes (loads restore the count they saved)."""
+        return int(self._seq[1])
+
+    def _check_index(self, index: int) -> int:
+        if not -self.num_images <= index < self.num_images:
+            raise IndexError(f"Index {index} is outside the SaliencyBank of {self.num_images} images.")
+        return index % self.num_images
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, Tensor]:
+        """The regions of image ``index``: boxes (K, 4) and scores (K,); K = 0 before a refresh."""
+        index = self._check_index(int(index))
+        while True:
+            before = int(self._seq[0])
+            if before % 2 == 0:
+                k = int(self.counts[index])
+                boxes = self.boxes[index, :k].clone()
+                scores = self.scores[index, :k].clone()
+                if int(self._seq[0]) == before:
+                    return boxes, scores
+            time.sleep(1e-4)
+
+    def write(self, boxes: Tensor, scores: Tensor, counts: Tensor, fallback: Tensor, index: Tensor = None) -> None:
+        """Writes rows in place (all rows, or those at ``index``), bumping the version.
+
+        Args:
+            boxes: (n, max_regions, 4) normalized xyxy.
+            scores: (n, max_regions), zero-padded past each count.
+            counts: (n,) regions per row.
+            fallback: (n,) whether the row is the whole-image fallback.
+            index: (n,) dataset indices; all rows in order when omitted.
+        """
+        n = self.num_images if index is None else int(index.numel())
+        expect = {"boxes": (n, self.max_regions, 4), "scores": (n, self.max_regions), "counts": (n,), "fallback": (n,)}
+        for name, value in (("boxes", boxes), ("scores", scores), ("counts", counts), ("fallback", fallback)):
+            if tuple(value.shape) != expect[name]:
+                raise ValueError(f"{name} must have shape {expect[name]}, got {tuple(value.shape)}.")
+        if index is not None:
+            index = index.to("cpu", torch.int64)
+            if index.numel() and (index.min() < 0 or index.max() >= self.num_images):
+                raise IndexError(f"write index outside [0, {self.num_images}).")
+        if not torch.isfinite(scores).all() or (scores < 0).any() or (scores > 1).any():
+            raise ValueError("scores must be finite and in [0, 1].")
+        if (boxes < 0).any() or (boxes > 1).any():
+            raise ValueError("boxes must be normalized xyxy coordinates in [0, 1].")
+        if (counts < 0).any() or (counts > self.max_regions).any():
+            raise ValueError(f"counts must be in [0, {self.max_regions}].")
+        sel = slice(None) if index is None else index
+        self._seq[0] += 1  # odd: a write is under way
+        try:
+            self.boxes[sel] = boxes.to("cpu", torch.float32)
+            self.scores[sel] = scores.to("cpu", torch.float32)
+            self.counts[sel] = counts.to("cpu", torch.int64)
+            self.fallback[sel] = fallback.to("cpu", torch.bool)
+        finally:
+            self._seq[0] += 1
+
+    def mark_refreshed(self) -> None:
+        """Counts one completed refresh (called by ``refresh_bank`` after its writes)."""
+        self._seq[1] += 1
+
+    def stats(self) -> Dict[str, float]:
+        """Summary of the current table: refreshes, regions per image, fallbacks, mean score."""
+        filled = self.counts > 0
+        n = int(filled.sum())
+        valid = torch.arange(self.max_regions)[None, :] < self.counts[:, None]
+        return {
+            "refreshes": float(self.refreshes),
+            "images_with_regions": float(n),
+            "regions_per_image": float(self.counts[filled].float().mean()) if n else 0.0,
+            "fallback_images": float(self.fallback.sum()),
+            "mean_score": float(self.scores[valid].mean()) if n else 0.0,
+            "mean_top_box_area": float(
+                ((self.boxes[filled, 0, 2] - self.boxes[filled, 0, 0]) * (self.boxes[filled, 0, 3] - self.boxes[filled, 0, 1])).mean()
+            )
+            if n
+            else 0.0,
+        }
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to restore the bank from a checkpoint (CPU tensors, copied)."""
+        return {
+            "num_images": self.num_images,
+            "max_regions": self.max_regions,
+            "boxes": self.boxes.clone(),
+            "scores": self.scores.clone(),
+            "counts": self.counts.clone(),
+            "fallback": self.fallback.clone(),
+            "refreshes": self.refreshes,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restores a :meth:`state_dict` in place (workers already running see it)."""
+        if (state["num_images"], state["max_regions"]) != (self.num_images, self.max_regions):
+            raise ValueError(
+                f"Checkpointed bank has {state['num_images']} images x {state['max_regions']} regions, "
+                f"this one {self.num_images} x {self.max_regions}."
+            )
+        self.write(state["boxes"], state["scores"], state["counts"], state["fallback"])
+        self._seq[1] = int(state["refreshes"])
+
+    def save(self, path: Union[str, "torch.serialization.FILE_LIKE"]) -> None:
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: Union[str, "torch.serialization.FILE_LIKE"]) -> "SaliencyBank":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        bank = cls(state["num_images"], state["max_regions"])
+        bank.load_state_dict(state)
+        return bank

@@ -1,0 +1,268 @@
+"""Normalized cut: the Fiedler vector of a batch of affinity graphs.
+
+For a symmetric non-negative affinity ``W`` with degrees ``D = diag(W 1)``, the normalized cut
+relaxation (Shi & Malik, 2000; SGCL Eq. 2-3) is the generalized eigenproblem
+``(D - W) y = lambda D y``. Its smallest eigenvalue is 0 with the constant vector; the bipartition
+is read from the eigenvector of the **second smallest** eigenvalue, the Fiedler vector.
+
+All solvers work on the equivalent symmetric matrix ``M = D^-1/2 W D^-1/2``: ``M z = mu z`` with
+``mu = 1 - lambda`` and ``y = D^-1/2 z``. The top eigenvector of ``M`` is known in closed form,
+``D^1/2 1`` (normalized), so the iterative solver deflates it exactly and looks for the largest
+eigenvector of what is left.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+Solver = Literal["auto", "eigh", "krylov", "cupy"]
+SOLVERS = ("auto", "eigh", "krylov", "cupy")
+
+# Below this many nodes a dense batched eigh is as fast as anything iterative (measured on the
+# project's 2-core CPU, see docs/benchmarks.md) and the Krylov space would be most of R^N anyway.
+DENSE_MAX_NODES = 96
+
+
+def check_affinity(W: Tensor, atol: Optional[float] = None) -> None:
+    """Raises a clear error unless ``W`` is a batch of finite, symmetric, non-negative matrices.
+
+    Args:
+        W: Tensor of shape (B, N, N).
+        atol: Tolerance for the symmetry check; by default 1e-4 for 32-bit and lower, 1e-10
+            for float64, relative to the largest entry.
+    """
+    if not isinstance(W, Tensor):
+        raise TypeError(f"W must be a torch.Tensor, got {type(W).__name__}.")
+    if W.ndim != 3 or W.shape[-1] != W.shape[-2]:
+        raise ValueError(
+            f"W must have shape (B, N, N) (a batch of square affinity matrices), got {tuple(W.shape)}."
+        )
+    if W.shape[-1] < 2:
+        raise ValueError(f"A graph needs at least 2 nodes for a cut, got N = {W.shape[-1]}.")
+    if not W.is_floating_point():
+        raise TypeError(f"W must be a floating point tensor, got {W.dtype}.")
+    if not torch.isfinite(W).all():
+        raise ValueError("W contains NaN or Inf entries.")
+    if (W < 0).any():
+        raise ValueError(
+            f"W must be non-negative for the normalized cut (min entry {W.min().item():.3g}); "
+            "clamp negative cosine similarities first (SaliencyGenerator(affinity='clamp') does)."
+        )
+    scale = W.abs().amax().clamp(min=1e-30)
+    if atol is None:
+        atol = 1e-10 if W.dtype == torch.float64 else 1e-4
+    asym = (W - W.transpose(-1, -2)).abs().amax()
+    if asym > atol * scale:
+        raise ValueError(
+            f"W must be symmetric, but max |W - W^T| = {asym.item():.3g} (tolerance {atol:g} x max |W|)."
+        )
+    if (W.sum(-1) <= 0).any():
+        raise ValueError(
+            "W has a node with zero degree (an all-zero row); add a small positive constant to W "
+            "so that every node is connected."
+        )
+
+
+def normalized_affinity(W: Tensor) -> Tuple[Tensor, Tensor]:
+    """Returns ``M = D^-1/2 W D^-1/2`` and ``D^-1/2`` (as a (B, N) vector)."""
+    d_isqrt = W.sum(-1).rsqrt()
+    # The outer product first: one plain elementwise product is far faster than a chain of
+    # broadcasts over the (B, N, N) array.
+    M = W * (d_isqrt[:, :, None] * d_isqrt[:, None, :])
+    return M, d_isqrt
+
+
+def _finish(z: Tensor, d_isqrt: Tensor) -> Tensor:
+    """Maps ``z`` back to ``y = D^-1/2 z``, scaled so that ``y^T D y = 1`` (as scipy's eigh does)."""
+    y = z * d_isqrt
+    # y^T D y = z^T z because y = D^-1/2 z.
+    return y / z.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(z.dtype).tiny)
+
+
+def _work_dtype(W: Tensor) -> torch.dtype:
+    return torch.float64 if W.dtype == torch.float64 else torch.float32
+
+
+def fiedler_eigh(W: Tensor) -> Tensor:
+    """Dense reference solver: batched ``torch.linalg.eigh`` of ``D^-1/2 W D^-1/2``."""
+    M, d_isqrt = normalized_affinity(W.to(_work_dtype(W)))
+    _, vecs = torch.linalg.eigh(M)
+    return _finish(vecs[..., -2], d_isqrt)
+
+
+def _orthonormalize(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tensor:
+    """Orthonormal columns spanning ``Z`` minus its projection on ``basis`` (block Gram-Schmidt).
+
+    Columns of ``Z`` that vanish after the projection (an exhausted Krylov space) are replaced by
+    the orthogonalized QR output, which stays orthonormal thanks to the final extra pass.
+    """
+    for _ in range(passes):
+        if basis is not None:
+            Z = Z - basis @ (basis.transpose(-1, -2) @ Z)
+    Q, _ = torch.linalg.qr(Z)
+    if basis is not None:
+        # One more pass after normalization: QR of a nearly vanished block amplifies rounding.
+        Q = Q - basis @ (basis.transpose(-1, -2) @ Q)
+        Q, _ = torch.linalg.qr(Q)
+    return Q
+
+
+def _block_krylov_pass(
+    W: Tensor, d_isqrt: Tensor, v1: Tensor, X0: Tensor, steps: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One block Krylov + Rayleigh-Ritz pass on ``M = D^-1/2 W D^-1/2`` with ``v1`` deflated.
+
+    ``M`` is never formed: ``M Q = D^-1/2 (W (D^-1/2 Q))`` costs two products with (N, b) blocks
+    instead of a pass over the (B, N, N) array.
+
+    Returns the Ritz values (B, m) in ascending order, the Ritz vectors (B, N, m), and the
+    residual norm of the top Ritz pair (B,).
+    """
+    v1, d = v1[:, :, None], d_isqrt
+    Q = _orthonormalize(X0, v1)
+    blocks, images = [Q], []
+    for j in range(steps):
+        AQ = d[..., None] * (W @ (d[..., None] * blocks[-1]))
+        images.append(AQ)
+        if j == steps - 1:
+            break
+        basis = torch.cat([v1] + blocks, dim=-1)
+        blocks.append(_orthonormalize(AQ, basis))
+    Q = torch.cat(blocks, dim=-1)
+    MQ = torch.cat(images, dim=-1)
+    T = Q.transpose(-1, -2) @ MQ
+    T = 0.5 * (T + T.transpose(-1, -2))
+    theta, S = torch.linalg.eigh(T.double())
+    S = S.to(Q.dtype)
+    X = Q @ S
+    s_top = S[..., -1:]
+    resid = (MQ @ s_top - theta[:, -1:, None].to(Q.dtype) * (Q @ s_top)).norm(dim=(-2, -1))
+    return theta, X, resid
+
+
+def fiedler_krylov(
+    W: Tensor,
+    block_size: int = 8,
+    steps: int = 4,
+    max_restarts: int = 2,
+    rtol: float = 1e-2,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Fast batched iterative solver: deflated block Krylov with Rayleigh-Ritz and restarts.
+
+    The trivial top eigenvector ``D^1/2 1`` of ``M`` is projected out of every Krylov block, so
+    the top Ritz vector approximates the Fiedler direction. A block of ``block_size`` vectors
+    makes convergence depend on the gap between the 2nd and ``block_size + 2``-th eigenvalues
+    rather than the (possibly tiny) gap between the 2nd and 3rd, which is what makes plain power
+    iteration fail. An image is converged when its residual ``||M z - theta z||`` is below
+    ``rtol`` times the estimated eigen-gap (so that ``sin(angle) <= rtol`` by Davis-Kahan) or at
+    the floating point floor; unconverged images restart from their best Ritz vectors, and those
+    still unconverged after ``max_restarts`` are solved densely. The answer is never silently
+    inaccurate.
+
+    Args:
+        W: Affinities (B, N, N), symmetric, non-negative.
+        block_size: Vectors per Krylov block.
+        steps: Krylov blocks per pass (the subspace has ``block_size * steps`` vectors).
+        max_restarts: Passes after the first before falling back to dense ``eigh``.
+        rtol: Target bound on ``sin`` of the angle to the exact eigenvector.
+        generator: Random generator for the start block (a fixed seed by default).
+
+    Returns:
+        The Fiedler vectors (B, N), scaled so that ``y^T D y = 1``.
+    """
+    dtype = _work_dtype(W)
+    W = W.to(dtype)
+    d_isqrt = W.sum(-1).rsqrt()
+    B, N, _ = W.shape
+    block_size = max(1, min(block_size, N - 1))
+    steps = max(1, min(steps, (N - 1) // block_size))
+    v1 = torch.nn.functional.normalize(d_isqrt.reciprocal(), dim=-1)
+    if generator is None:
+        generator = torch.Generator(device="cpu").manual_seed(0)
+    X0 = torch.randn(B, N, block_size, generator=generator, dtype=dtype).to(W.device)
+
+    out = torch.empty(B, N, dtype=dtype, device=W.device)
+    todo = torch.arange(B, device=W.device)
+    floor = 50 * torch.finfo(dtype).eps
+    for _ in range(max_restarts + 1):
+        sub = slice(None) if todo.numel() == B else todo  # no copy of W on the first pass
+        theta, X, resid = _block_krylov_pass(W[sub], d_isqrt[sub], v1[sub], X0, steps)
+        gap = (theta[:, -1] - theta[:, -2]).to(dtype)
+        ok = (resid <= rtol * gap) | (resid <= floor)
+        out[todo[ok]] = X[ok, :, -1]
+        todo, X0 = todo[~ok], X[~ok][..., -block_size:]
+        if todo.numel() == 0:
+            break
+    if todo.numel() > 0:
+        M, _ = normalized_affinity(W[todo])
+        _, vecs = torch.linalg.eigh(M)
+        out[todo] = vecs[..., -2]
+    return _finish(out, d_isqrt)
+
+
+def fiedler_cupy(W: Tensor) -> Tensor:
+    """Dense batched eigensolver on the GPU through cupy (``cupy.linalg.eigh``).
+
+    Raises:
+        ImportError: cupy is not installed (``pip install sgcl_plugin[cupy]``).
+        ValueError: ``W`` is not a CUDA tensor.
+    """
+    try:
+        import cupy  # type: ignore[import-not-found]
+    except ImportError as err:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "solver='cupy' needs cupy: pip install 'sgcl_plugin[cupy]' (a CUDA machine is required)."
+        ) from err
+    if W.device.type != "cuda":
+        raise ValueError(f"solver='cupy' needs W on a CUDA device, got device '{W.device}'.")
+    M, d_isqrt = normalized_affinity(W.to(_work_dtype(W)))
+    with cupy.cuda.Device(M.device.index or 0):
+        _, vecs = cupy.linalg.eigh(cupy.from_dlpack(M.contiguous()))
+        z = torch.from_dlpack(vecs[..., -2].copy())
+    return _finish(z, d_isqrt)
+
+
+def resolve_solver(solver: str, W: Tensor) -> str:
+    """The concrete solver that ``solver`` names for this input (resolves ``"auto"``)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"Unknown solver '{solver}'; choose one of {SOLVERS}.")
+    if solver != "auto":
+        return solver
+    return "eigh" if W.shape[-1] <= DENSE_MAX_NODES else "krylov"
+
+
+def fiedler_vector(W: Tensor, solver: Solver = "auto", validate: bool = True) -> Tensor:
+    """Fiedler vectors of a batch of affinity graphs (the normalized cut of SGCL Eq. 2-3).
+
+    Solves ``(D - W) y = lambda D y`` for the eigenvector of the second smallest eigenvalue, for
+    every graph of the batch at once, on ``W``'s device.
+
+    Args:
+        W: Symmetric non-negative affinities of shape (B, N, N), N >= 2, every row with a
+            positive sum.
+        solver: ``"eigh"`` (dense batched ``torch.linalg.eigh``, the reference), ``"krylov"`` (the
+            fast deflated block Krylov solver), ``"cupy"`` (dense, GPU only, needs cupy) or
+            ``"auto"`` (``"eigh"`` for small graphs, ``"krylov"`` otherwise).
+        validate: Check the input (symmetry, sign, finiteness) first.
+
+    Returns:
+        Tensor of shape (B, N), float32 (float64 for float64 input), each vector scaled so that
+        ``y^T D y = 1``. The sign is arbitrary.
+
+    Examples:
+        >>> W = torch.rand(8, 100, 100)
+        >>> W = 0.5 * (W + W.transpose(1, 2))
+        >>> y = fiedler_vector(W)  # (8, 100)
+    """
+    if validate:
+        check_affinity(W)
+    name = resolve_solver(solver, W)
+    if name == "eigh":
+        return fiedler_eigh(W)
+    if name == "krylov":
+        return fiedler_krylov(W)
+    return fiedler_cupy(W)

@@ -1,0 +1,261 @@
+"""Saliency refresh of a whole dataset: batched, shown with a progress bar, sharded across ranks."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from sgcl_plugin.bank import SaliencyBank
+
+if TYPE_CHECKING:
+    from sgcl_plugin.saliency import SaliencyGenerator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_image_tensor(image: Any) -> Tensor:
+    """A (3, H, W) float tensor in [0, 1] from a PIL image, a (H, W[, C]) array or a (C, H, W) tensor.
+
+    Dataset items may also be ``(image, ...)`` tuples/lists or ``{"image": ...}`` dicts.
+    """
+    if isinstance(image, (tuple, list)):
+        if not image:
+            raise ValueError("Dataset item is an empty tuple/list: expected an image first.")
+        image = image[0]
+    elif isinstance(image, dict):
+        if "image" not in image:
+            raise ValueError(f"Dataset item is a dict without an 'image' key (keys: {sorted(image)}).")
+        image = image["image"]
+    if isinstance(image, Tensor):
+        t = image
+        if t.ndim == 2:
+            t = t[None]
+        if t.ndim != 3:
+            raise ValueError(f"Image tensors must be (C, H, W) or (H, W), got {tuple(t.shape)}.")
+        t = t.float() / 255.0 if not t.is_floating_point() else t.float()
+    else:
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - pillow is a dependency
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB"))
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"Cannot read an image from a {type(image).__name__}.")
+        arr = image[:, :, None] if image.ndim == 2 else image
+        if arr.ndim != 3:
+            raise ValueError(f"Image arrays must be (H, W) or (H, W, C), got {image.shape}.")
+        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        t = t.float() / 255.0 if arr.dtype == np.uint8 else t.float()
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    elif t.shape[0] == 4:
+        t = t[:3]
+    if t.shape[0] != 3:
+        raise ValueError(f"Images must have 1, 3 or 4 channels, got {t.shape[0]}.")
+    return t
+
+
+class SaliencyInput:
+    """The default refresh transform: image -> (3, size, size) tensor, resized and normalized."""
+
+    def __init__(self, size: int = 640, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.size = int(size)
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __call__(self, image: Any) -> Tensor:
+        t = to_image_tensor(image)
+        t = torch.nn.functional.interpolate(
+            t[None], size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        return (t - self.mean) / self.std
+
+
+class _Indexed(Dataset):
+    def __init__(self, dataset: Any, indices: Sequence[int], transform: Callable[[Any], Tensor]) -> None:
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Tuple[int, Tensor]:
+        index = int(self.indices[i])
+        return index, self.transform(self.dataset[index])
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Puts every submodule of ``model`` in eval mode and restores each one's own flag afterwards."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _default_device(model: Any) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _shard(n: int, rank: int, world: int) -> List[int]:
+    return list(range(rank, n, world))
+
+
+def refresh_bank(
+    generator: "SaliencyGenerator",
+    model: Union[torch.nn.Module, Callable[[Tensor], Tensor]],
+    dataset: Any,
+    bank: Optional[SaliencyBank] = None,
+    batch_size: int = 32,
+    saliency_size: int = 640,
+    transform: Optional[Callable[[Any], Tensor]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    num_workers: int = 0,
+    max_regions: int = 16,
+    progress: bool = True,
+    distributed: Optional[bool] = None,
+) -> SaliencyBank:
+    """Runs ``model`` over ``dataset`` and writes every image's regions into ``bank``.
+
+    Each image goes through ``transform`` (default: resize to ``saliency_size`` squared and
+    ImageNet normalization), batches go through ``model`` under ``torch.no_grad()`` in eval mode
+    (each submodule's previous mode is restored afterwards), and ``generator`` turns the feature
+    maps into regions. Boxes are relative to the whole image, so they hold for the original image
+    whatever its size.
+
+    Under ``torch.distributed`` (initialized, and ``distributed`` not False) rank r takes indices
+    r, r + world, ...; results are padded to ``bank.max_regions`` and all-gathered **with their
+    dataset indices**, so every rank ends with the identical, complete bank whatever the sampler
+    order or the dataset size.
+
+    Args:
+        generator: The :class:`~sgcl_plugin.saliency.SaliencyGenerator` to use.
+        model: A module or callable mapping a (B, 3, S, S) batch to feature maps (B, C, h, w).
+        dataset: Indexable dataset of images (PIL, arrays, tensors; or tuples/dicts holding one).
+        bank: The bank to fill; a new one with ``max_regions`` is made when omitted.
+        batch_size: Images per forward pass.
+        saliency_size: Side of the square input (paper: 640).
+        transform: Replaces the default resize + normalization.
+        device: Where the model runs; default: the device of its first parameter.
+        num_workers: DataLoader workers that load and resize images.
+        max_regions: Regions per image in a new bank.
+        progress: Show a tqdm progress bar (rank 0 only).
+        distributed: Force (True) or disable (False) sharding; default: when initialized.
+
+    Returns:
+        The filled bank (``bank`` itself when given).
+    """
+    try:
+        n = len(dataset)
+    except TypeError as err:
+        raise TypeError("refresh needs a dataset with __len__ and __getitem__ (a map-style dataset).") from err
+    if n == 0:
+        raise ValueError("Cannot refresh saliency over an empty dataset.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if bank is None:
+        bank = SaliencyBank(n, max_regions=max_regions)
+    elif len(bank) != n:
+        raise ValueError(f"The bank holds {len(bank)} images but the dataset has {n}.")
+    if transform is None:
+        if saliency_size < 2:
+            raise ValueError(f"saliency_size must be at least 2 pixels, got {saliency_size}.")
+        transform = SaliencyInput(saliency_size)
+
+    use_dist = dist.is_available() and dist.is_initialized() if distributed is None else distributed
+    if use_dist and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("distributed=True but torch.distributed is not initialized.")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if use_dist else (0, 1)
+    device = torch.device(device) if device is not None else _default_device(model)
+
+    indices = _shard(n, rank, world)
+    loader = DataLoader(
+        _Indexed(dataset, indices, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
+    R = bank.max_regions
+    local_idx, local_boxes, local_scores, local_counts, local_fb = [], [], [], [], []
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="SGCL saliency refresh", unit="img", dynamic_ncols=True)
+    with torch.no_grad(), eval_mode(model):
+        for idx, images in loader:
+            features = model(images.to(device, non_blocking=True))
+            if not isinstance(features, Tensor):
+                raise TypeError(
+                    f"The model returned a {type(features).__name__}; refresh needs a feature map tensor "
+                    "(B, C, h, w). Wrap the backbone to return its last feature map."
+                )
+            result = generator(features)
+            boxes, scores, counts = result.padded(R)
+            local_idx.append(idx)
+            local_boxes.append(boxes)
+            local_scores.append(scores)
+            local_counts.append(counts)
+            local_fb.append(torch.tensor([r.fallback for r in result.regions]))
+            if bar is not None:
+                bar.update(len(idx) * world)
+                bar.set_postfix(regions=f"{float(counts.float().mean()):.2f}/img")
+    if bar is not None:
+        bar.close()
+
+    idx = torch.cat(local_idx) if local_idx else torch.zeros(0, dtype=torch.int64)
+    boxes = torch.cat(local_boxes) if local_boxes else torch.zeros(0, R, 4)
+    scores = torch.cat(local_scores) if local_scores else torch.zeros(0, R)
+    counts = torch.cat(local_counts) if local_counts else torch.zeros(0, dtype=torch.int64)
+    fb = torch.cat(local_fb) if local_fb else torch.zeros(0, dtype=torch.bool)
+    if use_dist:
+        idx, boxes, scores, counts, fb = _gather_by_index(idx, boxes, scores, counts, fb, n, world)
+    bank.write(boxes, scores, counts, fb, index=idx)
+    bank.mark_refreshed()
+    return bank
+
+
+def _gather_by_index(
+    idx: Tensor, boxes: Tensor, scores: Tensor, counts: Tensor, fb: Tensor, n: int, world: int
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """All-gathers the shards of every rank, padded to equal length; drops the padding (index -1)."""
+    per_rank = math.ceil(n / world)
+    backend = dist.get_backend()
+    comm_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    pad = per_rank - idx.numel()
+    R = boxes.shape[1]
+    # One float table per rank: [index, count, fallback, scores (R), boxes (4R)]; indices < 2^24 are
+    # exact in float32, and float64 is used beyond that.
+    dtype = torch.float32 if n < 2**24 else torch.float64
+    table = torch.cat(
+        [idx[:, None].to(dtype), counts[:, None].to(dtype), fb[:, None].to(dtype), scores.to(dtype), boxes.flatten(1).to(dtype)],
+        dim=1,
+    )
+    table = torch.cat([table, torch.full((pad, table.shape[1]), -1.0, dtype=dtype)]).to(comm_device)
+    gathered = [torch.empty_like(table) for _ in range(world)]
+    dist.all_gather(gathered, table)
+    full = torch.cat(gathered).cpu()
+    full = full[full[:, 0] >= 0]
+    if full.shape[0] != n or torch.unique(full[:, 0]).numel() != n:
+        raise RuntimeError(f"Distributed refresh gathered {full.shape[0]} rows for a dataset of {n} images.")
+    return (
+        full[:, 0].long(),
+        full[:, 3 + R :].reshape(-1, R, 4).float(),
+        full[:, 3 : 3 + R].float(),
+        full[:, 1].long(),
+        full[:, 2] > 0.5,
+    )

@@ -1,0 +1,122 @@
+"""Scored regions of saliency maps: mask at the mean, connected components, boxes (SGCL Eq. 4-5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+
+@dataclass
+class Regions:
+    """The scored regions of one saliency map.
+
+    Attributes:
+        boxes: (K, 4) float32, normalized ``x0, y0, x1, y1`` in [0, 1] image coordinates; cell
+            (r, c) of an h x w map covers ``[c/w, (c+1)/w] x [r/h, (r+1)/h]``.
+        scores: (K,) float32 in (0, 1], sorted in descending order (Eq. 5).
+        areas: (K,) int64, size of each region in map cells.
+        fallback: True when no component survived ``min_area`` and the whole image was used.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    areas: Tensor
+    fallback: bool = False
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
+    plane = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    # A 3-D structure whose outer planes are empty: the batch axis never connects two images.
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = plane
+    return structure
+
+
+def extract_regions(
+    maps: Tensor,
+    min_area: int = 4,
+    connectivity: int = 8,
+) -> List[Regions]:
+    """Cuts saliency maps into scored regions (SGCL Eq. 4-5).
+
+    For each map S: mask ``S > mean(S)``; regions are the connected components of the mask with at
+    least ``min_area`` cells; the score of region B_i is ``max(S[B_i]) / max(S)``; its box is the
+    tightest enclosing rectangle in normalized image coordinates. An image with no surviving region
+    (a flat map, or only specks) gets the whole image as one region with score 1.0 and
+    ``fallback=True``.
+
+    Args:
+        maps: Saliency maps (B, h, w), higher = more salient, any real values (SaliencyGenerator
+            gives maps in [0, 1]).
+        min_area: Smallest region kept, in cells.
+        connectivity: 8 (default) or 4.
+
+    Returns:
+        One :class:`Regions` per map, regions sorted by descending score (ties: larger area first).
+
+    Examples:
+        >>> maps = torch.zeros(1, 4, 4); maps[0, :2, :2] = 1.0
+        >>> extract_regions(maps)[0].boxes
+        tensor([[0.0000, 0.0000, 0.5000, 0.5000]])
+    """
+    if not isinstance(maps, Tensor) or maps.ndim != 3:
+        shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"maps must be a tensor of shape (B, h, w), got {shape}.")
+    if min_area < 1:
+        raise ValueError(f"min_area must be >= 1, got {min_area}.")
+    S = maps.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(S).all():
+        raise ValueError("maps contain NaN or Inf values.")
+    B, h, w = S.shape
+    mask = S > S.mean(axis=(1, 2), keepdims=True)
+    labels, n = ndimage.label(mask, structure=_structure(connectivity))
+    out: List[Regions] = []
+    if n:
+        index = np.arange(1, n + 1)
+        areas = ndimage.sum_labels(np.ones_like(S), labels, index).astype(np.int64)
+        peaks = ndimage.maximum(S, labels, index)
+        slices = ndimage.find_objects(labels)
+    per_image: List[List[int]] = [[] for _ in range(B)]
+    for k in range(n):
+        if areas[k] >= min_area:
+            per_image[slices[k][0].start].append(k)
+    smax = S.reshape(B, -1).max(axis=1)
+    for b in range(B):
+        ks = per_image[b]
+        if not ks:
+            out.append(
+                Regions(
+                    boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]]),
+                    scores=torch.ones(1),
+                    areas=torch.tensor([h * w]),
+                    fallback=True,
+                )
+            )
+            continue
+        ks.sort(key=lambda k: (-peaks[k], -areas[k]))
+        boxes = [
+            (slices[k][2].start / w, slices[k][1].start / h, slices[k][2].stop / w, slices[k][1].stop / h)
+            for k in ks
+        ]
+        # Eq. 5 divides by max(S); for maps that are not positive, fall back to min-max scaling.
+        lo = S[b].min()
+        denom = smax[b] if lo >= 0 and smax[b] > 0 else None
+        scores = [peaks[k] / denom if denom else (peaks[k] - lo) / (smax[b] - lo) for k in ks]
+        out.append(
+            Regions(
+                boxes=torch.tensor(boxes, dtype=torch.float32),
+                scores=torch.tensor(scores, dtype=torch.float32),
+                areas=torch.tensor([areas[k] for k in ks], dtype=torch.int64),
+            )
+        )
+    return out

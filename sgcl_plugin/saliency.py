@@ -1,0 +1,195 @@
+"""Saliency maps and scored regions from backbone feature maps (SGCL Step 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, List, Literal, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from sgcl_plugin.affinity import Affinity, cosine_affinity
+from sgcl_plugin.ncut import Solver, fiedler_vector
+from sgcl_plugin.regions import Regions, extract_regions
+
+if TYPE_CHECKING:
+    from sgcl_plugin.bank import SaliencyBank
+
+SignRule = Literal["border", "argmax", "minority"]
+SIGN_RULES = ("border", "argmax", "minority")
+
+
+def _border_mask(h: int, w: int, device: torch.device) -> Tensor:
+    m = torch.zeros(h, w, dtype=torch.bool, device=device)
+    m[0], m[-1], m[:, 0], m[:, -1] = True, True, True, True
+    return m.flatten()
+
+
+def orient(y: Tensor, h: int, w: int, rule: SignRule = "border") -> Tensor:
+    """Flips the sign of each Fiedler vector so that the foreground side is positive.
+
+    The eigenvector's sign is arbitrary; which side of the cut is "the object" needs a rule:
+
+    - ``"border"``: the side that touches the image border less (relative to its size) is
+      foreground: backgrounds surround objects.
+    - ``"argmax"`` (TokenCut): the side holding the entry of largest magnitude is foreground.
+    - ``"minority"`` (Deep Spectral Methods): the side with fewer cells is foreground.
+
+    ``docs/saliency.md`` reports how each rule fares against ground truth.
+
+    Args:
+        y: Fiedler vectors (B, h*w).
+        h: Map height.
+        w: Map width.
+        rule: One of ``"border"``, ``"argmax"``, ``"minority"``.
+
+    Returns:
+        ``y`` with each row multiplied by +1 or -1.
+    """
+    if rule not in SIGN_RULES:
+        raise ValueError(f"Unknown sign rule '{rule}'; choose one of {SIGN_RULES}.")
+    pos = y > 0
+    if rule == "argmax":
+        flip = y.gather(1, y.abs().argmax(dim=1, keepdim=True)).squeeze(1) < 0
+    elif rule == "minority":
+        flip = pos.sum(1) * 2 > y.shape[1]
+    else:
+        border = _border_mask(h, w, y.device)
+        n_pos = pos.sum(1).clamp(min=1)
+        n_neg = (~pos).sum(1).clamp(min=1)
+        frac_pos = (pos & border).sum(1) / n_pos
+        frac_neg = (~pos & border).sum(1) / n_neg
+        flip = frac_pos > frac_neg
+    return torch.where(flip[:, None], -y, y)
+
+
+def normalize_maps(y: Tensor) -> Tensor:
+    """Min-max scales each row to [0, 1]; a constant row becomes all zeros."""
+    lo = y.amin(dim=-1, keepdim=True)
+    span = y.amax(dim=-1, keepdim=True) - lo
+    return torch.where(span > 0, (y - lo) / span.clamp(min=torch.finfo(y.dtype).tiny), torch.zeros_like(y))
+
+
+@dataclass
+class SaliencyResult:
+    """Saliency of a batch of feature maps.
+
+    Attributes:
+        maps: (B, h, w) float32 in [0, 1], higher = more foreground.
+        regions: One :class:`~sgcl_plugin.regions.Regions` per image (boxes, scores, areas).
+        fiedler: (B, h*w) the oriented Fiedler vectors before scaling.
+    """
+
+    maps: Tensor
+    regions: List[Regions]
+    fiedler: Tensor
+
+    @property
+    def boxes(self) -> List[Tensor]:
+        return [r.boxes for r in self.regions]
+
+    @property
+    def scores(self) -> List[Tensor]:
+        return [r.scores for r in self.regions]
+
+    def padded(self, max_regions: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Fixed-size tables of the top ``max_regions`` regions per image.
+
+        Returns:
+            boxes (B, R, 4), scores (B, R) (0 in padding) and counts (B,) int64.
+        """
+        B = len(self.regions)
+        boxes = torch.zeros(B, max_regions, 4)
+        scores = torch.zeros(B, max_regions)
+        counts = torch.zeros(B, dtype=torch.int64)
+        for i, r in enumerate(self.regions):
+            k = min(len(r), max_regions)
+            boxes[i, :k], scores[i, :k], counts[i] = r.boxes[:k], r.scores[:k], k
+        return boxes, scores, counts
+
+
+class SaliencyGenerator:
+    """Normalized-cut saliency of backbone feature maps, and refreshes of a whole dataset.
+
+    Implements Step 1 of "Saliency Guided Contrastive Learning on Scene Images" (Chen et al.,
+    AAAI 2023, https://arxiv.org/abs/2302.11461): a cosine self-similarity graph of each feature
+    map (Eq. 1), its normalized cut (Eq. 2-3), the oriented Fiedler vector as saliency map scaled
+    to [0, 1], a mask at the mean (Eq. 4) cut into 8-connected regions with scores
+    ``max(S[B_i]) / max(S)`` (Eq. 5) and boxes in normalized image coordinates.
+
+    Args:
+        affinity: ``"clamp"`` (``max(cos, 0) + eps``) or ``"binary"`` (TokenCut: 1 above ``tau``).
+        solver: Eigensolver for :func:`~sgcl_plugin.ncut.fiedler_vector` (``"auto"``, ``"eigh"``,
+            ``"krylov"``, ``"cupy"``).
+        min_area: Smallest region kept, in feature-map cells.
+        sign_rule: How the foreground side of the cut is chosen (see :func:`orient`).
+        connectivity: 8 or 4.
+        eps: Weight added to every edge (keeps degrees positive).
+        tau: Threshold of the ``"binary"`` affinity.
+
+    Examples:
+        >>> generator = SaliencyGenerator()
+        >>> features = backbone(images)  # (B, C, h, w), e.g. ResNet-50 at 640 px: (B, 2048, 20, 20)
+        >>> result = generator(features)
+        >>> result.maps.shape  # (B, 20, 20), in [0, 1]
+        >>> result.regions[0].boxes, result.regions[0].scores
+    """
+
+    def __init__(
+        self,
+        affinity: Affinity = "clamp",
+        solver: Solver = "auto",
+        min_area: int = 4,
+        sign_rule: SignRule = "border",
+        connectivity: int = 8,
+        eps: float = 1e-5,
+        tau: float = 0.2,
+    ) -> None:
+        if sign_rule not in SIGN_RULES:
+            raise ValueError(f"Unknown sign rule '{sign_rule}'; choose one of {SIGN_RULES}.")
+        if min_area < 1:
+            raise ValueError(f"min_area must be >= 1, got {min_area}.")
+        if connectivity not in (4, 8):
+            raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
+        self.affinity = affinity
+        self.solver = solver
+        self.min_area = min_area
+        self.sign_rule = sign_rule
+        self.connectivity = connectivity
+        self.eps = eps
+        self.tau = tau
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+    @torch.no_grad()
+    def saliency_maps(self, features: Tensor) -> Tuple[Tensor, Tensor]:
+        """Oriented Fiedler vectors (B, h*w) and maps (B, h, w) in [0, 1], on the input's device."""
+        W = cosine_affinity(features.detach(), mode=self.affinity, eps=self.eps, tau=self.tau)
+        B, _, h, w = features.shape
+        # cosine_affinity builds W symmetric and positive by construction: skip the checks.
+        y = orient(fiedler_vector(W, solver=self.solver, validate=False), h, w, self.sign_rule)
+        return y, normalize_maps(y).reshape(B, h, w).float()
+
+    def __call__(self, features: Tensor) -> SaliencyResult:
+        """Saliency maps and scored regions of a batch of feature maps (B, C, h, w)."""
+        y, maps = self.saliency_maps(features)
+        regions = extract_regions(maps, min_area=self.min_area, connectivity=self.connectivity)
+        return SaliencyResult(maps=maps, regions=regions, fiedler=y)
+
+    def refresh(
+        self,
+        model: Union[torch.nn.Module, Callable[[Tensor], Tensor]],
+        dataset: Any,
+        bank: Optional["SaliencyBank"] = None,
+        **kwargs: Any,
+    ) -> "SaliencyBank":
+        """Recomputes the regions of every image of ``dataset`` with ``model``; fills ``bank``.
+
+        See :func:`sgcl_plugin.refresh.refresh_bank` for the arguments (batch size, saliency size,
+        device, workers, progress bar, distributed sharding).
+        """
+        from sgcl_plugin.refresh import refresh_bank
+
+        return refresh_bank(self, model, dataset, bank=bank, **kwargs)
