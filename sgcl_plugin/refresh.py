@@ -53,7 +53,7 @@ def to_image_tensor(image: Any) -> Tensor:
         arr = image[:, :, None] if image.ndim == 2 else image
         if arr.ndim != 3:
             raise ValueError(f"Image arrays must be (H, W) or (H, W, C), got {image.shape}.")
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        t = torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a copy: PIL arrays are read-only
         t = t.float() / 255.0 if arr.dtype == np.uint8 else t.float()
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)

@@ -166,7 +166,7 @@ class SaliencyGenerator:
     @torch.no_grad()
     def saliency_maps(self, features: Tensor) -> Tuple[Tensor, Tensor]:
         """Oriented Fiedler vectors (B, h*w) and maps (B, h, w) in [0, 1], on the input's device."""
-        W = cosine_affinity(features.detach(), mode=self.affinity, eps=self.eps, tau=self.tau)
+        W = cosine_affinity(features, mode=self.affinity, eps=self.eps, tau=self.tau)
         B, _, h, w = features.shape
         # cosine_affinity builds W symmetric and positive by construction: skip the checks.
         y = orient(fiedler_vector(W, solver=self.solver, validate=False), h, w, self.sign_rule)

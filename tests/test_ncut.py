@@ -1,0 +1,202 @@
+"""fiedler_vector against scipy's generalized eigh, on random, structured and near-degenerate graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from sgcl_plugin import fiedler_vector
+from sgcl_plugin.ncut import DENSE_MAX_NODES, check_affinity, fiedler_krylov, resolve_solver
+
+
+def scipy_fiedler(W: torch.Tensor) -> np.ndarray:
+    """The TokenCut way: scipy.linalg.eigh(D - W, D) per graph, 2nd smallest eigenvector."""
+    out = []
+    for w in W.double().numpy():
+        D = np.diag(w.sum(1))
+        _, vecs = scipy.linalg.eigh(D - w, D, subset_by_index=[1, 1])
+        out.append(vecs[:, 0])
+    return np.stack(out)
+
+
+def abs_cos(a: torch.Tensor, b: np.ndarray) -> np.ndarray:
+    a = a.double().numpy()
+    return np.abs((a * b).sum(1)) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def random_graph(B: int, N: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    W = torch.rand(B, N, N, generator=g, dtype=torch.float64)
+    return 0.5 * (W + W.transpose(1, 2))
+
+
+def feature_graph(B: int, N: int, C: int, seed: int, clusters: int = 3) -> torch.Tensor:
+    """Cosine graphs of clustered features, as a backbone would give (clamped at 0 + eps)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(B, clusters, C, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, clusters, (B, N), generator=g)
+    f = centres.gather(1, labels[:, :, None].expand(-1, -1, C)) + 1.2 * torch.randn(B, N, C, generator=g, dtype=torch.float64)
+    f = torch.nn.functional.normalize(f, dim=-1)
+    return (f @ f.transpose(1, 2)).clamp(min=0) + 1e-5
+
+
+def grid_graph(h: int, w: int) -> torch.Tensor:
+    """4-neighbour lattice (+1e-5 everywhere): a dense top spectrum with a tiny Fiedler gap."""
+    N = h * w
+    W = torch.full((N, N), 1e-5, dtype=torch.float64)
+    for r in range(h):
+        for c in range(w):
+            i = r * w + c
+            if c + 1 < w:
+                W[i, i + 1] = W[i + 1, i] = 1.0
+            if r + 1 < h:
+                W[i, i + w] = W[i + w, i] = 1.0
+    return W[None]
+
+
+def generalized_gap(W: torch.Tensor) -> float:
+    w = W[0].double().numpy()
+    D = np.diag(w.sum(1))
+    vals = scipy.linalg.eigh(D - w, D, eigvals_only=True, subset_by_index=[0, 2])
+    return float(vals[2] - vals[1])
+
+
+@pytest.mark.parametrize("solver", ["eigh", "krylov", "auto"])
+@pytest.mark.parametrize("N,B", [(16, 1), (64, 3), (400, 4), (1600, 1)])
+def test_matches_scipy_on_feature_graphs(solver: str, N: int, B: int) -> None:
+    W = feature_graph(B, N, 64, seed=N + B)
+    ref = scipy_fiedler(W)
+    y = fiedler_vector(W, solver=solver)
+    assert y.shape == (B, N)
+    assert abs_cos(y, ref).min() > 0.9999
+
+
+@pytest.mark.parametrize("solver", ["eigh", "krylov"])
+@pytest.mark.parametrize("N,B", [(16, 2), (100, 5), (400, 2)])
+def test_matches_scipy_on_uniform_random_graphs(solver: str, N: int, B: int) -> None:
+    W = random_graph(B, N, seed=N)
+    assert abs_cos(fiedler_vector(W, solver=solver), scipy_fiedler(W)).min() > 0.999
+
+
+def test_krylov_fallback_keeps_unconverged_graphs_exact() -> None:
+    # With no restarts allowed, the hard grid graph cannot converge in one shallow pass: the
+    # dense fallback must take over and the answer must still be right.
+    W = grid_graph(20, 21)
+    info: dict = {}
+    y = fiedler_krylov(W, max_restarts=0, info=info)
+    assert info["dense_fallback"] == 1
+    assert abs_cos(y, scipy_fiedler(W)).min() > 0.9999
+
+
+@pytest.mark.parametrize("shape", [(20, 21), (30, 31)])
+def test_krylov_accurate_on_near_degenerate_gap_where_power_iteration_fails(shape: tuple) -> None:
+    W = grid_graph(*shape)
+    gap = generalized_gap(W)
+    assert gap < 2e-3  # the graph really is hard: lambda_3 - lambda_2 is tiny
+    ref = scipy_fiedler(W)
+    info: dict = {}
+    assert abs_cos(fiedler_krylov(W, info=info), ref).min() > 0.999
+    assert info["dense_fallback"] == 0  # the iterative solver converged by itself
+
+    # Plain power iteration on M + I with the trivial vector deflated, 100 steps, for contrast.
+    d_isqrt = W.sum(-1).rsqrt()
+    M = W * d_isqrt[:, :, None] * d_isqrt[:, None, :] + torch.eye(W.shape[-1], dtype=W.dtype)
+    v1 = torch.nn.functional.normalize(d_isqrt.reciprocal(), dim=-1)
+    z = torch.randn(1, W.shape[-1], generator=torch.Generator().manual_seed(0), dtype=W.dtype)
+    for _ in range(100):
+        z = z - (z * v1).sum(-1, keepdim=True) * v1
+        z = torch.nn.functional.normalize((M @ z[..., None])[..., 0], dim=-1)
+    assert abs_cos(z * d_isqrt, ref).min() < 0.99
+
+
+def test_float32_input_is_accurate_and_float32() -> None:
+    W = feature_graph(3, 400, 256, seed=1)
+    ref = scipy_fiedler(W)
+    for solver in ("eigh", "krylov"):
+        y = fiedler_vector(W.float(), solver=solver)
+        assert y.dtype == torch.float32
+        assert abs_cos(y, ref).min() > 0.999
+
+
+def test_half_precision_input_is_solved_in_float32() -> None:
+    W = feature_graph(2, 128, 64, seed=2)
+    y = fiedler_vector(W.to(torch.bfloat16), solver="krylov")
+    assert y.dtype == torch.float32
+    assert abs_cos(y, scipy_fiedler(W.to(torch.bfloat16).double())).min() > 0.99
+
+
+def test_scaled_like_scipy_y_dy_equals_one() -> None:
+    W = feature_graph(2, 100, 32, seed=3)
+    for solver in ("eigh", "krylov"):
+        y = fiedler_vector(W, solver=solver)
+        yDy = (y * y * W.sum(-1)).sum(-1)
+        torch.testing.assert_close(yDy, torch.ones(2, dtype=torch.float64))
+        # and D-orthogonal to the constant vector, as an eigenvector of the pencil must be
+        assert (y * W.sum(-1)).sum(-1).abs().max() < 1e-6
+
+
+def test_batch_results_equal_one_by_one() -> None:
+    W = feature_graph(4, 200, 32, seed=4)
+    batched = fiedler_vector(W, solver="krylov")
+    for i in range(4):
+        single = fiedler_vector(W[i : i + 1], solver="krylov")
+        assert abs_cos(single, batched[i : i + 1].numpy()).min() > 0.9999
+
+
+def test_auto_picks_dense_for_small_graphs_and_krylov_for_large() -> None:
+    assert resolve_solver("auto", torch.zeros(1, DENSE_MAX_NODES, DENSE_MAX_NODES)) == "eigh"
+    assert resolve_solver("auto", torch.zeros(1, 400, 400)) == "krylov"
+
+
+def test_two_node_graph() -> None:
+    W = torch.tensor([[[1.0, 0.5], [0.5, 1.0]]], dtype=torch.float64)
+    y = fiedler_vector(W)
+    assert abs_cos(y, scipy_fiedler(W)).min() > 0.9999
+
+
+@pytest.mark.parametrize(
+    "W,error,match",
+    [
+        (torch.rand(10, 10), ValueError, "shape"),
+        (torch.rand(2, 10, 9), ValueError, "shape"),
+        (torch.ones(2, 1, 1), ValueError, "at least 2 nodes"),
+        (torch.ones(1, 4, 4, dtype=torch.int64), TypeError, "floating"),
+        (torch.tensor([[[1.0, float("nan")], [float("nan"), 1.0]]]), ValueError, "NaN"),
+        (torch.tensor([[[1.0, -0.5], [-0.5, 1.0]]]), ValueError, "non-negative"),
+        (torch.tensor([[[1.0, 0.9], [0.1, 1.0]]]), ValueError, "symmetric"),
+        (torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]), ValueError, "zero degree"),
+    ],
+)
+def test_bad_input_is_refused_clearly(W: torch.Tensor, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        fiedler_vector(W)
+
+
+def test_not_a_tensor_and_unknown_solver() -> None:
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        check_affinity(np.ones((1, 3, 3)))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Unknown solver"):
+        fiedler_vector(torch.ones(1, 3, 3), solver="lanczos")  # type: ignore[arg-type]
+
+
+def test_cupy_solver_explains_what_is_missing() -> None:
+    W = torch.ones(1, 3, 3)
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="sgcl_plugin\\[cupy\\]"):
+            fiedler_vector(W, solver="cupy")
+    else:  # pragma: no cover - only where cupy is installed
+        with pytest.raises(ValueError, match="CUDA"):
+            fiedler_vector(W, solver="cupy")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver", ["eigh", "krylov", "auto"])
+def test_cuda_matches_scipy(solver: str) -> None:  # pragma: no cover - GPU only
+    W = feature_graph(4, 400, 64, seed=5)
+    y = fiedler_vector(W.float().cuda(), solver=solver)
+    assert y.is_cuda
+    assert abs_cos(y.cpu(), scipy_fiedler(W)).min() > 0.999
