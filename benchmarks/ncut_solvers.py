@@ -14,6 +14,7 @@ Grids: 640 px input -> 20 x 20 = 400 nodes; 1280 px -> 40 x 40 = 1600 nodes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import sys
 import time
@@ -104,63 +105,56 @@ def timed(fn: Callable[[], torch.Tensor], repeats: int, cuda: bool) -> Tuple[tor
 
 
 def solver_rows(args: argparse.Namespace) -> List[Dict[str, object]]:
-    rows = []
+    rows: List[Dict[str, object]] = []
     cases = [("lite0", 640, args.batch), ("resnet50", 640, args.batch), ("gaussian", 640, args.batch)]
     cases += [("lite0", 1280, args.batch_large), ("gaussian", 1280, args.batch_large)]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for source, size, B in cases:
-        f = features(source, B, size)
-        W = cosine_affinity(f)
+        W = cosine_affinity(features(source, B, size))
         N = W.shape[-1]
         ref, t_scipy = scipy_reference(W)
         print(f"[{source} N={N} B={B}] scipy per image: {t_scipy * 1e3:.2f} ms", flush=True)
+        row = {"features": source, "N": N, "batch": B}
+        rows.append({**row, "device": "cpu", "solver": "scipy eigh(D-W, D) per image", "ms": t_scipy * 1e3,
+                     "worst_cos": 1.0, "note": "float64 reference"})  # fmt: skip
+        scipy_row = rows[-1]
         for device in devices:
             Wd = W.to(device)
             cuda = device == "cuda"
             solvers: Dict[str, Callable[[], torch.Tensor]] = {
-                "torch.linalg.eigh (batched)": lambda: fiedler_eigh(Wd),
-                "krylov (ours)": lambda: fiedler_krylov(Wd),
-                "auto": lambda: fiedler_vector(Wd, solver="auto", validate=False),
+                "torch.linalg.eigh (batched)": lambda Wd=Wd: fiedler_eigh(Wd),
+                "krylov (ours)": lambda Wd=Wd: fiedler_krylov(Wd),
+                "auto": lambda Wd=Wd: fiedler_vector(Wd, solver="auto", validate=False),
             }
-            if cuda:
-                try:
-                    import cupy  # noqa: F401
-
-                    solvers["cupy eigh (batched)"] = lambda: fiedler_cupy(Wd)
-                except ImportError:
-                    pass
-            times = {}
+            if cuda and importlib.util.find_spec("cupy") is not None:
+                solvers["cupy eigh (batched)"] = lambda Wd=Wd: fiedler_cupy(Wd)
+            eigh_ms = None
             for name, fn in solvers.items():
                 y, t = timed(fn, args.repeats, cuda)
-                times[name] = t / B
-                info: Dict[str, int] = {}
+                ms = t / B * 1e3
+                eigh_ms = ms if eigh_ms is None else eigh_ms
+                note = ""
                 if name == "krylov (ours)":
+                    info: Dict[str, int] = {}
                     fiedler_krylov(Wd, info=info)
-                rows.append(
-                    {
-                        "features": source,
-                        "N": N,
-                        "batch": B,
-                        "device": device,
-                        "solver": name,
-                        "ms_per_image": t / B * 1e3,
-                        "vs_scipy": t_scipy / (t / B),
-                        "vs_eigh": times["torch.linalg.eigh (batched)"] / (t / B),
-                        "worst_cos": worst_cos(y, ref),
-                        "note": (
-                            f"restarted {info['restarted']}/{B}, dense fallback {info['dense_fallback']}/{B}"
-                            if info
-                            else ""
-                        ),
-                    }
-                )
-                print("   ", device, name, f"{t / B * 1e3:.3f} ms/img", f"|cos| >= {rows[-1]['worst_cos']:.6f}", rows[-1]["note"], flush=True)
-            rows.append(
-                {"features": source, "N": N, "batch": B, "device": "cpu", "solver": "scipy eigh(D-W, D) per image",
-                 "ms_per_image": t_scipy * 1e3, "vs_scipy": 1.0, "vs_eigh": times["torch.linalg.eigh (batched)"] / t_scipy,
-                 "worst_cos": 1.0, "note": "float64 reference"}
-            ) if device == "cpu" else None
+                    note = f"restarted {info['restarted']}/{B}, dense fallback {info['dense_fallback']}/{B}"
+                rows.append({**row, "device": device, "solver": name, "ms": ms, "eigh_ms": eigh_ms,
+                             "worst_cos": worst_cos(y, ref), "note": note})  # fmt: skip
+                print(f"    {device} {name}: {ms:.3f} ms/img, |cos| >= {rows[-1]['worst_cos']:.6f} {note}", flush=True)
+            if device == "cpu":
+                scipy_row["eigh_ms"] = eigh_ms
+    for r in rows:
+        r["vs_scipy"] = float(t_scipy_of(rows, r)) / float(r["ms"])
+        r["vs_eigh"] = float(r["eigh_ms"]) / float(r["ms"])
     return rows
+
+
+def t_scipy_of(rows: List[Dict[str, object]], r: Dict[str, object]) -> float:
+    """The scipy time of the case that row ``r`` belongs to."""
+    for s in rows:
+        if s["note"] == "float64 reference" and (s["features"], s["N"]) == (r["features"], r["N"]):
+            return float(s["ms"])
+    raise KeyError(r)
 
 
 def stage_rows(args: argparse.Namespace) -> List[Dict[str, object]]:
@@ -209,7 +203,7 @@ def markdown(solvers: List[Dict[str, object]], stage: List[Dict[str, object]], c
     ]
     for r in solvers:
         lines.append(
-            f"| {r['features']} | {r['N']} | {r['batch']} | {r['device']} | {r['solver']} | {r['ms_per_image']:.2f} | "
+            f"| {r['features']} | {r['N']} | {r['batch']} | {r['device']} | {r['solver']} | {r['ms']:.2f} | "
             f"{r['vs_scipy']:.1f}x | {r['vs_eigh']:.1f}x | {r['worst_cos']:.6f} | {r['note']} |"
         )
     lines += [

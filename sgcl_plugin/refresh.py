@@ -67,7 +67,9 @@ def to_image_tensor(image: Any) -> Tensor:
 class SaliencyInput:
     """The default refresh transform: image -> (3, size, size) tensor, resized and normalized."""
 
-    def __init__(self, size: int = 640, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self, size: int = 640, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> None:
         self.size = int(size)
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
@@ -119,7 +121,7 @@ def _shard(n: int, rank: int, world: int) -> List[int]:
 
 
 def refresh_bank(
-    generator: "SaliencyGenerator",
+    generator: SaliencyGenerator,
     model: Union[torch.nn.Module, Callable[[Tensor], Tensor]],
     dataset: Any,
     bank: Optional[SaliencyBank] = None,
@@ -242,7 +244,13 @@ def _gather_by_index(
     # exact in float32, and float64 is used beyond that.
     dtype = torch.float32 if n < 2**24 else torch.float64
     table = torch.cat(
-        [idx[:, None].to(dtype), counts[:, None].to(dtype), fb[:, None].to(dtype), scores.to(dtype), boxes.flatten(1).to(dtype)],
+        [
+            idx[:, None].to(dtype),
+            counts[:, None].to(dtype),
+            fb[:, None].to(dtype),
+            scores.to(dtype),
+            boxes.flatten(1).to(dtype),
+        ],
         dim=1,
     )
     table = torch.cat([table, torch.full((pad, table.shape[1]), -1.0, dtype=dtype)]).to(comm_device)

@@ -105,8 +105,7 @@ def extract_regions(
             continue
         ks.sort(key=lambda k: (-peaks[k], -areas[k]))
         boxes = [
-            (slices[k][2].start / w, slices[k][1].start / h, slices[k][2].stop / w, slices[k][1].stop / h)
-            for k in ks
+            (slices[k][2].start / w, slices[k][1].start / h, slices[k][2].stop / w, slices[k][1].stop / h) for k in ks
         ]
         # Eq. 5 divides by max(S); for maps that are not positive, fall back to min-max scaling.
         lo = S[b].min()

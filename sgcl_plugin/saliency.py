@@ -182,9 +182,9 @@ class SaliencyGenerator:
         self,
         model: Union[torch.nn.Module, Callable[[Tensor], Tensor]],
         dataset: Any,
-        bank: Optional["SaliencyBank"] = None,
+        bank: Optional[SaliencyBank] = None,
         **kwargs: Any,
-    ) -> "SaliencyBank":
+    ) -> SaliencyBank:
         """Recomputes the regions of every image of ``dataset`` with ``model``; fills ``bank``.
 
         See :func:`sgcl_plugin.refresh.refresh_bank` for the arguments (batch size, saliency size,

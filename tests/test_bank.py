@@ -44,7 +44,13 @@ def test_empty_before_refresh_then_rows_after_write() -> None:
 def test_partial_write_by_index() -> None:
     bank = SaliencyBank(6, max_regions=2)
     boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]] * 2)
-    bank.write(boxes, torch.tensor([[1.0, 0.0]] * 2), torch.tensor([1, 1]), torch.tensor([True, True]), index=torch.tensor([4, 1]))
+    bank.write(
+        boxes,
+        torch.tensor([[1.0, 0.0]] * 2),
+        torch.tensor([1, 1]),
+        torch.tensor([True, True]),
+        index=torch.tensor([4, 1]),
+    )
     assert [len(bank[i][1]) for i in range(6)] == [0, 1, 0, 0, 1, 0]
     assert bank.stats()["fallback_images"] == 2
 

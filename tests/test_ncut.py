@@ -37,7 +37,9 @@ def feature_graph(B: int, N: int, C: int, seed: int, clusters: int = 3) -> torch
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(B, clusters, C, generator=g, dtype=torch.float64)
     labels = torch.randint(0, clusters, (B, N), generator=g)
-    f = centres.gather(1, labels[:, :, None].expand(-1, -1, C)) + 1.2 * torch.randn(B, N, C, generator=g, dtype=torch.float64)
+    f = centres.gather(1, labels[:, :, None].expand(-1, -1, C)) + 1.2 * torch.randn(
+        B, N, C, generator=g, dtype=torch.float64
+    )
     f = torch.nn.functional.normalize(f, dim=-1)
     return (f @ f.transpose(1, 2)).clamp(min=0) + 1e-5
 

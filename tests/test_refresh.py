@@ -113,7 +113,9 @@ def test_bad_input() -> None:
 def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str, n: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        bank = SaliencyGenerator().refresh(make_model(), real_images(n), batch_size=1, saliency_size=SIZE, progress=False)
+        bank = SaliencyGenerator().refresh(
+            make_model(), real_images(n), batch_size=1, saliency_size=SIZE, progress=False
+        )
         torch.save(bank.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

