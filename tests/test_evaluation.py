@@ -1,0 +1,59 @@
+"""kNN and linear-probe evaluation against brute force and on separable data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sgcl_plugin.evaluation import embed, knn_accuracy, knn_predict, linear_probe_accuracy
+
+
+def brute_force_knn(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, k: int, t: float) -> torch.Tensor:
+    out = []
+    for q in test:
+        sims = [float(torch.nn.functional.cosine_similarity(q, x, dim=0)) for x in train]
+        order = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
+        votes: dict = {}
+        for i in order:
+            votes[int(labels[i])] = votes.get(int(labels[i]), 0.0) + torch.tensor(sims[i] / t).exp().item()
+        out.append(max(votes, key=votes.get))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_knn_matches_brute_force(k: int) -> None:
+    g = torch.Generator().manual_seed(k)
+    train, test = torch.randn(40, 6, generator=g), torch.randn(15, 6, generator=g)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    pred = knn_predict(train, labels, test, num_classes=4, k=k, temperature=0.1)
+    assert torch.equal(pred, brute_force_knn(train, labels, test, min(k, 40), 0.1))
+
+
+def test_separable_clusters_are_classified_and_noise_is_not() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 5
+    y_train, y_test = torch.randint(0, 3, (300,), generator=g), torch.randint(0, 3, (100,), generator=g)
+    x_train = centres[y_train] + torch.randn(300, 16, generator=g)
+    x_test = centres[y_test] + torch.randn(100, 16, generator=g)
+    assert knn_accuracy(x_train, y_train, x_test, y_test) > 0.95
+    assert linear_probe_accuracy(x_train, y_train, x_test, y_test) > 0.95
+    noise = torch.randn(100, 16, generator=g)
+    assert knn_accuracy(x_train, y_train, noise, y_test) < 0.6
+
+
+def test_embed_pools_feature_maps_and_restores_train_mode() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    x = torch.randn(10, 3, 8, 8)
+    f = embed(model, x, batch_size=3)
+    assert f.shape == (10, 4) and model.training
+    with torch.no_grad():
+        torch.testing.assert_close(f, model.eval()(x).mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match="n, 3, H, W"):
+        embed(model, x[0])
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        knn_predict(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(1, 2), 2)
+    with pytest.raises(ValueError, match="non-empty"):
+        knn_predict(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), torch.zeros(1, 2), 2)
