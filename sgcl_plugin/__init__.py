@@ -2,6 +2,15 @@
 
 from sgcl_plugin.affinity import cosine_affinity, tokens_to_map
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.losses import (
+    InterImageLoss,
+    SaliencyWeightedLoss,
+    byol_loss,
+    inter_image_loss,
+    nnclr_loss,
+    ntxent_loss,
+    saliency_weighted_loss,
+)
 from sgcl_plugin.ncut import fiedler_vector
 from sgcl_plugin.refresh import SaliencyInput, refresh_bank
 from sgcl_plugin.regions import Regions, extract_regions
@@ -10,6 +19,13 @@ from sgcl_plugin.saliency import SaliencyGenerator, SaliencyResult, orient
 __version__ = "0.1.0"
 
 __all__ = [
+    "InterImageLoss",
+    "SaliencyWeightedLoss",
+    "byol_loss",
+    "inter_image_loss",
+    "nnclr_loss",
+    "ntxent_loss",
+    "saliency_weighted_loss",
     "Regions",
     "SaliencyBank",
     "SaliencyGenerator",
