@@ -2,6 +2,15 @@
 
 from sgcl_plugin.affinity import cosine_affinity, tokens_to_map
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.crops import (
+    CropSample,
+    SaliencyCropDataset,
+    SaliencyCropTransform,
+    byol_view_transforms,
+    random_resized_crop_box,
+    sample_crop_in_box,
+    sample_regions,
+)
 from sgcl_plugin.losses import (
     InterImageLoss,
     SaliencyWeightedLoss,
@@ -19,6 +28,13 @@ from sgcl_plugin.saliency import SaliencyGenerator, SaliencyResult, orient
 __version__ = "0.1.0"
 
 __all__ = [
+    "CropSample",
+    "SaliencyCropDataset",
+    "SaliencyCropTransform",
+    "byol_view_transforms",
+    "random_resized_crop_box",
+    "sample_crop_in_box",
+    "sample_regions",
     "InterImageLoss",
     "SaliencyWeightedLoss",
     "byol_loss",

@@ -1,0 +1,664 @@
+"""Saliency-guided crops (SGCL Step 2): score-weighted regions, rule-R crops and BYOL's two views.
+
+Rule R (supplement B.3): for a region box b, a crop has an area uniform in ``scale`` x the area of
+b (in pixels of the image, so that the aspect ratio is a pixel aspect ratio), an aspect ratio
+log-uniform in ``ratio``, a centre uniform inside b; it is clipped to the image and snapped to
+whole pixels (at least 1 x 1). Before the first refresh an image has no regions and each view pair
+is two independent BYOL random-resized crops of the whole image, with score 1.0.
+
+All samplers take an optional ``torch.Generator``; the default is torch's global RNG, which the
+DataLoader seeds differently in every worker.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, to_image_tensor
+
+__all__ = [
+    "BatchViewAugment",
+    "CropSample",
+    "SaliencyCropDataset",
+    "SaliencyCropTransform",
+    "byol_view_transforms",
+    "crop_and_resize",
+    "random_resized_crop_box",
+    "random_resized_crop_boxes",
+    "sample_crop_in_box",
+    "sample_crops_in_boxes",
+    "sample_regions",
+]
+
+ViewTransform = Callable[[Tensor], Tensor]
+
+# BYOL's view augmentations (Grill et al. 2020, Table 6): view 1 / view 2.
+_BLUR_P = (1.0, 0.1)
+_SOLARIZE_P = (0.0, 0.2)
+_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+_JITTER_P = 0.8
+_GRAYSCALE_P = 0.2
+_FLIP_P = 0.5
+_BLUR_SIGMA = (0.1, 2.0)
+_ATTEMPTS = 10  # random-resized-crop tries before the centre-crop fallback, as torchvision
+
+
+# --------------------------------------------------------------------------------------- checks
+
+
+def _check_range(name: str, value: Sequence[float]) -> Tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a pair (low, high), got {value!r}.") from err
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi < lo:
+        raise ValueError(f"{name} must satisfy 0 < low <= high, got {value!r}.")
+    return lo, hi
+
+
+def _check_image_size(image_size: Sequence[int]) -> Tuple[int, int]:
+    try:
+        H, W = (int(v) for v in image_size)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"image_size must be a pair (H, W) of pixel counts, got {image_size!r}.") from err
+    if H < 1 or W < 1:
+        raise ValueError(f"image_size must be at least 1 x 1 pixels, got {tuple(image_size)}.")
+    return H, W
+
+
+def _check_boxes(boxes: Tensor, what: str = "boxes") -> Tensor:
+    if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
+        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"{what} must be a tensor of shape (n, 4) (normalized xyxy), got {shape}.")
+    boxes = boxes.detach().to("cpu", torch.float64)
+    if not torch.isfinite(boxes).all():
+        raise ValueError(f"{what} contain NaN or Inf values.")
+    if (boxes < 0).any() or (boxes > 1).any():
+        raise ValueError(f"{what} must be normalized xyxy coordinates in [0, 1], got {boxes.tolist()}.")
+    if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
+        raise ValueError(f"{what} must be non-empty (x1 > x0 and y1 > y0), got {boxes.tolist()}.")
+    return boxes
+
+
+def _check_size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 2:
+        raise ValueError(f"size must be an integer side length >= 2 pixels, got {size!r}.")
+    return int(size)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------- sampling
+
+
+def sample_regions(scores: Tensor, num_regions: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Draws ``num_regions`` region indices with replacement, with probability proportional to score.
+
+    Args:
+        scores: (K,) non-negative region scores, not all zero.
+        num_regions: How many indices to draw (t).
+        generator: Random source; torch's global RNG when omitted.
+
+    Returns:
+        (t,) int64 indices into ``scores``.
+
+    Raises:
+        ValueError: ``scores`` is not 1-D, is empty, holds NaN/Inf or negative values, or sums to
+            zero; ``num_regions < 1``.
+
+    Examples:
+        >>> sample_regions(torch.tensor([1.0, 0.5, 0.0]), 4, torch.Generator().manual_seed(0))
+        tensor([1, 1, 0, 1])
+    """
+    num_regions = _check_count("num_regions", num_regions)
+    if not isinstance(scores, Tensor) or scores.ndim != 1:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a 1-D tensor (K,), got {shape}.")
+    if scores.numel() == 0:
+        raise ValueError("Cannot sample regions from an empty score vector (K = 0).")
+    weights = scores.detach().to("cpu", torch.float64)
+    if not torch.isfinite(weights).all():
+        raise ValueError(f"scores contain NaN or Inf values: {scores.tolist()}.")
+    if (weights < 0).any():
+        raise ValueError(f"scores must be non-negative, got {scores.tolist()}.")
+    if not (weights > 0).any():
+        raise ValueError("All region scores are zero: there is nothing to sample in proportion to.")
+    return torch.multinomial(weights, num_regions, replacement=True, generator=generator)
+
+
+def _snap(crop: Tensor, cx: Tensor, cy: Tensor, H: int, W: int) -> Tensor:
+    """Clips pixel-space xyxy crops to the image, rounds them to whole pixels (>= 1 x 1)."""
+    x0 = crop[:, 0].clamp(0, W).round()
+    x1 = crop[:, 2].clamp(0, W).round()
+    y0 = crop[:, 1].clamp(0, H).round()
+    y1 = crop[:, 3].clamp(0, H).round()
+    # A crop that rounds to nothing becomes the pixel holding its centre.
+    px = cx.floor().clamp(0, W - 1)
+    py = cy.floor().clamp(0, H - 1)
+    thin, flat = x1 - x0 < 1, y1 - y0 < 1
+    x0, x1 = torch.where(thin, px, x0), torch.where(thin, px + 1, x1)
+    y0, y1 = torch.where(flat, py, y0), torch.where(flat, py + 1, y1)
+    scale = torch.tensor([W, H, W, H], dtype=crop.dtype)
+    return (torch.stack([x0, y0, x1, y1], dim=1) / scale).float()
+
+
+def sample_crops_in_boxes(
+    boxes: Tensor,
+    image_size: Sequence[int],
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: Optional[torch.Generator] = None,
+    clip: bool = True,
+) -> Tensor:
+    """One rule-R crop inside each of ``n`` boxes (the batched form of :func:`sample_crop_in_box`).
+
+    Args:
+        boxes: (n, 4) region boxes, normalized xyxy in [0, 1], non-empty.
+        image_size: (H, W) of the image in pixels; areas and aspect ratios are measured in pixels.
+        scale: Range of the crop area as a fraction of the **box** area (uniform).
+        ratio: Range of the crop aspect ratio width / height (log-uniform).
+        generator: Random source; torch's global RNG when omitted.
+        clip: When False, return the raw crops (continuous, possibly reaching outside the image)
+            instead of clipping and snapping them; the same generator state gives the same draws
+            either way, so ``clip=False`` exposes the geometry behind each clipped crop.
+
+    Returns:
+        (n, 4) float32 crops, normalized xyxy. With ``clip=True`` they lie in [0, 1], sit on whole
+        pixels and are at least one pixel wide and high.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> boxes = torch.tensor([[0.2, 0.2, 0.6, 0.8], [0.0, 0.0, 1.0, 1.0]])
+        >>> sample_crops_in_boxes(boxes, (480, 640), generator=g).shape
+        torch.Size([2, 4])
+    """
+    boxes = _check_boxes(boxes)
+    H, W = _check_image_size(image_size)
+    s_lo, s_hi = _check_range("scale", scale)
+    r_lo, r_hi = _check_range("ratio", ratio)
+    n = boxes.shape[0]
+    u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+    px = boxes * torch.tensor([W, H, W, H], dtype=torch.float64)
+    bw, bh = px[:, 2] - px[:, 0], px[:, 3] - px[:, 1]
+    area = (s_lo + (s_hi - s_lo) * u[:, 0]) * bw * bh
+    aspect = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * u[:, 1])
+    w, h = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
+    cx, cy = px[:, 0] + bw * u[:, 2], px[:, 1] + bh * u[:, 3]
+    crop = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
+    if not clip:
+        return (crop / torch.tensor([W, H, W, H], dtype=torch.float64)).float()
+    return _snap(crop, cx, cy, H, W)
+
+
+def sample_crop_in_box(
+    box: Tensor,
+    image_size: Sequence[int],
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """A crop by SGCL's rule R inside one region box.
+
+    The crop area is uniform in ``scale`` x the box area (in pixels of the image), the aspect ratio
+    (width / height in pixels) log-uniform in ``ratio``, the centre uniform inside the box; the
+    crop is clipped to the image and snapped to whole pixels, at least one pixel wide and high. It
+    may reach outside the box (up to half its size on each side), never outside the image.
+
+    Args:
+        box: (4,) region box, normalized xyxy in [0, 1], non-empty.
+        image_size: (H, W) of the image in pixels.
+        scale: Range of the crop area as a fraction of the box area.
+        ratio: Range of the crop aspect ratio.
+        generator: Random source; torch's global RNG when omitted.
+
+    Returns:
+        (4,) float32 crop, normalized xyxy in [0, 1].
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> crop = sample_crop_in_box(torch.tensor([0.25, 0.25, 0.75, 0.75]), (96, 96), generator=g)
+        >>> crop.shape, bool((crop >= 0).all() and (crop <= 1).all())
+        (torch.Size([4]), True)
+    """
+    if not isinstance(box, Tensor) or box.shape != (4,):
+        shape = tuple(box.shape) if isinstance(box, Tensor) else type(box).__name__
+        raise ValueError(f"box must be a tensor of shape (4,) (normalized xyxy), got {shape}.")
+    return sample_crops_in_boxes(box[None], image_size, scale, ratio, generator)[0]
+
+
+def random_resized_crop_boxes(
+    n: int,
+    image_size: Sequence[int],
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """``n`` independent BYOL random-resized crops of a whole image (torchvision's rule).
+
+    Area uniform in ``scale`` x the image area and aspect ratio log-uniform in ``ratio``, both in
+    whole pixels, with the crop placed uniformly so that it lies **inside** the image; up to 10
+    draws are tried per crop, after which the largest centred crop with an aspect ratio in
+    ``ratio`` is used (as ``torchvision.transforms.RandomResizedCrop`` does). This is rule R on
+    the whole image except that the crop is placed to fit rather than centred anywhere and clipped,
+    which is what BYOL (the pre-refresh phase) does.
+
+    Args:
+        n: Number of crops.
+        image_size: (H, W) of the image in pixels.
+        scale: Range of the crop area as a fraction of the image area.
+        ratio: Range of the crop aspect ratio.
+        generator: Random source; torch's global RNG when omitted.
+
+    Returns:
+        (n, 4) float32 crops, normalized xyxy on whole pixels.
+
+    Examples:
+        >>> random_resized_crop_boxes(3, (480, 640), generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 4])
+    """
+    n = _check_count("n", n)
+    H, W = _check_image_size(image_size)
+    s_lo, s_hi = _check_range("scale", scale)
+    r_lo, r_hi = _check_range("ratio", ratio)
+    u = torch.rand(n, _ATTEMPTS + 1, 2, generator=generator, dtype=torch.float64)
+    tries, place = u[:, :_ATTEMPTS], u[:, _ATTEMPTS]
+    area = (s_lo + (s_hi - s_lo) * tries[..., 0]) * (H * W)
+    aspect = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * tries[..., 1])
+    w, h = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    fits = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)
+    first = fits.to(torch.int64).argmax(dim=1, keepdim=True)
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    # Fallback: the largest centred crop whose aspect ratio is within ``ratio``.
+    if W / H < r_lo:
+        fw, fh = W, min(H, max(1, round(W / r_lo)))
+    elif W / H > r_hi:
+        fw, fh = min(W, max(1, round(H * r_hi))), H
+    else:
+        fw, fh = W, H
+    ok = fits.any(dim=1)
+    w = torch.where(ok, w, torch.full_like(w, float(fw)))
+    h = torch.where(ok, h, torch.full_like(h, float(fh)))
+    left = torch.where(ok, (place[:, 0] * (W - w + 1)).floor().clamp(max=W - w), torch.full_like(w, (W - fw) // 2))
+    top = torch.where(ok, (place[:, 1] * (H - h + 1)).floor().clamp(max=H - h), torch.full_like(h, (H - fh) // 2))
+    crop = torch.stack([left, top, left + w, top + h], dim=1)
+    return (crop / torch.tensor([W, H, W, H], dtype=torch.float64)).float()
+
+
+def random_resized_crop_box(
+    image_size: Sequence[int],
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """One BYOL random-resized crop of a whole image; see :func:`random_resized_crop_boxes`.
+
+    Args:
+        image_size: (H, W) of the image in pixels.
+        scale: Range of the crop area as a fraction of the image area.
+        ratio: Range of the crop aspect ratio.
+        generator: Random source; torch's global RNG when omitted.
+
+    Returns:
+        (4,) float32 crop, normalized xyxy on whole pixels, inside the image.
+
+    Examples:
+        >>> random_resized_crop_box((224, 224), generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([4])
+    """
+    return random_resized_crop_boxes(1, image_size, scale, ratio, generator)[0]
+
+
+def crop_and_resize(image: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Cuts normalized xyxy boxes out of an image and resizes each to ``size`` x ``size``.
+
+    Box edges are rounded to whole pixels (at least one pixel kept); resizing is bilinear with
+    antialiasing, as torchvision's ``RandomResizedCrop`` does on tensors.
+
+    Args:
+        image: (C, H, W) float image.
+        boxes: (n, 4) normalized xyxy boxes in [0, 1].
+        size: Output side length.
+
+    Returns:
+        (n, C, size, size) crops, same dtype as ``image``.
+
+    Examples:
+        >>> crop_and_resize(torch.rand(3, 120, 160), torch.tensor([[0.0, 0.0, 0.5, 0.5]]), 32).shape
+        torch.Size([1, 3, 32, 32])
+    """
+    size = _check_size(size)
+    if not isinstance(image, Tensor) or image.ndim != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image must be a (C, H, W) tensor, got {shape}.")
+    boxes = _check_boxes(boxes)
+    _, H, W = image.shape
+    px = (boxes * torch.tensor([W, H, W, H], dtype=torch.float64)).round().long()
+    x0, y0 = px[:, 0].clamp(0, W - 1), px[:, 1].clamp(0, H - 1)
+    x1, y1 = torch.maximum(px[:, 2], x0 + 1), torch.maximum(px[:, 3], y0 + 1)
+    out = image.new_empty(boxes.shape[0], image.shape[0], size, size)
+    for k, (a, b, c, d) in enumerate(zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist())):
+        patch = image[None, :, b:d, a:c]
+        if patch.shape[-2:] == (size, size):
+            out[k] = patch[0]
+        else:
+            out[k] = F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return out
+
+
+# ---------------------------------------------------------------------------------- augmentation
+
+
+def _blur_kernel(size: int) -> int:
+    """BYOL's blur kernel: about 10% of the crop side, odd (23 px at 224, 9 px at 96), at least 3."""
+    k = max(3, int(0.1 * size))
+    return k if k % 2 == 1 else k + 1
+
+
+def byol_view_transforms(
+    size: int = 96,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tuple[ViewTransform, ViewTransform]:
+    """BYOL's two view augmentations, for (3, size, size) float crops in [0, 1].
+
+    Both: horizontal flip (p 0.5), colour jitter (brightness 0.4, contrast 0.4, saturation 0.2,
+    hue 0.1; p 0.8; random order), grayscale (p 0.2), Gaussian blur (kernel ~10% of ``size``,
+    sigma in (0.1, 2.0)), solarize at 0.5, then normalization. Blur p is 1.0 for view 1 and 0.1 for
+    view 2; solarize p is 0.0 for view 1 and 0.2 for view 2 (Grill et al. 2020, Table 6).
+
+    Args:
+        size: Side of the crops (sets the blur kernel).
+        mean: Per-channel normalization mean.
+        std: Per-channel normalization std.
+
+    Returns:
+        ``(view1, view2)``: ``torchvision.transforms.v2`` pipelines on tensors.
+
+    Examples:
+        >>> view1, view2 = byol_view_transforms(96)
+        >>> view1(torch.rand(3, 96, 96)).shape
+        torch.Size([3, 96, 96])
+    """
+    from torchvision.transforms import v2
+
+    size = _check_size(size)
+    kernel = _blur_kernel(size)
+
+    def pipeline(blur_p: float, solarize_p: float) -> ViewTransform:
+        steps = [
+            v2.RandomHorizontalFlip(p=_FLIP_P),
+            v2.RandomApply([v2.ColorJitter(*_JITTER)], p=_JITTER_P),
+            v2.RandomGrayscale(p=_GRAYSCALE_P),
+        ]
+        blur = v2.GaussianBlur(kernel, sigma=_BLUR_SIGMA)
+        steps.append(blur if blur_p >= 1.0 else v2.RandomApply([blur], p=blur_p))
+        if solarize_p > 0:
+            steps.append(v2.RandomSolarize(threshold=0.5, p=solarize_p))
+        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+        return v2.Compose(steps)
+
+    return pipeline(_BLUR_P[0], _SOLARIZE_P[0]), pipeline(_BLUR_P[1], _SOLARIZE_P[1])
+
+
+class BatchViewAugment(torch.nn.Module):
+    """BYOL's view-1 or view-2 augmentation on a whole batch of crops, on the batch's device (kornia).
+
+    The GPU counterpart of :func:`byol_view_transforms`: every image of the batch gets its own
+    random parameters. Use it on the un-augmented crops of
+    ``SaliencyCropTransform(..., augment=False)``.
+
+    Args:
+        view: 1 or 2 (blur p 1.0 / 0.1, solarize p 0.0 / 0.2).
+        size: Side of the crops (sets the blur kernel, as on the CPU path).
+        mean: Per-channel normalization mean.
+        std: Per-channel normalization std.
+
+    Raises:
+        ImportError: kornia is not installed.
+
+    Examples:
+        >>> aug1, aug2 = BatchViewAugment(1), BatchViewAugment(2)
+        >>> batch = next(iter(loader))  # from SaliencyCropDataset(..., augment=False)
+        >>> v1 = aug1(batch["views1"].flatten(0, 1).cuda())  # (B * t, 3, 96, 96)
+        >>> v2 = aug2(batch["views2"].flatten(0, 1).cuda())
+    """
+
+    def __init__(
+        self,
+        view: int = 1,
+        size: int = 96,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        try:
+            import kornia.augmentation as K
+        except ImportError as err:
+            raise ImportError(
+                "BatchViewAugment needs kornia: pip install 'sgcl_plugin[kornia]' (or pip install kornia)."
+            ) from err
+        if view not in (1, 2):
+            raise ValueError(f"view must be 1 or 2, got {view!r}.")
+        self.view = view
+        self.size = _check_size(size)
+        blur_p, solarize_p = _BLUR_P[view - 1], _SOLARIZE_P[view - 1]
+        steps = [
+            K.RandomHorizontalFlip(p=_FLIP_P),
+            # kornia's ColorJitter uses torchvision's formulas (ColorJiggle does not).
+            K.ColorJitter(*_JITTER, p=_JITTER_P),
+            K.RandomGrayscale(p=_GRAYSCALE_P),
+            K.RandomGaussianBlur(_blur_kernel(self.size), _BLUR_SIGMA, p=blur_p),
+        ]
+        if solarize_p > 0:
+            steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold 0.5
+        steps.append(K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
+        self.augment = torch.nn.Sequential(*steps)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Augments (n, 3, H, W) float images in [0, 1]; returns (n, 3, H, W) normalized views."""
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"BatchViewAugment expects a (n, 3, H, W) batch, got {shape}.")
+        if not images.is_floating_point():
+            raise ValueError(f"BatchViewAugment expects float images in [0, 1], got {images.dtype}.")
+        if images.shape[0] == 0:
+            return images.clone()
+        return self.augment(images)
+
+    def extra_repr(self) -> str:
+        return f"view={self.view}, size={self.size}"
+
+
+# ------------------------------------------------------------------------------------ transform
+
+
+class CropSample(NamedTuple):
+    """The t view pairs of one image.
+
+    Attributes:
+        views1: (t, 3, size, size) first views (normalized unless ``augment=False``).
+        views2: (t, 3, size, size) second views.
+        scores: (t,) score of the region each pair came from (1.0 before the first refresh).
+        boxes1: (t, 4) crop boxes of the first views, normalized xyxy.
+        boxes2: (t, 4) crop boxes of the second views.
+        regions: (t,) index of the bank region of each pair; -1 before the first refresh.
+    """
+
+    views1: Tensor
+    views2: Tensor
+    scores: Tensor
+    boxes1: Tensor
+    boxes2: Tensor
+    regions: Tensor
+
+
+class SaliencyCropTransform:
+    """SGCL's crop transform: score-weighted regions, two rule-R crops in each, BYOL's two views.
+
+    For image ``index``: draw ``num_regions`` regions of ``bank[index]`` with replacement and
+    probability proportional to their scores; for each, two independent rule-R crops inside its box
+    (:func:`sample_crops_in_boxes`), cut out and resized to ``size`` (bilinear, antialiased), then
+    the view-1 / view-2 augmentations. An image without regions (before the first refresh) gets
+    pairs of independent BYOL random-resized crops of the whole image, with score 1.0 and region -1.
+
+    Args:
+        bank: The :class:`~sgcl_plugin.bank.SaliencyBank` of the dataset (read at every call, so
+            refreshes are seen by running DataLoader workers).
+        num_regions: Pairs per image (t; paper: 4).
+        size: Side of the crops (paper: 96).
+        view_transforms: ``None`` or ``"byol"`` for :func:`byol_view_transforms`, or a pair of
+            callables on (3, size, size) float tensors in [0, 1].
+        augment: False returns the resized crops in [0, 1] without view augmentation, for a batched
+            GPU path (:class:`BatchViewAugment`); then ``view_transforms`` must be left unset.
+        scale: Crop area range, as a fraction of the region box (of the image before a refresh).
+        ratio: Crop aspect ratio range.
+
+    Examples:
+        >>> transform = SaliencyCropTransform(bank, num_regions=4, size=96)
+        >>> sample = transform(pil_image, index=17)
+        >>> sample.views1.shape, sample.scores.shape
+        (torch.Size([4, 3, 96, 96]), torch.Size([4]))
+    """
+
+    def __init__(
+        self,
+        bank: SaliencyBank,
+        num_regions: int = 4,
+        size: int = 96,
+        view_transforms: Optional[Union[str, Sequence[ViewTransform]]] = None,
+        augment: bool = True,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+    ) -> None:
+        if not isinstance(bank, SaliencyBank):
+            raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
+        self.bank = bank
+        self.num_regions = _check_count("num_regions", num_regions)
+        self.size = _check_size(size)
+        self.scale = _check_range("scale", scale)
+        self.ratio = _check_range("ratio", ratio)
+        self.augment = bool(augment)
+        if not self.augment:
+            if view_transforms is not None:
+                raise ValueError("augment=False returns un-augmented crops: leave view_transforms unset.")
+            self.view_transforms: Optional[Tuple[ViewTransform, ViewTransform]] = None
+        elif view_transforms is None or (isinstance(view_transforms, str) and view_transforms == "byol"):
+            self.view_transforms = byol_view_transforms(self.size)
+        elif isinstance(view_transforms, str):
+            raise ValueError(f"Unknown view_transforms {view_transforms!r}: use 'byol' or a pair of callables.")
+        else:
+            pair = tuple(view_transforms)
+            if len(pair) != 2 or not all(callable(t) for t in pair):
+                raise ValueError("view_transforms must be 'byol' or a pair (view1, view2) of callables.")
+            self.view_transforms = pair  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_regions={self.num_regions}, size={self.size}, augment={self.augment}, "
+            f"scale={self.scale}, ratio={self.ratio})"
+        )
+
+    def sample_boxes(self, index: int, image_size: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The crop geometry of one call: ``(boxes1, boxes2, scores, regions)`` for image ``index``.
+
+        Raises:
+            IndexError: ``index`` is outside the bank.
+            ValueError: the bank entry holds boxes outside [0, 1], empty boxes or bad scores.
+        """
+        boxes, scores = self.bank[index]
+        t = self.num_regions
+        if boxes.shape[0] == 0:
+            crops = random_resized_crop_boxes(2 * t, image_size, self.scale, self.ratio)
+            return crops[:t], crops[t:], torch.ones(t), torch.full((t,), -1, dtype=torch.int64)
+        _check_boxes(boxes, what=f"bank[{index}] boxes")
+        regions = sample_regions(scores, t)
+        chosen = boxes[regions].repeat(2, 1)
+        crops = sample_crops_in_boxes(chosen, image_size, self.scale, self.ratio)
+        return crops[:t], crops[t:], scores[regions].float(), regions
+
+    def __call__(self, image: Any, index: int) -> CropSample:
+        """Makes the t view pairs of ``image`` (PIL, HWC array or CHW tensor), dataset index ``index``."""
+        img = to_image_tensor(image)
+        boxes1, boxes2, scores, regions = self.sample_boxes(index, tuple(img.shape[-2:]))
+        views1 = crop_and_resize(img, boxes1, self.size)
+        views2 = crop_and_resize(img, boxes2, self.size)
+        if self.view_transforms is not None:
+            first, second = self.view_transforms
+            views1 = torch.stack([first(v) for v in views1])
+            views2 = torch.stack([second(v) for v in views2])
+        return CropSample(views1, views2, scores, boxes1, boxes2, regions)
+
+
+# -------------------------------------------------------------------------------------- dataset
+
+
+def _split_item(item: Any) -> Tuple[Any, Any]:
+    """(image, target) of a dataset item: an image, an (image, target, ...) tuple or a dict."""
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise ValueError("Dataset item is an empty tuple/list: expected (image, target, ...).")
+        return item[0], item[1] if len(item) > 1 else -1
+    if isinstance(item, dict):
+        if "image" not in item:
+            raise ValueError(f"Dataset item is a dict without an 'image' key (keys: {sorted(item)}).")
+        target = item.get("label", item.get("target", -1))
+        return item["image"], target
+    return item, -1
+
+
+class SaliencyCropDataset(Dataset):
+    """Wraps a map-style dataset so that its crop transform sees each item's dataset index.
+
+    Items may be images, ``(image, target, ...)`` tuples or dicts with ``"image"`` (and
+    ``"label"`` or ``"target"``). ``dataset[i]`` becomes a dict with ``views1`` and ``views2``
+    (t, 3, size, size), ``scores`` (t,), ``index`` (i) and ``target`` (-1 when there is none), which
+    the default collate batches into (B, t, ...) tensors. Works with DataLoader workers, including
+    ``persistent_workers=True``: the bank lives in shared memory, so refreshes made by the main
+    process reach the running workers.
+
+    Args:
+        dataset: Any map-style dataset (``__len__`` and ``__getitem__``).
+        transform: The :class:`SaliencyCropTransform`; its bank must have ``len(dataset)`` rows.
+
+    Examples:
+        >>> bank = SaliencyBank(len(train_set))
+        >>> data = SaliencyCropDataset(train_set, SaliencyCropTransform(bank))
+        >>> loader = DataLoader(data, batch_size=64, num_workers=8, persistent_workers=True)
+        >>> batch = next(iter(loader))  # batch["views1"]: (64, 4, 3, 96, 96)
+    """
+
+    def __init__(self, dataset: Any, transform: SaliencyCropTransform) -> None:
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError("SaliencyCropDataset needs a map-style dataset (with __len__ and __getitem__).")
+        if not isinstance(transform, SaliencyCropTransform):
+            raise TypeError(f"transform must be a SaliencyCropTransform, got {type(transform).__name__}.")
+        if len(transform.bank) != len(dataset):
+            raise ValueError(f"The bank holds {len(transform.bank)} images but the dataset has {len(dataset)}.")
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        image, target = _split_item(self.dataset[index])
+        sample = self.transform(image, index)
+        return {
+            "views1": sample.views1,
+            "views2": sample.views2,
+            "scores": sample.scores,
+            "index": index,
+            "target": -1 if target is None else target,
+        }
