@@ -1,0 +1,616 @@
+"""Reference SGCL pretraining: BYOL, SimCLR or NNCLR, with or without SGCL, one shared training core.
+
+    python examples/sgcl_train.py --method byol                 # SGCL-BYOL on composed scenes
+    python examples/sgcl_train.py --method byol --no-sgcl       # the plain BYOL baseline
+    python examples/sgcl_train.py --method simclr --smoke       # a few steps on tiny data
+    torchrun --nproc_per_node 4 examples/sgcl_train.py ...      # DDP: the refresh shards and gathers
+    python examples/sgcl_train.py --resume auto ...             # continue from <out>/checkpoint.pt
+
+`examples/byol.py`, `examples/simclr.py` and `examples/nnclr.py` are this script with the method
+preset. Every switch of the paper's ablations is an option: `--no-inter` (intra loss only),
+`--no-scores` (gamma = 0), `--num-regions`, `--refresh-interval`, `--saliency-size`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sgcl_plugin import SaliencyBank, SaliencyGenerator
+from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform
+from sgcl_plugin.evaluation import embed, knn_accuracy, linear_probe_accuracy
+from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss
+from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
+
+METHODS = ("byol", "simclr", "nnclr")
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=METHODS, default=method or "byol")
+    p.add_argument(
+        "--sgcl", action=argparse.BooleanOptionalAction, default=True, help="SGCL on (default) or the plain method"
+    )
+    p.add_argument("--inter", action=argparse.BooleanOptionalAction, default=True, help="inter-image loss (Eq. 10)")
+    p.add_argument("--scores", action=argparse.BooleanOptionalAction, default=True, help="weight pairs by P^gamma")
+    p.add_argument("--gamma", type=float, default=0.5)
+    p.add_argument("--num-regions", type=int, default=4, help="t: region pairs per image")
+    p.add_argument(
+        "--refresh-interval", type=int, default=2, help="epochs between saliency refreshes (never at epoch 0)"
+    )
+    p.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
+    p.add_argument("--min-area", type=int, default=2, help="smallest region, in feature-map cells")
+    p.add_argument("--queue-size", type=int, default=1024, help="inter-image (and NNCLR support) queue")
+    p.add_argument("--num-neighbors", type=int, default=5, help="l: neighbours per prediction in the inter loss")
+    p.add_argument("--temperature", type=float, default=0.2, help="SimCLR / NNCLR temperature")
+    # data
+    p.add_argument("--data", default="composed", help="'composed' (default scenes) or a folder of images")
+    p.add_argument("--num-images", type=int, default=600, help="composed scenes to generate")
+    p.add_argument("--image-size", type=int, default=160, help="composed scene side in pixels")
+    p.add_argument("--crop-size", type=int, default=64, help="region crop size (paper: 96)")
+    p.add_argument(
+        "--baseline-crop-size", type=int, default=0, help="plain method's view size; 0: same pixels per image as SGCL"
+    )
+    # model and optimisation
+    p.add_argument("--arch", default="resnet18", help="torchvision ResNet")
+    p.add_argument("--hidden-dim", type=int, default=1024)
+    p.add_argument("--proj-dim", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (per process)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--ema", type=float, default=0.99, help="BYOL target EMA, cosine schedule to 1")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast on CUDA")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    # outputs
+    p.add_argument("--out", default="runs/sgcl")
+    p.add_argument("--resume", default="", help="a checkpoint path, or 'auto' for <out>/checkpoint.pt if present")
+    p.add_argument("--ckpt-every", type=int, default=50, help="steps between checkpoints (and at each epoch end)")
+    p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if killed (no save) after this many steps")
+    p.add_argument("--eval-train", type=int, default=2000, help="Fashion-MNIST train objects for kNN / probe")
+    p.add_argument("--eval-test", type=int, default=1000, help="Fashion-MNIST test objects to classify")
+    p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--pictures", type=int, default=8, help="images shown in the saliency pictures")
+    p.add_argument("--smoke", action="store_true", help="a few steps on tiny data (< 2 minutes on a CPU)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+SMOKE = dict(
+    num_images=16, image_size=96, crop_size=32, saliency_size=128, epochs=2, batch_size=8, refresh_interval=1,
+    workers=0, hidden_dim=64, proj_dim=32, queue_size=64, pictures=4, eval_train=200, eval_test=100, ckpt_every=2,
+)  # fmt: skip
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> argparse.Namespace:
+    """Parses the options; ``--smoke`` swaps in tiny defaults that explicit options still override."""
+    parser = build_parser(method)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    if args.num_regions < 1 or args.refresh_interval < 1:
+        parser.error("--num-regions and --refresh-interval must be >= 1")
+    return args
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class ImageTable(Dataset):
+    """Images kept as one uint8 tensor (n, 3, H, W) in shared memory: cheap for workers and refreshes."""
+
+    def __init__(self, images: Tensor) -> None:
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ValueError(f"Expected a non-empty (n, 3, H, W) image table, got {tuple(images.shape)}.")
+        self.images = images.share_memory_()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[i]
+
+
+def composed_scene_table(num_images: int, size: int, seed: int) -> ImageTable:
+    from sgcl_plugin.scenes import ComposedScenes
+
+    scenes = ComposedScenes(num_images, image_size=size, seed=seed, split="train")
+    return ImageTable(
+        torch.stack([(to_image_tensor(scenes[i]["image"]) * 255).round().byte() for i in range(len(scenes))])
+    )
+
+
+def folder_table(folder: str, size: int) -> ImageTable:
+    from PIL import Image
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+    if not files:
+        raise ValueError(f"No images (.jpg, .png, ...) under {folder}.")
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            out.append(torch.from_numpy(np.array(im.convert("RGB").resize((size, size)))).permute(2, 0, 1))
+    return ImageTable(torch.stack(out))
+
+
+class SeededItems(Dataset):
+    """Makes every item's randomness a function of (seed, epoch, index) alone.
+
+    Whichever worker loads an item, and whether the run was interrupted and resumed, the same
+    item of the same epoch gets the same crops and augmentations: that is what makes resuming exact.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # visible to persistent workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + int(self.epoch) * 10_007 + i) % (2**63))
+            return self.dataset[i]
+
+
+class EpochSampler(Sampler[int]):
+    """A per-epoch permutation from (seed, epoch), this rank's share of it, minus the steps already done."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.skip_batches = 0, 0
+        self.per_rank = n // world  # equal shares: every rank runs the same number of steps
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        order = torch.randperm(self.n, generator=g)[: self.per_rank * self.world]
+        mine = order[self.rank :: self.world].tolist()
+        return iter(mine[self.skip_batches * self.batch_size :])
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.skip_batches * self.batch_size)
+
+
+def fashion_eval_sets(n_train: int, n_test: int, size: int) -> Dict[str, Tensor]:
+    """Fashion-MNIST objects (grey on black, as RGB), resized to the crop size and normalized."""
+    from sgcl_plugin.scenes import load_fashion_mnist
+
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = load_fashion_mnist(split)
+        g = torch.Generator().manual_seed(1234)
+        idx = torch.randperm(len(labels), generator=g)[:n]
+        x = torch.as_tensor(np.asarray(images))[idx].float().div(255)[:, None].expand(-1, 3, -1, -1)
+        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+        std = torch.tensor(IMAGENET_STD)[:, None, None]
+        out[f"{split}_x"], out[f"{split}_y"] = (x - mean) / std, torch.as_tensor(np.asarray(labels))[idx].long()
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def mlp(in_dim: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out)
+    )
+
+
+class SSLModel(nn.Module):
+    """Backbone + projector (+ predictor and EMA target copies for BYOL)."""
+
+    def __init__(self, method: str, arch: str, hidden_dim: int, proj_dim: int) -> None:
+        super().__init__()
+        import torchvision
+
+        net = getattr(torchvision.models, arch)(weights=None)
+        self.feature_dim = net.fc.in_features
+        self.backbone = nn.Sequential(*list(net.children())[:-2])  # feature maps, for saliency too
+        self.projector = mlp(self.feature_dim, hidden_dim, proj_dim)
+        self.predictor = mlp(proj_dim, hidden_dim, proj_dim) if method == "byol" else None
+        self.method = method
+        if method == "byol":
+            self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+            self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Online projection of a batch of views (what DDP wraps)."""
+        return self.projector(self.backbone(x).mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def target(self, x: Tensor) -> Tensor:
+        return self.target_projector(self.target_backbone(x).mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
+            for po, pt in zip(online.parameters(), target.parameters()):
+                pt.mul_(tau).add_(po.detach(), alpha=1 - tau)
+            for bo, bt in zip(online.buffers(), target.buffers()):
+                bt.copy_(bo)
+
+
+class SupportQueue(nn.Module):
+    """NNCLR's support set: a FIFO of detached projections, saved with the model."""
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("queue", torch.zeros(size, dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    def filled(self) -> Tensor:
+        return self.queue[: int(self.count)]
+
+    @torch.no_grad()
+    def push(self, z: Tensor) -> None:
+        z = z.detach().float()[-self.queue.shape[0] :]
+        n, ptr = z.shape[0], int(self.ptr)
+        idx = (torch.arange(n, device=z.device) + ptr) % self.queue.shape[0]
+        self.queue[idx] = z
+        self.ptr.fill_((ptr + n) % self.queue.shape[0])
+        self.count.fill_(min(int(self.count) + n, self.queue.shape[0]))
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def ema_at(step: int, total: int, base: float) -> float:
+    return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total)) + 1) / 2
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rank, self.world = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
+        self.main = self.rank == 0
+        self.out = Path(args.out)
+        if self.main:
+            (self.out / "saliency").mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+
+        self.images = (
+            composed_scene_table(args.num_images, args.image_size, args.seed)
+            if args.data == "composed"
+            else folder_table(args.data, args.image_size)
+        )
+        n = len(self.images)
+        self.bank = SaliencyBank(n, max_regions=16)
+        if args.sgcl:
+            t, size = args.num_regions, args.crop_size
+        else:  # the plain method: one pair of random crops per image, as many pixels as SGCL's t pairs
+            t = 1
+            size = args.baseline_crop_size or int(round(args.crop_size * math.sqrt(args.num_regions)))
+        self.pairs_per_image = t
+        self.crop = SaliencyCropTransform(self.bank, num_regions=t, size=size)
+        self.items = SeededItems(SaliencyCropDataset(self.images, self.crop), args.seed)
+        self.sampler = EpochSampler(n, args.batch_size, args.seed, self.rank, self.world)
+        self.steps_per_epoch = len(self.sampler) // args.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{n} images cannot fill one batch of {args.batch_size} per process.")
+        self.loader = DataLoader(
+            self.items,
+            batch_size=args.batch_size,
+            sampler=self.sampler,
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+        )
+
+        self.model = SSLModel(args.method, args.arch, args.hidden_dim, args.proj_dim).to(self.device)
+        self.online: nn.Module = self.model
+        if self.world > 1:
+            self.online = nn.parallel.DistributedDataParallel(self.model)
+        gamma = args.gamma if args.scores else 0.0
+        base = {"byol": "byol", "simclr": "ntxent", "nnclr": "nnclr"}[args.method]
+        kwargs = {} if base == "byol" else {"temperature": args.temperature}
+        self.intra = SaliencyWeightedLoss(base, gamma=gamma, **kwargs)
+        self.use_inter = args.sgcl and args.inter
+        self.inter = InterImageLoss(
+            args.proj_dim, queue_size=args.queue_size, num_neighbors=args.num_neighbors, gamma=gamma,
+            gather_distributed=self.world > 1,
+        ).to(self.device)  # fmt: skip
+        self.support = SupportQueue(args.queue_size, args.proj_dim).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if args.optimizer == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay
+            )
+        else:
+            self.opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        self.generator = SaliencyGenerator(min_area=args.min_area)
+        self.total_steps = self.steps_per_epoch * args.epochs
+        self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.refreshed_epoch = -1  # the epoch whose refresh is done (not redone after a resume)
+        self.log_path = self.out / "log.csv"
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def state(self) -> Dict[str, Any]:
+        return {
+            "args": vars(self.args),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "inter": self.inter.state_dict(),
+            "support": self.support.state_dict(),
+            "bank": self.bank.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "refreshed_epoch": self.refreshed_epoch,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def save(self) -> None:
+        if not self.main:
+            return
+        tmp = self.out / "checkpoint.pt.tmp"
+        torch.save(self.state(), tmp)
+        os.replace(tmp, self.out / "checkpoint.pt")  # atomic: a kill never leaves a torn checkpoint
+
+    def load(self, path: str) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.inter.load_state_dict(state["inter"])
+        self.support.load_state_dict(state["support"])
+        self.bank.load_state_dict(state["bank"])
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.refreshed_epoch = state["refreshed_epoch"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if self.main:
+            print(f"resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch}/{self.steps_per_epoch}")
+
+    # --- saliency refresh -----------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        t0 = time.perf_counter()
+        backbone = self.model.backbone
+        self.generator.refresh(
+            backbone, self.images, self.bank, batch_size=32, saliency_size=self.args.saliency_size,
+            device=self.device, progress=self.main and not self.args.no_progress,
+        )  # fmt: skip
+        stats = self.bank.stats()
+        if self.main:
+            print(
+                f"refresh {self.bank.refreshes} at epoch {self.epoch}: {stats['regions_per_image']:.2f} regions/image, "
+                f"{int(stats['fallback_images'])} whole-image fallbacks, mean score {stats['mean_score']:.3f}, "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+            self.pictures(f"refresh_{self.bank.refreshes:02d}_epoch_{self.epoch:03d}.png")
+
+    def pictures(self, name: str) -> None:
+        from PIL import Image
+
+        from sgcl_plugin.viewer import contact_sheet, render_saliency
+
+        k = min(self.args.pictures, len(self.images))
+        x = torch.stack([SaliencyInput(self.args.saliency_size)(self.images[i]) for i in range(k)])
+        with torch.no_grad():
+            from sgcl_plugin.refresh import eval_mode
+
+            with eval_mode(self.model.backbone):
+                result = self.generator(self.model.backbone(x.to(self.device)))
+        items = []
+        for i in range(k):
+            image = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())
+            items.append((f"image {i}", render_saliency(image, result.maps[i].cpu(), result.regions[i])))
+        contact_sheet(items, columns=2).save(self.out / "saliency" / name)
+
+    # --- one step ---------------------------------------------------------------------------------
+
+    def losses(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        t = self.pairs_per_image
+        v1 = batch["views1"].flatten(0, 1).to(self.device, non_blocking=True)
+        v2 = batch["views2"].flatten(0, 1).to(self.device, non_blocking=True)
+        scores = batch["scores"].flatten().to(self.device).float()
+        image_ids = batch["index"].repeat_interleave(t).to(self.device)
+        method = self.args.method
+        out: Dict[str, Tensor] = {}
+        if method == "byol":
+            z1, z2 = self.project(v1), self.project(v2)
+            p1, p2 = self.model.predictor(z1), self.model.predictor(z2)
+            t1, t2 = self.model.target(v1), self.model.target(v2)
+            out["intra"] = self.intra(p1, t2, scores) + self.intra(p2, t1, scores)
+            preds, targets = (p1, p2), torch.cat([t1, t2])
+        elif method == "simclr":
+            z1, z2 = self.project(v1), self.project(v2)
+            out["intra"] = self.intra(z1, z2, scores, image_ids=image_ids)
+            preds, targets = (z1, z2), torch.cat([z1, z2]).detach()
+        else:  # nnclr: each view's nearest neighbour in the support set is the other view's positive
+            z1, z2 = self.project(v1), self.project(v2)
+            support = self.support.filled() if int(self.support.count) > 0 else z1.detach()
+            out["intra"] = self.intra(z1, z2, scores, support=support, image_ids=image_ids)
+            preds, targets = (z1, z2), torch.cat([z1, z2]).detach()
+            self.support.push(z1.detach().float())
+        if self.use_inter:
+            out["inter"] = sum(self.inter(p.float(), scores) for p in preds)  # type: ignore[assignment]
+            self.inter.enqueue(targets.float())
+        out["loss"] = out["intra"] + out.get("inter", torch.zeros((), device=self.device))
+        return out
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.online(x)
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def fit(self) -> Dict[str, float]:
+        args = self.args
+        if args.resume:
+            path = self.out / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
+            if path.exists():
+                self.load(str(path))
+            elif args.resume != "auto":
+                raise FileNotFoundError(f"--resume {path}: no such checkpoint.")
+        amp = args.amp and self.device.type == "cuda"
+        new_log = not self.log_path.exists() or self.global_step == 0
+        log_file = open(self.log_path, "w" if new_log else "a", newline="") if self.main else None
+        log = csv.writer(log_file) if log_file else None
+        if log and new_log:
+            log.writerow(["epoch", "step", "loss", "intra", "inter", "lr", "tau", "images_per_s", "seconds"])
+        epoch_times: List[float] = []
+        stopped = False
+        while self.epoch < args.epochs:
+            due = args.sgcl and self.epoch > 0 and self.epoch % args.refresh_interval == 0
+            if due and self.refreshed_epoch != self.epoch:
+                self.refresh()
+                self.refreshed_epoch = self.epoch
+                self.save()
+            self.sampler.epoch = self.epoch
+            self.sampler.skip_batches = self.step_in_epoch
+            self.items.epoch.fill_(self.epoch)
+            bar = None
+            if self.main and not args.no_progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(
+                    total=self.steps_per_epoch,
+                    initial=self.step_in_epoch,
+                    desc=f"epoch {self.epoch}",
+                    dynamic_ncols=True,
+                )
+            t_epoch = time.perf_counter()
+            steps_timed = 0
+            self.model.train()
+            for batch in self.loader:
+                t0 = time.perf_counter()
+                lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, args.lr)
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    out = self.losses(batch)
+                self.opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                self.opt.step()
+                tau = ema_at(self.global_step, self.total_steps, args.ema)
+                if args.method == "byol":
+                    self.model.update_target(tau)
+                self.global_step += 1
+                self.step_in_epoch += 1
+                steps_timed += 1
+                dt = time.perf_counter() - t0
+                ips = args.batch_size * self.world / dt
+                if log:
+                    inter = out["inter"].item() if "inter" in out else 0.0
+                    values = (out["loss"].item(), out["intra"].item(), inter)
+                    row = [self.epoch, self.global_step, *(f"{v:.5f}" for v in values)]
+                    log.writerow([*row, f"{lr:.6g}", f"{tau:.6f}", f"{ips:.1f}", f"{dt:.3f}"])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{out['loss'].item():.3f}", img_s=f"{ips:.1f}")
+                if self.step_in_epoch == self.steps_per_epoch:
+                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                    self.save()
+                elif self.global_step % args.ckpt_every == 0:
+                    self.save()
+                if args.stop_after_steps and self.global_step >= args.stop_after_steps:
+                    stopped = True
+                    break
+            if bar is not None:
+                bar.close()
+            if steps_timed:
+                epoch_times.append((time.perf_counter() - t_epoch) / steps_timed * self.steps_per_epoch)
+            if stopped:
+                break
+        if log_file:
+            log_file.close()
+        result: Dict[str, float] = {
+            "steps": float(self.global_step),
+            "seconds_per_epoch": float(np.median(epoch_times)) if epoch_times else float("nan"),
+        }
+        if stopped:  # as if killed: no final save, the next run resumes from the last checkpoint
+            return result
+        if self.main:
+            torch.save(self.model.backbone.state_dict(), self.out / "backbone.pt")
+            if args.sgcl:
+                self.pictures("final.png")
+            if not args.no_eval:
+                result.update(self.evaluate())
+                print(
+                    f"kNN top-1 on Fashion-MNIST test objects: {100 * result['knn']:.2f}%  "
+                    f"(linear probe {100 * result['linear']:.2f}%)"
+                )
+        return result
+
+    def evaluate(self) -> Dict[str, float]:
+        sets = fashion_eval_sets(self.args.eval_train, self.args.eval_test, self.args.crop_size)
+        train = embed(self.model.backbone, sets["train_x"], device=self.device)
+        test = embed(self.model.backbone, sets["test_x"], device=self.device)
+        return {
+            "knn": knn_accuracy(train, sets["train_y"], test, sets["test_y"]),
+            "linear": linear_probe_accuracy(train, sets["train_y"], test, sets["test_y"]),
+        }
+
+
+def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> Dict[str, float]:
+    args = parse_args(argv, method)
+    trainer = Trainer(args)
+    if trainer.main:
+        print(
+            f"{'SGCL-' if args.sgcl else ''}{args.method.upper()} on {len(trainer.images)} images, "
+            f"{trainer.pairs_per_image} pair(s)/image, {trainer.steps_per_epoch} steps/epoch x {args.epochs} epochs, "
+            f"device {trainer.device}, world {trainer.world}; outputs in {trainer.out}"
+        )
+    result = trainer.fit()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
