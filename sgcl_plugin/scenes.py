@@ -1,0 +1,343 @@
+"""Composed scenes: colourised Fashion-MNIST objects pasted on real textures, with exact boxes and masks."""
+
+from __future__ import annotations
+
+import colorsys
+import gzip
+import struct
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+from torch import Tensor
+from torch.utils.data import Dataset
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package puts the IDX files."""
+
+FASHION_MNIST_CLASSES: Tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+"""Fashion-MNIST class names, indexed by label."""
+
+BACKGROUND_NAMES: Tuple[str, ...] = ("brick", "grass", "gravel", "coffee", "chelsea", "astronaut", "rocket")
+"""The scikit-image photos and textures that scene backgrounds are cropped from."""
+
+_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Union[str, Path]) -> np.ndarray:
+    """Reads an IDX file (plain or ``.gz``), the format of MNIST and Fashion-MNIST.
+
+    Args:
+        path: File path.
+
+    Returns:
+        The array, with the shape and dtype stored in the file's header.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number).")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}i", data[4 : 4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim, count=int(np.prod(shape)))
+    return arr.reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _idx_pair(folder: Path, split: str) -> Optional[Tuple[Path, Path]]:
+    images, labels = (folder / name for name in _FILES[split])
+    return (images, labels) if images.is_file() and labels.is_file() else None
+
+
+@lru_cache(maxsize=4)
+def _load_cached(split: str, root: Optional[str]) -> Tuple[np.ndarray, np.ndarray]:
+    folders = ([Path(root), Path(root) / "FashionMNIST" / "raw"] if root else []) + [DEBIAN_FASHION_MNIST]
+    for folder in folders:
+        pair = _idx_pair(folder, split)
+        if pair is not None:
+            return read_idx(pair[0]), read_idx(pair[1]).astype(np.int64)
+    download_root = root or str(Path.home() / ".cache" / "sgcl_plugin")
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        ds = FashionMNIST(download_root, train=split == "train", download=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"Fashion-MNIST ({split}) not found: no IDX files under {[str(f) for f in folders]}, and torchvision "
+            f"could not download it into {download_root} ({type(err).__name__}: {err}). Install Debian's "
+            "package (apt-get install dataset-fashion-mnist) or pass root= to a folder holding the .gz files."
+        ) from err
+    return ds.data.numpy().astype(np.uint8), ds.targets.numpy().astype(np.int64)
+
+
+def load_fashion_mnist(split: str = "train", root: Optional[Union[str, Path]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images and labels, read offline where possible.
+
+    Looks for the IDX ``.gz`` files in ``root`` (or its torchvision layout ``FashionMNIST/raw``),
+    then in ``/usr/share/datasets/fashion-mnist/`` (Debian's ``dataset-fashion-mnist``), and
+    finally downloads them with ``torchvision.datasets.FashionMNIST(root, download=True)`` (into
+    ``~/.cache/sgcl_plugin`` when ``root`` is None). Results are cached per process; treat the
+    arrays as read-only.
+
+    Args:
+        split: ``"train"`` (60,000 items) or ``"test"`` (10,000 items).
+        root: Optional folder with the files, or where torchvision may download them.
+
+    Returns:
+        ``(images, labels)``: uint8 (n, 28, 28) and int64 (n,) in [0, 9].
+
+    Raises:
+        ValueError: An unknown split.
+        RuntimeError: The files are absent and the download failed.
+    """
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    return _load_cached(split, None if root is None else str(root))
+
+
+def _load_background(name: str) -> np.ndarray:
+    try:
+        import skimage.data as skdata
+    except ImportError as err:
+        raise ImportError("Composed scenes need scikit-image for their backgrounds: pip install scikit-image") from err
+    arr = np.asarray(getattr(skdata, name)())
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3].astype(np.uint8))
+
+
+class ComposedScenes(Dataset):
+    """Multi-object scenes with exact ground truth: Fashion-MNIST items on real texture/photo crops.
+
+    Item ``i`` is generated from ``(seed, i)`` alone by its own ``numpy`` Generator, so it is the
+    same in every process and every epoch. Its background is a random square crop (half to all of
+    the shorter side, maybe mirrored) of one of scikit-image's textures (brick, grass, gravel) or
+    photos (coffee, chelsea, astronaut, rocket), resized to ``image_size``. Then 2-6 objects of the
+    chosen Fashion-MNIST split are pasted, each resized to a random fraction ``object_scale`` of
+    the image side, at a random place, coloured with a random hue whose brightness follows the
+    item's grey level. An object's pixels are those whose resized grey level exceeds
+    ``threshold`` (holes filled); later objects cover earlier ones, and a placement is rejected if
+    it would leave an earlier object with less than ``min_visible`` of its pixels (partial overlap,
+    never full occlusion). Masks are exactly the visible painted pixels, and boxes are their tight
+    bounding boxes.
+
+    Args:
+        num_images: Number of scenes.
+        image_size: Side of the square RGB images.
+        min_objects: Fewest objects per scene.
+        max_objects: Most objects per scene.
+        seed: Seed of the whole dataset.
+        split: Fashion-MNIST split the objects come from (``"train"`` for pretraining, ``"test"``
+            for evaluation).
+        object_scale: Range of an object's side as a fraction of ``image_size``.
+        threshold: Grey level (0-255, after resizing) above which a pixel belongs to the object.
+        min_visible: Smallest fraction of an object's pixels that later objects may leave visible.
+        image_only: Items are just the PIL image (no masks built), e.g. for a saliency refresh.
+        root: Fashion-MNIST folder (see :func:`load_fashion_mnist`).
+
+    Items are dicts ``{"image": PIL RGB image, "boxes": float32 (k, 4) normalized x0, y0, x1, y1
+    (pixel (r, c) covers [c/W, (c+1)/W] x [r/H, (r+1)/H]), "labels": int64 (k,), "masks": bool
+    (k, H, W), "index": int}``.
+
+    Examples:
+        >>> scenes = ComposedScenes(1000, split="train", seed=0)
+        >>> item = scenes[0]
+        >>> item["image"].size, item["boxes"].shape, item["masks"].shape
+        ((224, 224), torch.Size([2, 4]), torch.Size([2, 224, 224]))
+        >>> scenes.get_image(1)  # only the image, without building masks
+    """
+
+    _backgrounds: ClassVar[Dict[str, np.ndarray]] = {}
+
+    def __init__(
+        self,
+        num_images: int,
+        image_size: int = 224,
+        min_objects: int = 2,
+        max_objects: int = 6,
+        seed: int = 0,
+        split: str = "train",
+        object_scale: Tuple[float, float] = (0.15, 0.45),
+        threshold: int = 24,
+        min_visible: float = 0.5,
+        image_only: bool = False,
+        root: Optional[Union[str, Path]] = None,
+    ) -> None:
+        if num_images < 0:
+            raise ValueError(f"num_images must be >= 0, got {num_images}.")
+        if image_size < 16:
+            raise ValueError(f"image_size must be at least 16 pixels, got {image_size}.")
+        if not 1 <= min_objects <= max_objects:
+            raise ValueError(f"Need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}.")
+        lo, hi = (float(s) for s in object_scale)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"object_scale must satisfy 0 < low <= high <= 1, got {object_scale}.")
+        if not 0.0 <= min_visible < 1.0:
+            raise ValueError(f"min_visible must be in [0, 1), got {min_visible}.")
+        self.num_images = int(num_images)
+        self.image_size = int(image_size)
+        self.min_objects = int(min_objects)
+        self.max_objects = int(max_objects)
+        self.seed = int(seed)
+        self.split = split
+        self.object_scale = (lo, hi)
+        self.threshold = int(threshold)
+        self.min_visible = float(min_visible)
+        self.image_only = bool(image_only)
+        self.objects, self.object_labels = load_fashion_mnist(split, root)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_images={self.num_images}, image_size={self.image_size}, "
+            f"objects={self.min_objects}-{self.max_objects}, seed={self.seed}, split={self.split!r}, "
+            f"object_scale={self.object_scale})"
+        )
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    @classmethod
+    def background_sources(cls) -> Dict[str, np.ndarray]:
+        """The background photos and textures (RGB uint8), loaded once and shared by all instances."""
+        if len(cls._backgrounds) < len(BACKGROUND_NAMES):
+            for name in BACKGROUND_NAMES:
+                if name not in cls._backgrounds:
+                    cls._backgrounds[name] = _load_background(name)
+        return cls._backgrounds
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, index])
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        sources = self.background_sources()
+        src = sources[BACKGROUND_NAMES[int(rng.integers(len(BACKGROUND_NAMES)))]]
+        H, W = src.shape[:2]
+        side = max(16, int(round(rng.uniform(0.5, 1.0) * min(H, W))))
+        y, x = int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1))
+        crop = src[y : y + side, x : x + side]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        img = Image.fromarray(np.ascontiguousarray(crop)).resize((self.image_size,) * 2, Image.BILINEAR)
+        return np.asarray(img, dtype=np.float32)
+
+    def _object(self, rng: np.random.Generator) -> Tuple[int, np.ndarray, np.ndarray]:
+        """A random object: its label, its (s, s, 3) float colours and its (s, s) bool mask."""
+        while True:
+            i = int(rng.integers(len(self.objects)))
+            side = max(8, int(round(rng.uniform(*self.object_scale) * self.image_size)))
+            grey = Image.fromarray(self.objects[i]).resize((side, side), Image.BILINEAR)
+            g = np.asarray(grey, dtype=np.float32)
+            mask = ndimage.binary_fill_holes(g > self.threshold)
+            if mask.sum() >= 4:
+                break
+        hue, sat = rng.random(), rng.uniform(0.55, 1.0)
+        rgb = np.array(colorsys.hsv_to_rgb(hue, sat, 1.0), dtype=np.float32) * 255.0
+        value = 0.3 + 0.7 * g / 255.0  # object intensity from the grey level
+        return int(self.object_labels[i]), value[:, :, None] * rgb, mask
+
+    def compose(self, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Builds scene ``index``.
+
+        Args:
+            index: Scene index in ``[0, len(self))``.
+
+        Returns:
+            ``(image, masks, labels)``: uint8 (H, W, 3), bool (k, H, W) visible object pixels,
+            int64 (k,) Fashion-MNIST labels, objects in pasting order.
+        """
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"Scene index {index} out of range for {self.num_images} scenes.")
+        rng = self._rng(index)
+        S = self.image_size
+        canvas = self._background(rng)
+        k = int(rng.integers(self.min_objects, self.max_objects + 1))
+        masks: List[np.ndarray] = []
+        full_areas: List[int] = []
+        labels: List[int] = []
+        failures = 0
+        while len(masks) < k and not (failures >= 20 and len(masks) >= self.min_objects):
+            label, colours, local = self._object(rng)
+            placed = None
+            for _ in range(50):
+                s = local.shape[0]
+                y, x = int(rng.integers(0, S - s + 1)), int(rng.integers(0, S - s + 1))
+                new = np.zeros((S, S), dtype=bool)
+                new[y : y + s, x : x + s] = local
+                if all((m & ~new).sum() >= self.min_visible * a for m, a in zip(masks, full_areas)):
+                    placed = (y, x, new)
+                    break
+            if placed is None:  # too crowded for this object: draw another (smaller, maybe) one
+                failures += 1
+                continue
+            y, x, new = placed
+            s = local.shape[0]
+            window = canvas[y : y + s, x : x + s]
+            window[local] = colours[local]
+            masks = [m & ~new for m in masks]
+            masks.append(new)
+            full_areas.append(int(local.sum()))
+            labels.append(label)
+        image = np.rint(canvas).clip(0, 255).astype(np.uint8)
+        return image, np.stack(masks), np.asarray(labels, dtype=np.int64)
+
+    def get_image(self, index: int) -> Image.Image:
+        """Only the RGB image of scene ``index`` (no tensors built)."""
+        return Image.fromarray(self.compose(index)[0])
+
+    def __getitem__(self, index: int) -> Union[Image.Image, Dict[str, Any]]:
+        index = int(index)
+        if index < 0:
+            index += self.num_images
+        if self.image_only:
+            return self.get_image(index)
+        image, masks, labels = self.compose(index)
+        return {
+            "image": Image.fromarray(image),
+            "boxes": masks_to_boxes(torch.from_numpy(masks)),
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(masks),
+            "index": index,
+        }
+
+
+def masks_to_boxes(masks: Tensor) -> Tensor:
+    """Tight boxes of boolean masks (k, H, W) in normalized ``x0, y0, x1, y1`` (pixel-edge) coordinates.
+
+    Pixel (r, c) covers ``[c/W, (c+1)/W] x [r/H, (r+1)/H]``, the convention of
+    :class:`~sgcl_plugin.regions.Regions`. An empty mask gets an all-zero box.
+
+    Args:
+        masks: Boolean masks (k, H, W).
+
+    Returns:
+        float32 (k, 4).
+    """
+    k, H, W = masks.shape
+    boxes = torch.zeros(k, 4, dtype=torch.float32)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    for i in range(k):
+        r, c = rows[i].nonzero().flatten(), cols[i].nonzero().flatten()
+        if r.numel():
+            boxes[i] = torch.tensor([c[0].item() / W, r[0].item() / H, (c[-1].item() + 1) / W, (r[-1].item() + 1) / H])
+    return boxes

@@ -1,0 +1,160 @@
+"""ComposedScenes and load_fashion_mnist: determinism, exact boxes and masks, counts, labels, sizes."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("skimage")
+
+from sgcl_plugin.scenes import ComposedScenes, load_fashion_mnist, masks_to_boxes, read_idx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fashion_test() -> tuple:
+    try:
+        return load_fashion_mnist("test")
+    except RuntimeError as err:
+        pytest.skip(f"Fashion-MNIST unavailable offline: {err}")
+
+
+@pytest.fixture(scope="module")
+def scenes(fashion_test: tuple) -> ComposedScenes:
+    return ComposedScenes(24, image_size=96, split="test", seed=3)
+
+
+def pixels(ds: ComposedScenes, i: int) -> np.ndarray:
+    return np.asarray(ds[i]["image"])
+
+
+def test_load_fashion_mnist(fashion_test: tuple) -> None:
+    images, labels = fashion_test
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (10000,) and labels.dtype == np.int64
+    assert labels.min() == 0 and labels.max() == 9
+    assert np.bincount(labels).tolist() == [1000] * 10
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist("val")
+
+
+def test_read_idx_round_trip(tmp_path: Path) -> None:
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, 3]) + struct.pack(">3i", *arr.shape) + arr.tobytes())
+    np.testing.assert_array_equal(read_idx(path), arr)
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="IDX"):
+        read_idx(bad)
+
+
+def test_same_seed_same_pixels(scenes: ComposedScenes) -> None:
+    again = ComposedScenes(24, image_size=96, split="test", seed=3)
+    for i in (0, 7, 23):
+        a, b = scenes[i], again[i]
+        np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+        assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["labels"], b["labels"])
+        assert torch.equal(a["boxes"], b["boxes"])
+    # Order of access does not matter: each item has its own generator.
+    np.testing.assert_array_equal(pixels(again, 5), pixels(scenes, 5))
+
+
+def test_different_seed_or_index_differs(scenes: ComposedScenes) -> None:
+    other = ComposedScenes(24, image_size=96, split="test", seed=4)
+    for i in range(5):
+        assert not np.array_equal(pixels(scenes, i), pixels(other, i))
+    assert not np.array_equal(pixels(scenes, 0), pixels(scenes, 1))
+
+
+def test_item_format_and_sizes(scenes: ComposedScenes) -> None:
+    assert len(scenes) == 24
+    item = scenes[2]
+    assert set(item) == {"image", "boxes", "labels", "masks", "index"}
+    assert isinstance(item["image"], Image.Image) and item["image"].mode == "RGB"
+    assert item["image"].size == (96, 96)
+    k = item["labels"].shape[0]
+    assert item["boxes"].shape == (k, 4) and item["boxes"].dtype == torch.float32
+    assert item["labels"].dtype == torch.int64
+    assert item["masks"].shape == (k, 96, 96) and item["masks"].dtype == torch.bool
+    assert item["index"] == 2
+    assert scenes[-1]["index"] == 23
+    with pytest.raises(IndexError):
+        scenes[24]
+
+
+def test_boxes_are_the_tight_boxes_of_the_masks(scenes: ComposedScenes) -> None:
+    for i in range(len(scenes)):
+        item = scenes[i]
+        H, W = item["masks"].shape[1:]
+        for box, mask in zip(item["boxes"], item["masks"]):
+            rows, cols = torch.nonzero(mask, as_tuple=True)
+            expected = torch.tensor(
+                [cols.min() / W, rows.min() / H, (cols.max() + 1) / W, (rows.max() + 1) / H], dtype=torch.float32
+            )
+            torch.testing.assert_close(box, expected, rtol=0, atol=1e-7)
+            assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+
+
+def test_masks_are_exact_and_visible(scenes: ComposedScenes) -> None:
+    for i in range(len(scenes)):
+        item = scenes[i]
+        masks = item["masks"]
+        # Visible pixels of different objects never overlap, and no object is fully occluded.
+        assert int(masks.sum(0).max()) <= 1
+        assert bool((masks.flatten(1).sum(1) > 0).all())
+    # Each mask is exactly the set of pixels painted by its object: re-render without it and compare.
+    image, masks, _ = scenes.compose(0)
+    union = masks.any(0)
+    background = np.asarray(scenes._background(scenes._rng(0)))
+    outside = np.rint(background).clip(0, 255).astype(np.uint8)[~union]
+    np.testing.assert_array_equal(image[~union], outside)
+
+
+def test_object_counts_and_labels(scenes: ComposedScenes) -> None:
+    counts = []
+    for i in range(len(scenes)):
+        labels = scenes[i]["labels"]
+        counts.append(labels.numel())
+        assert bool(((labels >= 0) & (labels <= 9)).all())
+    assert min(counts) >= 2 and max(counts) <= 6
+    assert len(set(counts)) > 1
+    few = ComposedScenes(10, image_size=64, min_objects=1, max_objects=1, split="test")
+    assert all(few[i]["labels"].numel() == 1 for i in range(10))
+
+
+def test_background_is_not_blank(scenes: ComposedScenes) -> None:
+    for i in range(6):
+        item = scenes[i]
+        image = np.asarray(item["image"]).astype(np.float32)
+        bg = image[~item["masks"].any(0).numpy()]
+        assert bg.std() > 5.0
+        assert len(np.unique(bg.astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_image_only_and_get_image(scenes: ComposedScenes) -> None:
+    fast = ComposedScenes(24, image_size=96, split="test", seed=3, image_only=True)
+    img = fast[4]
+    assert isinstance(img, Image.Image)
+    np.testing.assert_array_equal(np.asarray(img), pixels(scenes, 4))
+    np.testing.assert_array_equal(np.asarray(scenes.get_image(4)), pixels(scenes, 4))
+
+
+def test_masks_to_boxes() -> None:
+    masks = torch.zeros(2, 4, 8, dtype=torch.bool)
+    masks[0, 1:3, 2:5] = True
+    torch.testing.assert_close(masks_to_boxes(masks), torch.tensor([[2 / 8, 1 / 4, 5 / 8, 3 / 4], [0, 0, 0, 0]]))
+
+
+def test_bad_arguments(fashion_test: tuple) -> None:
+    with pytest.raises(ValueError, match="min_objects"):
+        ComposedScenes(4, min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match="object_scale"):
+        ComposedScenes(4, object_scale=(0.5, 0.2))
