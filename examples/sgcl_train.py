@@ -79,6 +79,7 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="BYOL target EMA, cosine schedule to 1")
+    p.add_argument("--augment-on-device", action="store_true", help="view augmentations on the batch with kornia")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast on CUDA")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -324,7 +325,14 @@ class Trainer:
             t = 1
             size = args.baseline_crop_size or int(round(args.crop_size * math.sqrt(args.num_regions)))
         self.pairs_per_image = t
-        self.crop = SaliencyCropTransform(self.bank, num_regions=t, size=size)
+        # Crops always come from the CPU workers; the view augmentations run there too, or batched on
+        # the training device with kornia (--augment-on-device).
+        self.crop = SaliencyCropTransform(self.bank, num_regions=t, size=size, augment=not args.augment_on_device)
+        self.device_views: Optional[List[nn.Module]] = None
+        if args.augment_on_device:
+            from sgcl_plugin.crops import BatchViewAugment
+
+            self.device_views = [BatchViewAugment(view=v, size=size).to(self.device) for v in (1, 2)]
         self.items = SeededItems(SaliencyCropDataset(self.images, self.crop), args.seed)
         self.sampler = EpochSampler(n, args.batch_size, args.seed, self.rank, self.world)
         self.steps_per_epoch = len(self.sampler) // args.batch_size
@@ -457,6 +465,8 @@ class Trainer:
         t = self.pairs_per_image
         v1 = batch["views1"].flatten(0, 1).to(self.device, non_blocking=True)
         v2 = batch["views2"].flatten(0, 1).to(self.device, non_blocking=True)
+        if self.device_views is not None:
+            v1, v2 = self.device_views[0](v1), self.device_views[1](v2)
         scores = batch["scores"].flatten().to(self.device).float()
         image_ids = batch["index"].repeat_interleave(t).to(self.device)
         method = self.args.method

@@ -58,3 +58,15 @@ def test_killed_run_resumes_exactly(tmp_path) -> None:
         torch.testing.assert_close(a["inter"][key], b["inter"][key], rtol=0, atol=0)
     for key in ("boxes", "scores", "counts"):
         torch.testing.assert_close(a["bank"][key], b["bank"][key], rtol=0, atol=0)
+
+
+def test_view_augmentations_on_device_with_kornia(tmp_path) -> None:
+    pytest.importorskip("kornia")
+    out = tmp_path / "kornia"
+    result = sgcl_train.main(
+        ["--smoke", "--augment-on-device", "--no-eval", "--no-progress", "--epochs", "1", "--out", str(out)],
+        method="simclr",
+    )
+    assert result["steps"] == 2
+    rows = (out / "log.csv").read_text().strip().splitlines()[1:]
+    assert all(float(r.split(",")[2]) > 0 for r in rows)
