@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= test,pretrained
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg setup.py Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench lint data clean
+.PHONY: demo saliency test bench evidence lint data clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ data:
 		|| echo "note: could not install dataset-fashion-mnist with apt-get"; \
 	fi
 
-# Main job: saliency maps and regions of the bundled real photos with a pretrained backbone.
+# Main job: a short SGCL-BYOL pretraining on composed scenes (refreshes with pictures, kNN at the end).
 demo: $(STAMP) data
+	$(PY) examples/byol.py --out runs/demo
+
+# Saliency maps and regions of the bundled real photos with a pretrained backbone.
+saliency: $(STAMP)
 	$(VENV)/bin/sgcl-saliency --out outputs/saliency
 
 test: $(STAMP) data
@@ -35,6 +39,9 @@ test: $(STAMP) data
 
 bench: $(STAMP) data
 	$(PY) benchmarks/ncut_solvers.py
+
+evidence: $(STAMP) data
+	$(PY) benchmarks/sgcl_vs_baseline.py
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff 2>&1 | grep -v '^WARNING: Location' || true

@@ -62,7 +62,7 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.2, help="SimCLR / NNCLR temperature")
     # data
     p.add_argument("--data", default="composed", help="'composed' (default scenes) or a folder of images")
-    p.add_argument("--num-images", type=int, default=600, help="composed scenes to generate")
+    p.add_argument("--num-images", type=int, default=512, help="composed scenes to generate")
     p.add_argument("--image-size", type=int, default=160, help="composed scene side in pixels")
     p.add_argument("--crop-size", type=int, default=64, help="region crop size (paper: 96)")
     p.add_argument(
@@ -72,7 +72,7 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="resnet18", help="torchvision ResNet")
     p.add_argument("--hidden-dim", type=int, default=1024)
     p.add_argument("--proj-dim", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32, help="images per step (per process)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -471,18 +471,17 @@ class Trainer:
         image_ids = batch["index"].repeat_interleave(t).to(self.device)
         method = self.args.method
         out: Dict[str, Tensor] = {}
+        # Both views in one forward: one DDP call per step, BatchNorm statistics over both views.
+        z1, z2 = self.project(torch.cat([v1, v2])).chunk(2)
         if method == "byol":
-            z1, z2 = self.project(v1), self.project(v2)
-            p1, p2 = self.model.predictor(z1), self.model.predictor(z2)
-            t1, t2 = self.model.target(v1), self.model.target(v2)
+            p1, p2 = self.model.predictor(torch.cat([z1, z2])).chunk(2)
+            t1, t2 = self.model.target(torch.cat([v1, v2])).chunk(2)
             out["intra"] = self.intra(p1, t2, scores) + self.intra(p2, t1, scores)
             preds, targets = (p1, p2), torch.cat([t1, t2])
         elif method == "simclr":
-            z1, z2 = self.project(v1), self.project(v2)
             out["intra"] = self.intra(z1, z2, scores, image_ids=image_ids)
             preds, targets = (z1, z2), torch.cat([z1, z2]).detach()
         else:  # nnclr: each view's nearest neighbour in the support set is the other view's positive
-            z1, z2 = self.project(v1), self.project(v2)
             support = self.support.filled() if int(self.support.count) > 0 else z1.detach()
             out["intra"] = self.intra(z1, z2, scores, support=support, image_ids=image_ids)
             preds, targets = (z1, z2), torch.cat([z1, z2]).detach()

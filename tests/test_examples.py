@@ -70,3 +70,38 @@ def test_view_augmentations_on_device_with_kornia(tmp_path) -> None:
     assert result["steps"] == 2
     rows = (out / "log.csv").read_text().strip().splitlines()[1:]
     assert all(float(r.split(",")[2]) > 0 for r in rows)
+
+
+def test_any_image_folder_is_training_data(tmp_path) -> None:
+    from sgcl_plugin.sample_images import export_sample_images
+
+    folder = tmp_path / "photos"
+    export_sample_images(folder)
+    out = tmp_path / "run"
+    result = sgcl_train.main(
+        ["--smoke", "--data", str(folder), "--batch-size", "4", "--no-eval", "--no-progress", "--out", str(out)],
+        method="byol",
+    )
+    assert result["steps"] == 2 * (7 // 4)  # 7 photos, batches of 4, 2 epochs
+    assert (out / "saliency" / "refresh_01_epoch_001.png").exists()
+
+
+def test_folder_without_images_is_refused(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No images"):
+        sgcl_train.main(["--smoke", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+
+
+def test_ddp_with_torchrun_on_two_cpu_processes(tmp_path) -> None:
+    import subprocess
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(EXAMPLES / "byol.py"),
+           "--smoke", "--no-eval", "--no-progress", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world 2" in done.stdout
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    # the refresh was sharded across the two ranks and gathered: every image has regions
+    assert state["bank"]["refreshes"] == 1 and (state["bank"]["counts"] > 0).all()
+    assert state["global_step"] == 2  # 16 images, 8 per rank and step: 1 step per epoch
