@@ -374,6 +374,7 @@ class Trainer:
         self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.refreshed_epoch = -1  # the epoch whose refresh is done (not redone after a resume)
+        self.refresh_stats: List[Dict[str, float]] = []  # this process's refreshes, for reports
         self.log_path = self.out / "log.csv"
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -433,6 +434,7 @@ class Trainer:
             device=self.device, progress=self.main and not self.args.no_progress,
         )  # fmt: skip
         stats = self.bank.stats()
+        self.refresh_stats.append({"epoch": float(self.epoch), "seconds": time.perf_counter() - t0, **stats})
         if self.main:
             print(
                 f"refresh {self.bank.refreshes} at epoch {self.epoch}: {stats['regions_per_image']:.2f} regions/image, "
@@ -497,7 +499,7 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------------
 
-    def fit(self) -> Dict[str, float]:
+    def fit(self) -> Dict[str, Any]:
         args = self.args
         if args.resume:
             path = self.out / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
@@ -577,9 +579,10 @@ class Trainer:
                 break
         if log_file:
             log_file.close()
-        result: Dict[str, float] = {
+        result: Dict[str, Any] = {
             "steps": float(self.global_step),
             "seconds_per_epoch": float(np.median(epoch_times)) if epoch_times else float("nan"),
+            "refreshes": self.refresh_stats,
         }
         if stopped:  # as if killed: no final save, the next run resumes from the last checkpoint
             return result
@@ -605,7 +608,7 @@ class Trainer:
         }
 
 
-def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> Dict[str, float]:
+def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> Dict[str, Any]:
     args = parse_args(argv, method)
     trainer = Trainer(args)
     if trainer.main:

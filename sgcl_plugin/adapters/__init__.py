@@ -1,0 +1,5 @@
+"""Adapters for SSL frameworks: ``sgcl_plugin.adapters.lightly``, ``.solo`` and ``.lightning``.
+
+Each adapter imports its framework lazily: importing ``sgcl_plugin`` never needs lightly,
+solo-learn or Lightning.
+"""
