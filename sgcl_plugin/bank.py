@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Dict, Tuple, Union
+from typing import Any, BinaryIO, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -82,7 +83,9 @@ class SaliencyBank:
                     return boxes, scores
             time.sleep(1e-4)
 
-    def write(self, boxes: Tensor, scores: Tensor, counts: Tensor, fallback: Tensor, index: Tensor = None) -> None:
+    def write(
+        self, boxes: Tensor, scores: Tensor, counts: Tensor, fallback: Tensor, index: Optional[Tensor] = None
+    ) -> None:
         """Writes rows in place (all rows, or those at ``index``), bumping the version.
 
         Args:
@@ -164,11 +167,11 @@ class SaliencyBank:
         self.write(state["boxes"], state["scores"], state["counts"], state["fallback"])
         self._seq[1] = int(state["refreshes"])
 
-    def save(self, path: Union[str, torch.serialization.FILE_LIKE]) -> None:
+    def save(self, path: Union[str, os.PathLike[str], BinaryIO]) -> None:
         torch.save(self.state_dict(), path)
 
     @classmethod
-    def load(cls, path: Union[str, torch.serialization.FILE_LIKE]) -> SaliencyBank:
+    def load(cls, path: Union[str, os.PathLike[str], BinaryIO]) -> SaliencyBank:
         state = torch.load(path, map_location="cpu", weights_only=True)
         bank = cls(state["num_images"], state["max_regions"])
         bank.load_state_dict(state)

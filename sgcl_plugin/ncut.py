@@ -100,8 +100,9 @@ def _orthonormalize(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tens
         Z: (B, b, N) rows to orthonormalize.
         basis: (B, m, N) orthonormal rows, or None.
     """
-    for _ in range(passes if basis is not None else 0):
-        Z = Z - (Z @ basis.transpose(-1, -2)) @ basis
+    if basis is not None:
+        for _ in range(passes):
+            Z = Z - (Z @ basis.transpose(-1, -2)) @ basis
     Q = torch.linalg.qr(Z.transpose(-1, -2))[0].transpose(-1, -2)
     if basis is not None:
         Q = Q - (Q @ basis.transpose(-1, -2)) @ basis

@@ -42,11 +42,9 @@ def to_image_tensor(image: Any) -> Tensor:
             raise ValueError(f"Image tensors must be (C, H, W) or (H, W), got {tuple(t.shape)}.")
         t = t.float() / 255.0 if not t.is_floating_point() else t.float()
     else:
-        try:
-            from PIL import Image
-        except ImportError:  # pragma: no cover - pillow is a dependency
-            Image = None
-        if Image is not None and isinstance(image, Image.Image):
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
             image = np.asarray(image.convert("RGB"))
         if not isinstance(image, np.ndarray):
             raise TypeError(f"Cannot read an image from a {type(image).__name__}.")

@@ -60,7 +60,7 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
         raise ValueError(f"{path} is not an IDX file (bad magic number).")
     ndim = data[3]
     shape = struct.unpack(f">{ndim}i", data[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    dtype: np.dtype = np.dtype(_IDX_DTYPES[data[2]])  # type: ignore[call-overload]
     arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim, count=int(np.prod(shape)))
     return arr.reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -238,7 +238,7 @@ class ComposedScenes(Dataset):
         crop = src[y : y + side, x : x + side]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        img = Image.fromarray(np.ascontiguousarray(crop)).resize((self.image_size,) * 2, Image.BILINEAR)
+        img = Image.fromarray(np.ascontiguousarray(crop)).resize((self.image_size,) * 2, Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.float32)
 
     def _object(self, rng: np.random.Generator) -> Tuple[int, np.ndarray, np.ndarray]:
@@ -246,7 +246,7 @@ class ComposedScenes(Dataset):
         while True:
             i = int(rng.integers(len(self.objects)))
             side = max(8, int(round(rng.uniform(*self.object_scale) * self.image_size)))
-            grey = Image.fromarray(self.objects[i]).resize((side, side), Image.BILINEAR)
+            grey = Image.fromarray(self.objects[i]).resize((side, side), Image.Resampling.BILINEAR)
             g = np.asarray(grey, dtype=np.float32)
             mask = ndimage.binary_fill_holes(g > self.threshold)
             if mask.sum() >= 4:

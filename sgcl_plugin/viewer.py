@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import sys
 import warnings
@@ -65,14 +66,16 @@ def heat_colormap(values: Union[np.ndarray, Tensor]) -> np.ndarray:
     return np.rint(np.stack(rgb, axis=-1)).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: scalable
     except TypeError:  # pragma: no cover - older Pillow: fixed bitmap font
         return ImageFont.load_default()
 
 
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> Tuple[int, int]:
+def _text_size(
+    draw: ImageDraw.ImageDraw, text: str, font: Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]
+) -> Tuple[int, int]:
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
     return int(x1 - min(x0, 0)), int(y1 - min(y0, 0))
 
@@ -220,13 +223,16 @@ class _Rendered:
 def _load_image(path: Path) -> Image.Image:
     with Image.open(path) as im:
         im.load()
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def _identity(image: Image.Image) -> Image.Image:
+    return image
 
 
 def _image_sources(folder: Path) -> List[Tuple[str, Callable[[], Image.Image]]]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [(p.name, (lambda p=p: _load_image(p))) for p in files]
+    return [(p.name, functools.partial(_load_image, p)) for p in files]
 
 
 def _unique_stem(name: str, used: set) -> str:
@@ -382,7 +388,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             samples = sample_images()
         except ImportError as err:
             return fail(str(err))
-        sources = [(f"{name}.png", (lambda im=im: im)) for name, im in samples]
+        sources: List[Tuple[str, Callable[[], Image.Image]]] = [
+            (f"{name}.png", functools.partial(_identity, im)) for name, im in samples
+        ]
         origin = "the bundled sample photos"
     else:
         if not args.images.is_dir():
