@@ -44,9 +44,10 @@ evidence: $(STAMP) data
 	$(PY) benchmarks/sgcl_vs_baseline.py
 
 lint: $(STAMP)
-	$(PY) -m pip install -q ruff 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q ruff mypy 2>&1 | grep -v '^WARNING: Location' || true
 	$(VENV)/bin/ruff check sgcl_plugin tests benchmarks examples
 	$(VENV)/bin/ruff format --check sgcl_plugin tests benchmarks examples
+	$(VENV)/bin/mypy sgcl_plugin --ignore-missing-imports
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info
