@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from sgcl_plugin import SaliencyGenerator
+from sgcl_plugin import ChannelSumGenerator, SaliencyGenerator
 from sgcl_plugin.backbones import FeatureBackbone, efficientnet_lite0, resnet_backbone
 from sgcl_plugin.crops import random_resized_crop_boxes
 from sgcl_plugin.refresh import SaliencyInput
@@ -77,27 +77,16 @@ def upsample_mask(cells: torch.Tensor, H: int, W: int) -> np.ndarray:
     return up[0, 0].bool().numpy()
 
 
-def ncut_source(generator: SaliencyGenerator) -> Callable[[torch.Tensor, Tuple[int, int]], Proposal]:
+def generator_source(
+    generator: SaliencyGenerator, threshold: Optional[float] = None
+) -> Callable[[torch.Tensor, Tuple[int, int]], Proposal]:
+    """Regions of a generator; its mask is the map above ``threshold`` (default: above the map's mean)."""
+
     def run(features: torch.Tensor, hw: Tuple[int, int]) -> Proposal:
         result = generator(features[None])
         m = result.maps[0]
-        return result.regions[0].boxes, result.regions[0].scores, upsample_mask(m > m.mean(), *hw)
-
-    return run
-
-
-def heatmap_source(threshold: float = 0.1) -> Callable[[torch.Tensor, Tuple[int, int]], Proposal]:
-    def run(features: torch.Tensor, hw: Tuple[int, int]) -> Proposal:
-        heat = features.float().sum(0)
-        heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
-        cells = heat > threshold
-        h, w = heat.shape
-        rows, cols = torch.nonzero(cells, as_tuple=True)
-        if rows.numel() == 0:
-            box = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
-        else:
-            box = torch.tensor([[cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h]])
-        return box.float(), torch.ones(1), upsample_mask(cells, *hw)
+        cells = m > (m.mean() if threshold is None else threshold)
+        return result.regions[0].boxes, result.regions[0].scores, upsample_mask(cells, *hw)
 
     return run
 
@@ -157,10 +146,9 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     sources: Dict[str, Callable[[torch.Tensor, Tuple[int, int]], Proposal]] = {}
     for affinity in ("clamp", "binary"):
         for rule in ("border", "argmax", "minority"):
-            sources[f"SGCL Ncut ({affinity}, {rule})"] = ncut_source(
-                SaliencyGenerator(affinity=affinity, sign_rule=rule)
-            )
-    sources["ContrastiveCrop-style heat map"] = heatmap_source()
+            generator = SaliencyGenerator(affinity=affinity, sign_rule=rule)
+            sources[f"SGCL Ncut ({affinity}, {rule})"] = generator_source(generator)
+    sources["ContrastiveCrop-style heat map"] = generator_source(ChannelSumGenerator(0.1), threshold=0.1)
     for bb_name, bb in backbones.items():
         tf = SaliencyInput(args.size, bb.mean, bb.std)
         feats = []

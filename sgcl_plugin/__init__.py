@@ -23,11 +23,12 @@ from sgcl_plugin.losses import (
 from sgcl_plugin.ncut import fiedler_vector
 from sgcl_plugin.refresh import SaliencyInput, refresh_bank
 from sgcl_plugin.regions import Regions, extract_regions
-from sgcl_plugin.saliency import SaliencyGenerator, SaliencyResult, orient
+from sgcl_plugin.saliency import ChannelSumGenerator, SaliencyGenerator, SaliencyResult, orient
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelSumGenerator",
     "CropSample",
     "SaliencyCropDataset",
     "SaliencyCropTransform",

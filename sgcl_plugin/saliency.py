@@ -193,3 +193,55 @@ class SaliencyGenerator:
         from sgcl_plugin.refresh import refresh_bank
 
         return refresh_bank(self, model, dataset, bank=bank, **kwargs)
+
+
+class ChannelSumGenerator(SaliencyGenerator):
+    """Baseline saliency source in the style of ContrastiveCrop: one box per image from a heat map.
+
+    The heat map is the sum over channels of the feature map, min-max scaled per image; the single
+    region is the tightest box around the cells above ``threshold`` (ContrastiveCrop's default 0.1),
+    with score 1. Same interface as :class:`SaliencyGenerator` (``__call__`` and ``refresh``), so
+    ablations can swap the region source. A flat heat map gives the whole image (``fallback``).
+
+    Args:
+        threshold: Fraction of the heat map's range above which a cell belongs to the box.
+
+    Examples:
+        >>> bank = ChannelSumGenerator().refresh(backbone, dataset)
+    """
+
+    def __init__(self, threshold: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}.")
+        self.threshold = threshold
+
+    @torch.no_grad()
+    def saliency_maps(self, features: Tensor) -> Tuple[Tensor, Tensor]:
+        from sgcl_plugin.affinity import check_feature_map
+
+        check_feature_map(features)
+        heat = features.float().sum(1).flatten(1)
+        maps = normalize_maps(heat)
+        return maps, maps.reshape(features.shape[0], *features.shape[2:])
+
+    def __call__(self, features: Tensor) -> SaliencyResult:
+        y, maps = self.saliency_maps(features)
+        h, w = maps.shape[1:]
+        regions = []
+        for m in maps.cpu():
+            rows, cols = torch.nonzero(m > self.threshold, as_tuple=True)
+            if rows.numel() == 0:
+                box, fallback, area = [0.0, 0.0, 1.0, 1.0], True, h * w
+            else:
+                box = [cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h]
+                fallback, area = False, int(rows.numel())
+            regions.append(
+                Regions(
+                    boxes=torch.tensor([box], dtype=torch.float32),
+                    scores=torch.ones(1),
+                    areas=torch.tensor([area]),
+                    fallback=fallback,
+                )
+            )
+        return SaliencyResult(maps=maps, regions=regions, fiedler=y)

@@ -162,3 +162,18 @@ def test_real_scene_saliency_overlaps_ground_truth(lite0, scene: str, floor: flo
     inv = ~mask
     assert (inv & gt).sum() / (inv | gt).sum() < iou - 0.3
     assert np.isclose(float(result.regions[0].scores[0]), 1.0)
+
+
+def test_channel_sum_baseline_boxes_the_hot_cells() -> None:
+    from sgcl_plugin import ChannelSumGenerator
+
+    f = torch.zeros(2, 3, 8, 10)
+    f[0, :, 2:5, 3:7] = 1.0  # image 0: a hot block
+    f[0, 0, 6, 0] = 0.05  # below 10% of the range: ignored
+    result = ChannelSumGenerator(threshold=0.1)(f)
+    torch.testing.assert_close(result.regions[0].boxes, torch.tensor([[0.3, 0.25, 0.7, 0.625]]))
+    assert result.regions[0].scores.tolist() == [1.0] and not result.regions[0].fallback
+    assert result.regions[1].fallback  # image 1 is flat: the whole image
+    assert result.maps.shape == (2, 8, 10) and result.maps.max() <= 1
+    with pytest.raises(ValueError, match="threshold"):
+        ChannelSumGenerator(threshold=1.5)
