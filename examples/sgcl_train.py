@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sgcl_plugin import SaliencyBank, SaliencyGenerator
+from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.evaluation import embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss
@@ -57,6 +57,10 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
     p.add_argument("--min-area", type=int, default=2, help="smallest region, in feature-map cells")
+    p.add_argument(
+        "--regions", choices=("ncut", "heatmap", "gt"), default="ncut",
+        help="region source: SGCL's Ncut, a ContrastiveCrop-style heat map, or the composed scenes' true boxes",
+    )  # fmt: skip
     p.add_argument("--queue-size", type=int, default=1024, help="inter-image (and NNCLR support) queue")
     p.add_argument("--num-neighbors", type=int, default=5, help="l: neighbours per prediction in the inter loss")
     p.add_argument("--temperature", type=float, default=0.2, help="SimCLR / NNCLR temperature")
@@ -369,7 +373,13 @@ class Trainer:
             )
         else:
             self.opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-        self.generator = SaliencyGenerator(min_area=args.min_area)
+        self.generator = (
+            ChannelSumGenerator() if args.regions == "heatmap" else SaliencyGenerator(min_area=args.min_area)
+        )
+        if args.sgcl and args.regions == "gt":
+            if args.data != "composed":
+                raise ValueError("--regions gt needs the composed scenes (--data composed): a folder has no boxes.")
+            self.fill_bank_with_true_boxes()
         self.total_steps = self.steps_per_epoch * args.epochs
         self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -425,6 +435,19 @@ class Trainer:
             print(f"resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch}/{self.steps_per_epoch}")
 
     # --- saliency refresh -----------------------------------------------------------------------
+
+    def fill_bank_with_true_boxes(self) -> None:
+        """The upper bound of the paper's Table 7: every object's true box, score 1, never refreshed."""
+        from sgcl_plugin.scenes import ComposedScenes
+
+        scenes = ComposedScenes(len(self.images), image_size=self.args.image_size, seed=self.args.seed, split="train")
+        R = self.bank.max_regions
+        boxes, scores = torch.zeros(len(scenes), R, 4), torch.zeros(len(scenes), R)
+        counts = torch.zeros(len(scenes), dtype=torch.int64)
+        for i in range(len(scenes)):
+            b = scenes[i]["boxes"][:R]
+            boxes[i, : len(b)], scores[i, : len(b)], counts[i] = b, 1.0, len(b)
+        self.bank.write(boxes, scores, counts, torch.zeros(len(scenes), dtype=torch.bool))
 
     def refresh(self) -> None:
         t0 = time.perf_counter()
@@ -516,7 +539,7 @@ class Trainer:
         epoch_times: List[float] = []
         stopped = False
         while self.epoch < args.epochs:
-            due = args.sgcl and self.epoch > 0 and self.epoch % args.refresh_interval == 0
+            due = args.sgcl and args.regions != "gt" and self.epoch > 0 and self.epoch % args.refresh_interval == 0
             if due and self.refreshed_epoch != self.epoch:
                 self.refresh()
                 self.refreshed_epoch = self.epoch

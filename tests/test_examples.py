@@ -105,3 +105,15 @@ def test_ddp_with_torchrun_on_two_cpu_processes(tmp_path) -> None:
     # the refresh was sharded across the two ranks and gathered: every image has regions
     assert state["bank"]["refreshes"] == 1 and (state["bank"]["counts"] > 0).all()
     assert state["global_step"] == 2  # 16 images, 8 per rank and step: 1 step per epoch
+
+
+@pytest.mark.parametrize("regions", ["gt", "heatmap"])
+def test_baseline_region_sources(tmp_path, regions: str) -> None:
+    out = tmp_path / regions
+    sgcl_train.main(["--smoke", "--regions", regions, "--no-eval", "--no-progress", "--out", str(out)], method="byol")
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    counts = state["bank"]["counts"]
+    if regions == "gt":  # true boxes from the start, never refreshed: 2-6 objects per scene
+        assert state["bank"]["refreshes"] == 0 and ((counts >= 2) & (counts <= 6)).all()
+    else:  # one heat-map box per image
+        assert state["bank"]["refreshes"] == 1 and (counts == 1).all()
