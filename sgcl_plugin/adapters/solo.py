@@ -1,0 +1,947 @@
+"""solo-learn adapter: SGCL variants of solo's BYOL, SimCLR and NNCLR, registered into ``solo.methods.METHODS``.
+
+solo-learn (https://github.com/vturrisi/solo-learn) is imported lazily, on :func:`register` or on first
+access to a method class: importing ``sgcl_plugin`` or this module never needs it. The adapter targets
+solo-learn's current ``main`` branch (1.0.6: hydra configs, ``BaseMethod(cfg)``), which is installed
+from a clone; PyPI's ``solo-learn`` 1.0.2 (2021) has another API and is refused with an explanation.
+
+How SGCL maps onto solo (see ``docs/adapters/solo.md``):
+
+- **Data.** :class:`SoloSaliencyDataset` wraps the train dataset so that the
+  :class:`~sgcl_plugin.crops.SaliencyCropTransform` sees each item's index; ``dataset[i]`` is
+  ``(i, [views1, views2], target, scores)`` with views (t, 3, s, s) and scores (t,): solo's
+  ``[indexes, [X], targets]`` plus the region scores. The SGCL method builds the bank and the
+  transform from its config and attaches them when training starts.
+- **Large crops.** Each step flattens the t region pairs of every image into the batch: the model
+  sees solo's two views of ``B * t`` crops, which all have the same size. Both views are therefore
+  solo's *large* crops (``num_large_crops = 2``, ``num_small_crops = 0``), so BYOL's momentum
+  targets are computed for both. solo calls a crop large only when its size equals the first
+  augmentation pipeline's: the config check refuses pipelines of different crop sizes, which would
+  silently turn region crops into small crops without momentum targets.
+- **Loss.** Pair i (a region of image ``indexes[i // t]``) is weighted by ``scores_i ** gamma``
+  (:class:`~sgcl_plugin.losses.SaliencyWeightedLoss`), plus the inter-image loss
+  (:class:`~sgcl_plugin.losses.InterImageLoss`). solo's online classifier, momentum update, kNN
+  and logging are unchanged.
+- **Refresh.** A :class:`~sgcl_plugin.adapters.lightning.SaliencyRefreshCallback` returned by the
+  method's ``configure_callbacks`` refreshes the bank with the online backbone's feature maps, so
+  solo's unmodified ``main_pretrain.py`` runs it too; the bank is saved in Lightning checkpoints.
+
+Examples:
+    >>> from sgcl_plugin.adapters.solo import register
+    >>> register()  # solo.methods.METHODS now has sgcl_byol, sgcl_simclr and sgcl_nnclr
+    >>> # python examples/solo/pretrain.py --config-path examples/solo --config-name sgcl_byol.yaml
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import numbers
+import warnings
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from sgcl_plugin.affinity import tokens_to_map
+from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.crops import SaliencyCropTransform, byol_view_transforms
+from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss
+
+# SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
+__all__ = [
+    "METHOD_NAMES",
+    "RegionBatch",
+    "SoloFeatureMaps",
+    "SoloSaliencyDataset",
+    "add_sgcl_cfg",
+    "build_saliency_transform",
+    "method_classes",
+    "prepare_saliency_datasets",
+    "register",
+    "solo_feature_backbone",
+    "unpack_region_batch",
+]
+
+INSTALL_HINT = (
+    "sgcl_plugin.adapters.solo needs solo-learn's main branch (1.0.6; hydra configs, `BaseMethod(cfg)`), "
+    "which is not on PyPI (PyPI's solo-learn 1.0.2 is from 2021, built for pytorch-lightning 1.4, with "
+    "another API). Install it beside sgcl_plugin from a clone:\n"
+    "    git clone https://github.com/vturrisi/solo-learn && pip install -e ./solo-learn\n"
+    "(it pins lightning==2.1.2 and torchmetrics<0.12; see docs/adapters/solo.md)."
+)
+
+METHOD_NAMES = {"sgcl_byol": "SGCLBYOL", "sgcl_simclr": "SGCLSimCLR", "sgcl_nnclr": "SGCLNNCLR"}
+_SOLO_BASES = {"SGCLBYOL": "BYOL", "SGCLSimCLR": "SimCLR", "SGCLNNCLR": "NNCLR"}
+_CLASSES: Dict[str, type] = {}
+DEFAULT_CROP_SIZE = 96
+
+# Defaults of the ``sgcl`` node of a solo config (see docs/adapters/solo.md).
+SGCL_DEFAULTS: Dict[str, Any] = {
+    "num_regions": 4,
+    "crop_size": None,  # None: the augmentations' crop_size, else 96
+    "scale": None,  # None: the first augmentation's rrc scale range, else [0.08, 1.0]
+    "views": None,  # "solo" (the augmentations, minus their random-resized crop) or "byol"; None: solo if any
+    "gamma": 0.5,
+    "normalize": "count",
+    "exclude_same_image": True,
+    "max_regions": 16,
+    "inter": {"enabled": True, "queue_size": 4096, "num_neighbors": 5},
+    "refresh": {
+        "enabled": True,
+        "every_n_epochs": 10,
+        "first_epoch": None,
+        "saliency_size": 640,
+        "batch_size": 32,
+        "num_workers": 0,
+        "progress": True,
+    },
+}
+
+
+# ------------------------------------------------------------------------------------ solo import
+
+
+def _import_solo() -> Any:
+    """``solo.methods``, or an ImportError that says how to install solo-learn main."""
+    try:
+        methods = importlib.import_module("solo.methods")
+    except ImportError as err:
+        raise ImportError(f"{INSTALL_HINT}\nImport error: {err!r}") from err
+    base = getattr(methods, "BaseMethod", None)
+    if (
+        base is None
+        or not hasattr(methods, "METHODS")
+        or "cfg" not in inspect.signature(base.__init__).parameters
+        or not all(hasattr(methods, name) for name in _SOLO_BASES.values())
+    ):
+        raise ImportError(f"The installed solo-learn ({getattr(methods, '__file__', '?')}) is too old. {INSTALL_HINT}")
+    return methods
+
+
+def _omegaconf() -> Any:
+    try:
+        return importlib.import_module("omegaconf")
+    except ImportError as err:  # pragma: no cover - a dependency of solo-learn (hydra)
+        raise ImportError(f"solo-learn configs need omegaconf. {INSTALL_HINT}") from err
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+def _select(cfg: Any, key: str, default: Any = None) -> Any:
+    value = _omegaconf().OmegaConf.select(cfg, key, default=default)
+    return default if value is None else value
+
+
+def _as_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"sgcl.{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _expand_augmentations(cfg: Any) -> List[Any]:
+    """One augmentation config per crop (a pipeline with ``num_crops: n`` appears n times)."""
+    augmentations = _select(cfg, "augmentations", None)
+    if augmentations is None:
+        return []
+    expanded = []
+    for pipeline in augmentations:
+        expanded.extend([pipeline] * int(_select(pipeline, "num_crops", 1)))
+    return expanded
+
+
+def _check_keys(user: Dict[str, Any], defaults: Dict[str, Any] = SGCL_DEFAULTS, prefix: str = "sgcl") -> None:
+    unknown = sorted(set(user) - set(defaults))
+    if unknown:
+        raise ValueError(f"Unknown {prefix} key(s) {unknown}; known: {sorted(defaults)}.")
+    for key, value in user.items():
+        if isinstance(defaults[key], dict) and isinstance(value, dict):
+            _check_keys(value, defaults[key], f"{prefix}.{key}")
+
+
+def add_sgcl_cfg(cfg: Any) -> Any:
+    """Fills the ``sgcl`` node of a solo config with defaults, checks it and fixes the crop counts.
+
+    The two SGCL views of every region pair must have one size, which then is solo's "large" crop
+    size: ``cfg.augmentations`` (when present) must describe exactly two crops (two pipelines with
+    ``num_crops: 1``, or one with ``num_crops: 2``) of the same ``crop_size``, equal to
+    ``sgcl.crop_size`` when that is set. ``cfg.data.num_large_crops`` and ``num_small_crops`` become
+    2 and 0 (an explicit other value is an error).
+
+    Raises:
+        ValueError: mismatched crop sizes, a number of crops other than two, solo multicrop
+            settings, or bad ``sgcl`` values.
+    """
+    OmegaConf = _omegaconf().OmegaConf
+    OmegaConf.set_struct(cfg, False)
+    user = _select(cfg, "sgcl", {}) or {}
+    _check_keys(OmegaConf.to_container(user, resolve=True) if OmegaConf.is_config(user) else dict(user))
+    node = OmegaConf.merge(OmegaConf.create(SGCL_DEFAULTS), user)
+    crops = _expand_augmentations(cfg)
+    sizes = [int(_select(aug, "crop_size", -1)) for aug in crops]
+    if crops:
+        if len(crops) != 2:
+            raise ValueError(
+                f"SGCL makes exactly two views of each region, but cfg.augmentations describes {len(crops)} crops "
+                f"(sizes {sizes}). Use two pipelines with num_crops: 1 (view 1, view 2) or one with num_crops: 2."
+            )
+        if len(set(sizes)) != 1:
+            raise ValueError(
+                f"SGCL region crops all have one size, but cfg.augmentations has crop sizes {sizes}. solo calls a "
+                "crop 'large' only when its size equals the first pipeline's, so the other region crops would "
+                "become 'small' crops and silently lose their momentum targets. Give every pipeline the same "
+                "crop_size (e.g. 96)."
+            )
+    explicit = node.crop_size
+    if explicit is not None and crops and int(explicit) != sizes[0]:
+        raise ValueError(
+            f"sgcl.crop_size = {explicit} but the augmentations crop to {sizes[0]} px: set both to the same size "
+            "(the region crops are solo's large crops)."
+        )
+    node.crop_size = _as_int(
+        "crop_size", int(explicit) if explicit is not None else (sizes[0] if crops else DEFAULT_CROP_SIZE), 2
+    )
+    _as_int("num_regions", node.num_regions, 1)
+    _as_int("max_regions", node.max_regions, 1)
+    if node.scale is None:
+        lo = _select(crops[0], "rrc.crop_min_scale", 0.08) if crops else 0.08
+        hi = _select(crops[0], "rrc.crop_max_scale", 1.0) if crops else 1.0
+        node.scale = [float(lo), float(hi)]
+    if node.views is None:
+        node.views = "solo" if crops else "byol"
+    if node.views not in ("solo", "byol"):
+        raise ValueError(f"sgcl.views must be 'solo' (the config's augmentations) or 'byol', got {node.views!r}.")
+    if node.views == "solo" and not crops:
+        raise ValueError("sgcl.views = 'solo' needs cfg.augmentations (two pipelines); use views: byol otherwise.")
+    if isinstance(node.gamma, bool) or not isinstance(node.gamma, numbers.Real) or not math.isfinite(node.gamma):
+        raise ValueError(f"sgcl.gamma must be a finite number >= 0, got {node.gamma!r}.")
+    if node.normalize not in ("count", "weight"):
+        raise ValueError(f"sgcl.normalize must be 'count' or 'weight', got {node.normalize!r}.")
+    if node.inter.enabled:
+        _as_int("inter.num_neighbors", node.inter.num_neighbors, 1)
+        _as_int("inter.queue_size", node.inter.queue_size, int(node.inter.num_neighbors))
+    if node.refresh.enabled:
+        _as_int("refresh.every_n_epochs", node.refresh.every_n_epochs, 1)
+        _as_int("refresh.saliency_size", node.refresh.saliency_size, 2)
+    cfg.sgcl = node
+    if _select(cfg, "data", None) is None:
+        cfg.data = {}
+    large, small = _select(cfg, "data.num_large_crops", 2), _select(cfg, "data.num_small_crops", 0)
+    if (large, small) != (2, 0):
+        raise ValueError(
+            f"SGCL methods take the two views of each region pair as solo's two large crops (num_large_crops=2, "
+            f"num_small_crops=0); the config says num_large_crops={large}, num_small_crops={small}. solo multicrop "
+            "(small crops) is not supported: more region pairs per image come from sgcl.num_regions."
+        )
+    cfg.data.num_large_crops, cfg.data.num_small_crops = 2, 0
+    return cfg
+
+
+class _PILView:
+    """A solo augmentation pipeline (PIL in, normalized tensor out) applied to a crop tensor in [0, 1]."""
+
+    def __init__(self, pipeline: Callable[[Any], Tensor]) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, view: Tensor) -> Tensor:
+        from torchvision.transforms.functional import to_pil_image
+
+        return self.pipeline(to_pil_image(view.clamp(0, 1)))
+
+    def __repr__(self) -> str:
+        return f"_PILView({self.pipeline})"
+
+
+def _solo_view_transforms(cfg: Any) -> Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """The two views of ``cfg.augmentations`` (colour, blur, flip...), without their random-resized crop."""
+    from solo.data.pretrain_dataloader import build_transform_pipeline
+
+    OmegaConf = _omegaconf().OmegaConf
+    views = []
+    for aug in _expand_augmentations(cfg):
+        aug = OmegaConf.create(OmegaConf.to_container(aug, resolve=True))
+        aug.rrc = {"enabled": False}  # the crop is SGCL's: resize to crop_size is then a no-op
+        views.append(_PILView(build_transform_pipeline(_select(cfg, "data.dataset", "custom"), aug)))
+    return views[0], views[1]
+
+
+def build_saliency_transform(cfg: Any, bank: SaliencyBank) -> SaliencyCropTransform:
+    """The :class:`SaliencyCropTransform` of a solo config (``add_sgcl_cfg`` is applied first)."""
+    cfg = add_sgcl_cfg(cfg)
+    node = cfg.sgcl
+    views = _solo_view_transforms(cfg) if node.views == "solo" else byol_view_transforms(int(node.crop_size))
+    return SaliencyCropTransform(
+        bank,
+        num_regions=int(node.num_regions),
+        size=int(node.crop_size),
+        view_transforms=views,
+        scale=tuple(node.scale),
+    )
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def _is_solo_indexed(item: Any, index: int) -> bool:
+    """An item of solo's ``dataset_with_index`` datasets: ``(index, image, target)``."""
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) >= 3
+        and isinstance(item[0], numbers.Integral)
+        and not isinstance(item[0], bool)
+        and int(item[0]) == index
+    )
+
+
+def _image_and_target(item: Any, index: int) -> Tuple[Any, Any]:
+    if _is_solo_indexed(item, index):
+        item = tuple(item[1:])
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise ValueError(f"Dataset item {index} is an empty tuple.")
+        return item[0], item[1] if len(item) > 1 else -1
+    if isinstance(item, dict):
+        if "image" not in item:
+            raise ValueError(f"Dataset item {index} is a dict without an 'image' key (keys: {sorted(item)}).")
+        return item["image"], item.get("label", item.get("target", -1))
+    return item, -1
+
+
+class _Images(Dataset):
+    """The raw images of a :class:`SoloSaliencyDataset`, for saliency refreshes (no index, no target)."""
+
+    def __init__(self, owner: SoloSaliencyDataset) -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __getitem__(self, index: int) -> Any:
+        return _image_and_target(self.owner.dataset[index], index)[0]
+
+
+class SoloSaliencyDataset(Dataset):
+    """An index-aware train dataset in solo-learn's format, with SGCL's region crops.
+
+    ``dataset[i] -> (i, [views1, views2], target, scores)``: the ``[indexes, [X], targets]`` items
+    of solo's pretrain datasets, plus the scores of the t sampled regions; views are
+    (t, 3, size, size), scores (t,). The default collate gives ``[indexes (B,), [V1, V2]
+    (B, t, 3, s, s), targets (B,), scores (B, t)]``, which the SGCL methods flatten to B * t pairs.
+
+    The wrapped dataset may return images, ``(image, target, ...)`` tuples, ``{"image", "label"}``
+    dicts, or solo's ``(index, image, target)`` items (``dataset_with_index``; the index is checked
+    and dropped). Images may be PIL images, HWC arrays or CHW tensors: build the inner dataset
+    without a transform.
+
+    Args:
+        dataset: A map-style dataset.
+        transform: The :class:`SaliencyCropTransform`; None to let the SGCL method attach one built
+            from its config when training starts (:meth:`attach`).
+        fallback_transform: Used while no SGCL transform is attached: ``dataset[i]`` is then solo's
+            plain ``(i, fallback_transform(image), target)`` (solo's own ``FullTransformPipeline``),
+            so the same dataset also trains solo's other methods.
+
+    Attributes:
+        images: The raw images by index, for :meth:`SaliencyGenerator.refresh`.
+
+    Examples:
+        >>> bank = SaliencyBank(len(train_set))
+        >>> data = SoloSaliencyDataset(train_set, SaliencyCropTransform(bank, num_regions=4, size=96))
+        >>> index, (views1, views2), target, scores = data[0]  # views: (4, 3, 96, 96)
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        transform: Optional[SaliencyCropTransform] = None,
+        fallback_transform: Optional[Callable[[Any], Any]] = None,
+    ) -> None:
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError("SoloSaliencyDataset needs a map-style dataset (with __len__ and __getitem__).")
+        if fallback_transform is not None and not callable(fallback_transform):
+            raise TypeError("fallback_transform must be callable.")
+        self.dataset = dataset
+        self.fallback_transform = fallback_transform
+        self.transform: Optional[SaliencyCropTransform] = None
+        if transform is not None:
+            self.attach(transform)
+
+    def attach(self, transform: SaliencyCropTransform) -> None:
+        """Sets the SGCL crop transform; its bank must have one row per image."""
+        if not isinstance(transform, SaliencyCropTransform):
+            raise TypeError(f"transform must be a SaliencyCropTransform, got {type(transform).__name__}.")
+        if len(transform.bank) != len(self):
+            raise ValueError(f"The bank holds {len(transform.bank)} images but the dataset has {len(self)}.")
+        self.transform = transform
+
+    @property
+    def bank(self) -> Optional[SaliencyBank]:
+        return None if self.transform is None else self.transform.bank
+
+    @property
+    def images(self) -> Dataset:
+        return _Images(self)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Tuple[Any, ...]:
+        index = int(index)
+        image, target = _image_and_target(self.dataset[index], index)
+        target = -1 if target is None else target
+        if self.transform is None:
+            if self.fallback_transform is None:
+                raise RuntimeError(
+                    "SoloSaliencyDataset has no SaliencyCropTransform yet: an SGCL method (sgcl_byol, ...) attaches "
+                    "one when training starts, or pass transform=SaliencyCropTransform(bank, ...)."
+                )
+            return index, self.fallback_transform(image), target
+        sample = self.transform(image, index)
+        return index, [sample.views1, sample.views2], target, sample.scores
+
+
+def prepare_saliency_datasets(
+    dataset: str,
+    transform: Optional[Callable[[Any], Any]] = None,
+    *args: Any,
+    **kwargs: Any,
+) -> SoloSaliencyDataset:
+    """solo's ``prepare_datasets`` whose dataset is wrapped in a :class:`SoloSaliencyDataset`.
+
+    Same arguments as ``solo.data.pretrain_dataloader.prepare_datasets``. solo builds the dataset
+    without a transform (raw PIL images); its ``transform`` becomes the fallback, so solo's other
+    methods train as usual, while an SGCL method attaches its crop transform when training starts.
+    ``examples/solo/pretrain.py`` puts this function in place of ``prepare_datasets`` in solo's
+    ``main_pretrain.py``.
+    """
+    from solo.data.pretrain_dataloader import prepare_datasets
+
+    inner = prepare_datasets(dataset, None, *args, **kwargs)
+    return SoloSaliencyDataset(inner, fallback_transform=transform)
+
+
+class RegionBatch(NamedTuple):
+    """A solo batch of region pairs, flattened: n = B * t pairs.
+
+    Attributes:
+        indexes: (B,) dataset index of each image.
+        image_ids: (n,) dataset index of the image of each pair (``indexes`` repeated t times each).
+        views: ``[views1, views2]``, each (n, 3, size, size).
+        targets: (n,) labels (-1 without labels).
+        scores: (n,) region scores in [0, 1].
+        num_regions: t.
+    """
+
+    indexes: Tensor
+    image_ids: Tensor
+    views: List[Tensor]
+    targets: Tensor
+    scores: Tensor
+    num_regions: int
+
+
+def unpack_region_batch(batch: Any, crop_size: Optional[int] = None) -> RegionBatch:
+    """Checks a ``[indexes, [views1, views2], targets, scores]`` batch and flattens its region pairs.
+
+    Views may be (B, t, 3, s, s) with scores (B, t), or (B, 3, s, s) with scores (B,) (t = 1).
+
+    Raises:
+        ValueError: a batch without indexes or scores (the dataset is not a
+            :class:`SoloSaliencyDataset`), not two views, views of different or unexpected sizes.
+    """
+    wrap_hint = (
+        "Train SGCL methods on a SoloSaliencyDataset (examples/solo/pretrain.py does it for solo's "
+        "main_pretrain.py; in your own script wrap the dataset: SoloSaliencyDataset(dataset))."
+    )
+    if not isinstance(batch, (list, tuple)) or len(batch) != 4:
+        size = len(batch) if isinstance(batch, (list, tuple)) else None
+        if size == 3:
+            raise ValueError(f"The batch is solo's [indexes, [views], targets] without SGCL region scores. {wrap_hint}")
+        if size == 2:
+            raise ValueError(f"The batch is [views, targets] without dataset indexes. {wrap_hint}")
+        raise ValueError(
+            f"Expected a batch [indexes, [views1, views2], targets, scores], got {type(batch).__name__}"
+            f"{'' if size is None else f' of {size} items'}. {wrap_hint}"
+        )
+    indexes, views, targets, scores = batch
+    if not isinstance(indexes, Tensor) or indexes.ndim != 1 or indexes.is_floating_point():
+        raise ValueError(f"The batch has no dataset indexes (got {type(indexes).__name__} first). {wrap_hint}")
+    if isinstance(views, Tensor) or not isinstance(views, (list, tuple)) or len(views) != 2:
+        count = 1 if isinstance(views, Tensor) else len(views) if isinstance(views, (list, tuple)) else "?"
+        raise ValueError(f"SGCL needs exactly two views per region pair, got {count}.")
+    v1, v2 = views
+    if not isinstance(v1, Tensor) or not isinstance(v2, Tensor) or v1.shape != v2.shape:
+        shapes = [tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for v in views]
+        raise ValueError(f"The two views must be tensors of one shape, got {shapes}.")
+    B = indexes.shape[0]
+    if v1.ndim == 4:
+        v1, v2 = v1[:, None], v2[:, None]
+    if v1.ndim != 5 or v1.shape[0] != B or v1.shape[2] != 3:
+        raise ValueError(f"Views must be (B, t, 3, s, s) or (B, 3, s, s) with B = {B}, got {tuple(views[0].shape)}.")
+    t, h, w = v1.shape[1], v1.shape[-2], v1.shape[-1]
+    if h != w or (crop_size is not None and h != crop_size):
+        raise ValueError(
+            f"Region crops are {h}x{w} px but the method expects {crop_size}x{crop_size} (sgcl.crop_size): every "
+            "region crop must have the configured size, or solo would not treat them as its large crops."
+        )
+    if not isinstance(scores, Tensor) or scores.reshape(-1).shape[0] != B * t or scores.shape[0] != B:
+        got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be (B, t) = ({B}, {t}), one per region pair, got {got}.")
+    if not isinstance(targets, Tensor):
+        targets = torch.as_tensor(targets)
+    image_ids = indexes.repeat_interleave(t)
+    return RegionBatch(
+        indexes=indexes,
+        image_ids=image_ids,
+        views=[v1.flatten(0, 1), v2.flatten(0, 1)],
+        targets=targets.to(indexes.device).repeat_interleave(t),
+        scores=scores.reshape(-1).float(),
+        num_regions=t,
+    )
+
+
+# -------------------------------------------------------------------------------- feature maps
+
+
+class SoloFeatureMaps(nn.Module):
+    """The last feature map of a solo backbone, (B, C, h, w), for saliency refreshes.
+
+    solo strips the classifier of its backbones, which then return pooled vectors. This module runs
+    them up to their last spatial map instead: torchvision ResNets (``resnet18``/``resnet50``, the
+    CIFAR stem included) and solo's WideResNets layer by layer; timm models (ViT, Swin, ConvNeXt,
+    PoolFormer) through ``forward_features``, with ViT tokens reshaped to their patch grid.
+
+    Args:
+        backbone: ``method.backbone`` (shares its weights; nothing is copied).
+
+    Raises:
+        TypeError: a backbone of an unknown kind (pass your own ``sgcl_feature_backbone``).
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        if all(hasattr(backbone, name) for name in ("conv1", "bn1", "layer1", "layer4")):
+            self.kind = "resnet"
+        elif all(hasattr(backbone, name) for name in ("conv1", "block1", "block3", "bn1")):
+            self.kind = "wide_resnet"
+        elif hasattr(backbone, "forward_features"):
+            self.kind = "timm"
+        else:
+            raise TypeError(
+                f"Cannot take feature maps from a {type(backbone).__name__} backbone: override the method's "
+                "sgcl_feature_backbone() to return a module mapping (B, 3, S, S) images to (B, C, h, w) maps."
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        b: Any = self.backbone
+        if self.kind == "resnet":
+            x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+            return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        if self.kind == "wide_resnet":
+            x = b.block3(b.block2(b.block1(b.conv1(x))))
+            return b.relu(b.bn1(x))
+        out = b.forward_features(x)
+        if out.ndim == 3:  # ViT tokens (B, prefix + h * w, C)
+            prefix = int(getattr(b, "num_prefix_tokens", 1))
+            grid = getattr(getattr(b, "patch_embed", None), "grid_size", None)
+            n = out.shape[1] - prefix
+            if grid is None or grid[0] * grid[1] != n:
+                side = int(round(math.sqrt(n)))
+                grid = (side, side)
+            return tokens_to_map(out, int(grid[0]), int(grid[1]), num_prefix_tokens=prefix)
+        if (
+            out.ndim == 4
+            and out.shape[1] != getattr(b, "num_features", out.shape[1])
+            and out.shape[-1] == getattr(b, "num_features", -1)
+        ):
+            out = out.permute(0, 3, 1, 2)  # NHWC (timm Swin) -> NCHW
+        if out.ndim != 4:
+            raise ValueError(f"{type(b).__name__}.forward_features returned {tuple(out.shape)}, not a feature map.")
+        return out
+
+
+def solo_feature_backbone(pl_module: Any) -> nn.Module:
+    """The refresh backbone of an SGCL method: ``pl_module.sgcl_feature_backbone()`` (online backbone)."""
+    getter = getattr(pl_module, "sgcl_feature_backbone", None)
+    if getter is not None:
+        return getter()
+    return SoloFeatureMaps(pl_module.backbone)
+
+
+# -------------------------------------------------------------------------------- the methods
+
+
+def _require(module: Any, names: Sequence[str], method: str) -> None:
+    missing = [name for name in names if not isinstance(getattr(module, name, None), nn.Module)]
+    if missing:
+        raise TypeError(
+            f"{type(module).__name__} ({method}) has no {', '.join(missing)} module: the SGCL adapter expects solo's "
+            f"{method} with {', '.join(names)} (solo-learn main). {INSTALL_HINT}"
+        )
+
+
+class SGCLMethodMixin:
+    """What the SGCL variants share; mixed before solo's method class (``class SGCLBYOL(Mixin, BYOL)``).
+
+    Attributes set by ``_sgcl_init``: ``sgcl_cfg`` (the ``sgcl`` config node), ``sgcl_intra`` (the
+    :class:`SaliencyWeightedLoss`), ``sgcl_inter`` (:class:`InterImageLoss` or None), ``sgcl_bank``
+    and ``sgcl_dataset`` (set when training starts).
+    """
+
+    sgcl_bank: Optional[SaliencyBank]
+    sgcl_dataset: Optional[SoloSaliencyDataset]
+    _sgcl_requires: Tuple[str, ...] = ("projector",)
+    _sgcl_base_loss = "byol"
+    _sgcl_solo_method = "BaseMethod"
+
+    def _sgcl_init(self, cfg: Any, dim: int, **base_kwargs: Any) -> None:
+        _require(self, self._sgcl_requires, self._sgcl_solo_method)
+        node = cfg.sgcl
+        self.sgcl_cfg = node
+        self.sgcl_crop_size = int(node.crop_size)
+        self.sgcl_intra = SaliencyWeightedLoss(
+            self._sgcl_base_loss, gamma=float(node.gamma), normalize=node.normalize, **base_kwargs
+        )
+        self.sgcl_inter: Optional[InterImageLoss] = None
+        if node.inter.enabled:
+            self.sgcl_inter = InterImageLoss(
+                dim,
+                queue_size=int(node.inter.queue_size),
+                num_neighbors=int(node.inter.num_neighbors),
+                gamma=float(node.gamma),
+                gather_distributed=True,
+            )
+        self.sgcl_bank = None
+        self.sgcl_dataset = None
+        self._sgcl_callback: Any = None
+
+    # --- data ------------------------------------------------------------------------------------
+
+    def sgcl_attach(self, data: Any) -> SaliencyBank:
+        """Links the method to its train data (a DataLoader or :class:`SoloSaliencyDataset`).
+
+        A dataset without transform gets a new bank and the config's crop transform; a dataset that
+        has one lends its bank (its crop size must be ``sgcl.crop_size``). Called on train start.
+        """
+        dataset = data.dataset if isinstance(data, DataLoader) else data
+        if not isinstance(dataset, SoloSaliencyDataset):
+            raise TypeError(
+                f"{type(self).__name__} needs its train dataset wrapped in "
+                f"sgcl_plugin.adapters.solo.SoloSaliencyDataset (got {type(dataset).__name__}), so that "
+                "region crops see the dataset index and batches carry region scores. With solo's "
+                "main_pretrain.py use examples/solo/pretrain.py; with your own script, "
+                "DataLoader(SoloSaliencyDataset(dataset), ...)."
+            )
+        if dataset.transform is None:
+            bank = self.sgcl_bank
+            if bank is None or len(bank) != len(dataset):
+                bank = SaliencyBank(len(dataset), max_regions=int(self.sgcl_cfg.max_regions))
+            dataset.attach(build_saliency_transform(self.cfg, bank))  # type: ignore[attr-defined]
+        elif dataset.transform.size != self.sgcl_crop_size:
+            raise ValueError(
+                f"The dataset's SaliencyCropTransform makes {dataset.transform.size} px crops but sgcl.crop_size is "
+                f"{self.sgcl_crop_size}: region crops must have the configured (large crop) size."
+            )
+        self.sgcl_dataset = dataset
+        self.sgcl_bank = dataset.bank
+        if self._sgcl_callback is not None:
+            self._sgcl_callback.resolve_bank()  # applies a bank restored from a checkpoint
+        return self.sgcl_bank  # type: ignore[return-value]
+
+    def _sgcl_get_bank(self) -> Optional[SaliencyBank]:
+        return self.sgcl_bank
+
+    def _sgcl_get_images(self) -> Optional[Dataset]:
+        return None if self.sgcl_dataset is None else self.sgcl_dataset.images
+
+    def sgcl_feature_backbone(self) -> nn.Module:
+        """The module whose (B, C, h, w) maps a refresh segments: the online backbone's last map."""
+        return SoloFeatureMaps(self.backbone)  # type: ignore[attr-defined]
+
+    def _sgcl_train_data(self, early: bool) -> Any:
+        """The train DataLoader (or dataset): before ``setup_data`` from the fit call's source."""
+        trainer = self.trainer  # type: ignore[attr-defined]
+        if early:  # Lightning >= 2.0 keeps the loaders passed to fit() here until it sets them up
+            source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+            data = getattr(source, "instance", None)
+        else:
+            data = trainer.train_dataloader
+        if isinstance(data, (list, tuple)) and len(data) == 1:
+            data = data[0]
+        if isinstance(data, dict) and len(data) == 1:
+            data = next(iter(data.values()))
+        return data
+
+    def setup(self, stage: str) -> None:
+        """Attaches the crop transform as soon as the train loader is known, before workers start."""
+        super().setup(stage)  # type: ignore[misc]
+        if stage == "fit":
+            data = self._sgcl_train_data(early=True)
+            dataset = data.dataset if isinstance(data, DataLoader) else data
+            if isinstance(dataset, SoloSaliencyDataset):
+                self.sgcl_attach(dataset)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()  # type: ignore[misc]
+        loader = self._sgcl_train_data(early=False)
+        dataset = loader.dataset if isinstance(loader, DataLoader) else loader
+        if (
+            isinstance(dataset, SoloSaliencyDataset)
+            and dataset.transform is None
+            and getattr(loader, "num_workers", 0) > 0
+        ):
+            raise RuntimeError(
+                "The train DataLoader's workers started before the SGCL method could attach its crop transform "
+                "(loaders from a LightningDataModule or a train_dataloader hook). Pass the DataLoader to "
+                "trainer.fit(model, loader), or build the dataset with its transform: "
+                "SoloSaliencyDataset(dataset, build_saliency_transform(cfg, SaliencyBank(len(dataset))))."
+            )
+        self.sgcl_attach(loader)
+
+    def configure_callbacks(self) -> List[Any]:
+        """The saliency refresh callback of ``sgcl.refresh`` (also under solo's main_pretrain.py)."""
+        callbacks = list(super().configure_callbacks() or [])  # type: ignore[misc]
+        refresh = self.sgcl_cfg.refresh
+        if refresh.enabled:
+            from sgcl_plugin.adapters.lightning import SaliencyRefreshCallback
+
+            self._sgcl_callback = SaliencyRefreshCallback(
+                self._sgcl_get_bank,
+                self._sgcl_get_images,
+                every_n_epochs=int(refresh.every_n_epochs),
+                first_epoch=None if refresh.first_epoch is None else int(refresh.first_epoch),
+                backbone=solo_feature_backbone,
+                saliency_size=int(refresh.saliency_size),
+                batch_size=int(refresh.batch_size),
+                num_workers=int(refresh.num_workers),
+                progress=bool(refresh.progress),
+                package="lightning",
+            )
+            callbacks.append(self._sgcl_callback)
+        return callbacks
+
+    def sgcl_refresh(self) -> SaliencyBank:
+        """Refreshes the bank now with the current backbone (outside the schedule)."""
+        if self.sgcl_bank is None or self.sgcl_dataset is None:
+            raise RuntimeError(
+                "No saliency bank yet: it is created from the train dataset when training starts "
+                "(on_train_start), or call sgcl_attach(dataset) first."
+            )
+        from sgcl_plugin.saliency import SaliencyGenerator
+
+        refresh = self.sgcl_cfg.refresh
+        return SaliencyGenerator().refresh(
+            self.sgcl_feature_backbone(),
+            self.sgcl_dataset.images,
+            self.sgcl_bank,
+            batch_size=int(refresh.batch_size),
+            saliency_size=int(refresh.saliency_size),
+            num_workers=int(refresh.num_workers),
+            progress=bool(refresh.progress),
+        )
+
+    # --- step ------------------------------------------------------------------------------------
+
+    def _sgcl_unpack(self, batch: Any) -> RegionBatch:
+        return unpack_region_batch(batch, self.sgcl_crop_size)
+
+    def _sgcl_inter_loss(self, preds: Sequence[Tensor], targets: Tensor, scores: Tensor) -> Tensor:
+        if self.sgcl_inter is None:
+            return preds[0].new_zeros(())
+        loss = sum(self.sgcl_inter(p.float(), scores) for p in preds)
+        self.sgcl_inter.enqueue(targets.float())
+        return loss  # type: ignore[return-value]
+
+    def _sgcl_step(self, base_step: Callable[..., Dict[str, Any]], batch: Any, batch_idx: int) -> Tensor:
+        rb = self._sgcl_unpack(batch)
+        out = base_step(self, [rb.image_ids, rb.views, rb.targets], batch_idx)
+        losses = self.sgcl_losses(out, rb)
+        metrics = {f"train_sgcl_{k}": v for k, v in losses.items() if isinstance(v, Tensor) and v.ndim == 0}
+        metrics["train_sgcl_mean_score"] = rb.scores.mean()
+        self.log_dict(metrics, on_epoch=True, sync_dist=True)  # type: ignore[attr-defined]
+        return losses["loss"] + out["loss"]
+
+    def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _make_classes() -> Dict[str, type]:
+    methods = _import_solo()
+    from solo.methods.base import BaseMethod, BaseMomentumMethod
+
+    BYOL: Any = methods.BYOL
+    SimCLR: Any = methods.SimCLR
+    NNCLR: Any = methods.NNCLR
+
+    class SGCLBYOL(SGCLMethodMixin, BYOL):
+        """solo's BYOL with SGCL (Chen et al., AAAI 2023, https://arxiv.org/abs/2212.06340).
+
+        Region pairs are BYOL's two views; the symmetrized BYOL loss of pair i is weighted by
+        ``scores_i ** gamma`` and the inter-image loss pulls the predictions toward their nearest
+        momentum projections in a queue. Config: solo's BYOL plus an ``sgcl`` node
+        (:func:`add_sgcl_cfg`).
+        """
+
+        _sgcl_requires = ("projector", "predictor", "momentum_projector")
+        _sgcl_base_loss = "byol"
+        _sgcl_solo_method = "BYOL"
+
+        def __init__(self, cfg: Any) -> None:
+            super().__init__(cfg)
+            self._sgcl_init(self.cfg, int(cfg.method_kwargs.proj_output_dim))
+
+        @staticmethod
+        def add_and_assert_specific_cfg(cfg: Any) -> Any:
+            return add_sgcl_cfg(BYOL.add_and_assert_specific_cfg(cfg))
+
+        def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
+            return self._sgcl_step(BaseMomentumMethod.training_step, batch, batch_idx)
+
+        def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:
+            """Weighted BYOL loss of both directions plus the inter-image loss of both predictions."""
+            P, Z_m = out["p"], out["momentum_z"]
+            intra = self.sgcl_intra(P[1], Z_m[0], batch.scores) + self.sgcl_intra(P[0], Z_m[1], batch.scores)
+            inter = self._sgcl_inter_loss(P, torch.cat(Z_m), batch.scores)
+            return {"intra": intra, "inter": inter, "loss": intra + inter}
+
+    class SGCLSimCLR(SGCLMethodMixin, SimCLR):
+        """solo's SimCLR with SGCL: per-pair NT-Xent weighted by ``scores_i ** gamma``.
+
+        Other regions of the same image are left out of the negatives (``sgcl.exclude_same_image``);
+        negatives come from the local batch of B * t pairs. The inter-image loss (if enabled) pulls
+        the projections toward their nearest past projections.
+        """
+
+        _sgcl_requires = ("projector",)
+        _sgcl_base_loss = "ntxent"
+        _sgcl_solo_method = "SimCLR"
+
+        def __init__(self, cfg: Any) -> None:
+            super().__init__(cfg)
+            self._sgcl_init(
+                self.cfg,
+                int(cfg.method_kwargs.proj_output_dim),
+                temperature=float(self.temperature),
+                exclude_same_image=bool(self.cfg.sgcl.exclude_same_image),
+            )
+
+        @staticmethod
+        def add_and_assert_specific_cfg(cfg: Any) -> Any:
+            return add_sgcl_cfg(SimCLR.add_and_assert_specific_cfg(cfg))
+
+        def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
+            return self._sgcl_step(BaseMethod.training_step, batch, batch_idx)
+
+        def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:
+            z1, z2 = out["z"]
+            intra = self.sgcl_intra(z1, z2, batch.scores, image_ids=batch.image_ids)
+            inter = self._sgcl_inter_loss((z1, z2), torch.cat([z1, z2]).detach(), batch.scores)
+            return {"intra": intra, "inter": inter, "loss": intra + inter}
+
+    class SGCLNNCLR(SGCLMethodMixin, NNCLR):
+        """solo's NNCLR with SGCL: NT-Xent between each view's nearest neighbour in solo's support
+        queue and the other view's prediction, per pair, weighted by ``scores_i ** gamma``.
+
+        ``0.5 * (ntxent(NN(z1), p2) + ntxent(NN(z2), p1))`` per pair; solo's queue, its nearest
+        neighbour search and its FIFO update are used unchanged (``queue_size`` must be a multiple of
+        the global number of pairs per step, B * t * world size).
+        """
+
+        _sgcl_requires = ("projector", "predictor")
+        _sgcl_base_loss = "ntxent"
+        _sgcl_solo_method = "NNCLR"
+
+        def __init__(self, cfg: Any) -> None:
+            super().__init__(cfg)
+            self._sgcl_init(
+                self.cfg,
+                int(cfg.method_kwargs.proj_output_dim),
+                temperature=float(self.temperature),
+                exclude_same_image=bool(self.cfg.sgcl.exclude_same_image),
+            )
+
+        @staticmethod
+        def add_and_assert_specific_cfg(cfg: Any) -> Any:
+            return add_sgcl_cfg(NNCLR.add_and_assert_specific_cfg(cfg))
+
+        def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
+            return self._sgcl_step(BaseMethod.training_step, batch, batch_idx)
+
+        def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:
+            z1, z2 = out["z"]
+            p1, p2 = out["p"]
+            idx1, nn1 = self.find_nn(z1)
+            _, nn2 = self.find_nn(z2)
+            ids, scores = batch.image_ids, batch.scores
+            intra = 0.5 * (
+                self.sgcl_intra(nn1, p2, scores, image_ids=ids) + self.sgcl_intra(nn2, p1, scores, image_ids=ids)
+            )
+            nn_acc = (batch.targets == self.queue_y[idx1]).float().mean()
+            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            if self.queue_size % (z1.shape[0] * world) != 0:
+                raise ValueError(
+                    f"NNCLR's queue_size ({self.queue_size}) must be a multiple of the pairs per step over all "
+                    f"devices, B * t * world = {z1.shape[0]} * {world}: change method_kwargs.queue_size, the batch "
+                    "size or sgcl.num_regions."
+                )
+            self.dequeue_and_enqueue(z1, batch.targets)
+            inter = self._sgcl_inter_loss((p1, p2), torch.cat([z1, z2]).detach(), scores)
+            return {"intra": intra, "inter": inter, "loss": intra + inter, "nn_acc": nn_acc}
+
+    classes: Dict[str, type] = {}
+    for cls in (SGCLBYOL, SGCLSimCLR, SGCLNNCLR):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+        cls._sgcl_adapter = True  # type: ignore[attr-defined]
+        classes[cls.__name__] = cls
+    return classes
+
+
+def method_classes() -> Dict[str, type]:
+    """``{"sgcl_byol": SGCLBYOL, "sgcl_simclr": SGCLSimCLR, "sgcl_nnclr": SGCLNNCLR}`` (imports solo)."""
+    if not _CLASSES:
+        classes = _make_classes()
+        _CLASSES.update(classes)
+        globals().update(classes)
+    return {name: _CLASSES[cls_name] for name, cls_name in METHOD_NAMES.items()}
+
+
+def register(overwrite: bool = False) -> Dict[str, type]:
+    """Adds ``sgcl_byol``, ``sgcl_simclr`` and ``sgcl_nnclr`` to ``solo.methods.METHODS``; idempotent.
+
+    Args:
+        overwrite: Replace entries of these names that are not this adapter's classes (otherwise
+            an error).
+
+    Returns:
+        The registered ``{name: class}``.
+
+    Raises:
+        ImportError: solo-learn main is not installed (the message says how to install it).
+        ValueError: another class is registered under one of the names and ``overwrite`` is False.
+    """
+    methods = _import_solo()
+    classes = method_classes()
+    registry = methods.METHODS
+    for name, cls in classes.items():
+        current = registry.get(name)
+        if current is not None and current is not cls and not getattr(current, "_sgcl_adapter", False):
+            if not overwrite:
+                raise ValueError(
+                    f"solo.methods.METHODS[{name!r}] is already {current.__module__}.{current.__qualname__}; "
+                    "pass overwrite=True to replace it."
+                )
+            warnings.warn(f"Replacing solo.methods.METHODS[{name!r}] ({current.__qualname__}).", stacklevel=2)
+        registry[name] = cls
+    return classes
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: SGCLBYOL & co. are built (and solo imported) on first use
+    if name in _SOLO_BASES:
+        method_classes()
+        return _CLASSES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
