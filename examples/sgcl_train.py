@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import math
 import os
 import random
@@ -73,7 +74,9 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
         "--baseline-crop-size", type=int, default=0, help="plain method's view size; 0: same pixels per image as SGCL"
     )
     # model and optimisation
-    p.add_argument("--arch", default="resnet18", help="torchvision ResNet")
+    p.add_argument(
+        "--arch", default="resnet18", help="torchvision ResNet (random init) or efficientnet-lite0 (ImageNet)"
+    )
     p.add_argument("--hidden-dim", type=int, default=1024)
     p.add_argument("--proj-dim", type=int, default=128)
     p.add_argument("--epochs", type=int, default=5)
@@ -87,14 +90,24 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast on CUDA")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--refresh-at-start", action="store_true", help="also refresh before epoch 0 (for a pretrained backbone)"
+    )
     # outputs
     p.add_argument("--out", default="runs/sgcl")
     p.add_argument("--resume", default="", help="a checkpoint path, or 'auto' for <out>/checkpoint.pt if present")
     p.add_argument("--ckpt-every", type=int, default=50, help="steps between checkpoints (and at each epoch end)")
     p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if killed (no save) after this many steps")
-    p.add_argument("--eval-train", type=int, default=2000, help="Fashion-MNIST train objects for kNN / probe")
-    p.add_argument("--eval-test", type=int, default=1000, help="Fashion-MNIST test objects to classify")
+    p.add_argument(
+        "--eval-data", choices=("objects", "fashion"), default="objects",
+        help="classify objects cut from composed scenes by their true boxes, or isolated Fashion-MNIST items",
+    )  # fmt: skip
+    p.add_argument("--eval-train", type=int, default=2000, help="labelled objects (train split) for kNN / probe")
+    p.add_argument("--eval-test", type=int, default=1000, help="objects to classify (Fashion-MNIST test split)")
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="also evaluate at epoch 0 and every N epochs (eval.csv); 0: end only"
+    )
     p.add_argument("--pictures", type=int, default=8, help="images shown in the saliency pictures")
     p.add_argument("--smoke", action="store_true", help="a few steps on tiny data (< 2 minutes on a CPU)")
     p.add_argument("--no-progress", action="store_true")
@@ -197,6 +210,23 @@ class EpochSampler(Sampler[int]):
         return max(0, self.per_rank - self.skip_batches * self.batch_size)
 
 
+@functools.lru_cache(maxsize=2)  # several runs in one process (benchmarks) build the sets once
+def scene_object_eval_sets(n_train: int, n_test: int, size: int, image_size: int) -> Dict[str, Tensor]:
+    """Objects cut from composed scenes by their true boxes (with context), resized to the crop size and
+    normalized: train-split objects (other scenes than the pretraining ones) are the labelled set, objects
+    of test-split scenes (Fashion-MNIST test items) are classified."""
+    from sgcl_plugin.scenes import ComposedScenes, object_crops
+
+    out = {}
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    for split, n, seed in (("train", n_train, 1001), ("test", n_test, 1002)):
+        scenes = ComposedScenes(max(1, n // 2), image_size=image_size, seed=seed, split=split)  # >= 2 objects each
+        x, y = object_crops(scenes, size, max_crops=n)
+        out[f"{split}_x"], out[f"{split}_y"] = (x - mean) / std, y
+    return out
+
+
 def fashion_eval_sets(n_train: int, n_test: int, size: int) -> Dict[str, Tensor]:
     """Fashion-MNIST objects (grey on black, as RGB), resized to the crop size and normalized."""
     from sgcl_plugin.scenes import load_fashion_mnist
@@ -223,6 +253,19 @@ def mlp(in_dim: int, hidden: int, out: int) -> nn.Sequential:
     )
 
 
+class Renormalize(nn.Module):
+    """Maps ImageNet-normalized input to the normalization a pretrained backbone was trained with."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(IMAGENET_STD)[:, None, None] / torch.tensor(std)[:, None, None])
+        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        self.register_buffer("shift", shift[:, None, None])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+
 class SSLModel(nn.Module):
     """Backbone + projector (+ predictor and EMA target copies for BYOL)."""
 
@@ -230,9 +273,17 @@ class SSLModel(nn.Module):
         super().__init__()
         import torchvision
 
-        net = getattr(torchvision.models, arch)(weights=None)
-        self.feature_dim = net.fc.in_features
-        self.backbone = nn.Sequential(*list(net.children())[:-2])  # feature maps, for saliency too
+        if arch in ("efficientnet-lite0", "efficientnet_lite0"):
+            from sgcl_plugin.backbones import efficientnet_lite0
+
+            lite = efficientnet_lite0(pretrained=True)
+            self.feature_dim = lite.channels
+            # the crops and evaluation sets are ImageNet-normalized; the checkpoint expects (x - 0.498) / 0.502
+            self.backbone: nn.Module = nn.Sequential(Renormalize(lite.mean, lite.std), lite)
+        else:
+            net = getattr(torchvision.models, arch)(weights=None)
+            self.feature_dim = net.fc.in_features
+            self.backbone = nn.Sequential(*list(net.children())[:-2])  # feature maps, for saliency too
         self.projector = mlp(self.feature_dim, hidden_dim, proj_dim)
         self.predictor = mlp(proj_dim, hidden_dim, proj_dim) if method == "byol" else None
         self.method = method
@@ -386,6 +437,8 @@ class Trainer:
         self.refreshed_epoch = -1  # the epoch whose refresh is done (not redone after a resume)
         self.refresh_stats: List[Dict[str, float]] = []  # this process's refreshes, for reports
         self.log_path = self.out / "log.csv"
+        self.eval_sets: Optional[Dict[str, Tensor]] = None
+        self.history: List[Dict[str, float]] = []  # accuracy vs epochs (--eval-every), main process only
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -401,6 +454,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "refreshed_epoch": self.refreshed_epoch,
+            "history": self.history,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -425,6 +479,7 @@ class Trainer:
         self.bank.load_state_dict(state["bank"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.refreshed_epoch = state["refreshed_epoch"]
+        self.history = list(state.get("history", []))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available() and rng["cuda"]:
@@ -538,8 +593,11 @@ class Trainer:
             log.writerow(["epoch", "step", "loss", "intra", "inter", "lr", "tau", "images_per_s", "seconds"])
         epoch_times: List[float] = []
         stopped = False
+        if args.eval_every and self.global_step == 0 and not self.history:
+            self.record_history()  # the starting point of the curves: the randomly initialised backbone
         while self.epoch < args.epochs:
-            due = args.sgcl and args.regions != "gt" and self.epoch > 0 and self.epoch % args.refresh_interval == 0
+            scheduled = self.epoch > 0 and self.epoch % args.refresh_interval == 0
+            due = args.sgcl and args.regions != "gt" and (scheduled or (self.epoch == 0 and args.refresh_at_start))
             if due and self.refreshed_epoch != self.epoch:
                 self.refresh()
                 self.refreshed_epoch = self.epoch
@@ -588,6 +646,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{out['loss'].item():.3f}", img_s=f"{ips:.1f}")
                 if self.step_in_epoch == self.steps_per_epoch:
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                    if args.eval_every and self.epoch % args.eval_every == 0 and self.epoch < args.epochs:
+                        self.record_history()
                     self.save()
                 elif self.global_step % args.ckpt_every == 0:
                     self.save()
@@ -603,6 +663,7 @@ class Trainer:
         if log_file:
             log_file.close()
         result: Dict[str, Any] = {
+            "history": self.history,
             "steps": float(self.global_step),
             "seconds_per_epoch": float(np.median(epoch_times)) if epoch_times else float("nan"),
             "refreshes": self.refresh_stats,
@@ -615,20 +676,51 @@ class Trainer:
                 self.pictures("final.png")
             if not args.no_eval:
                 result.update(self.evaluate())
+                if args.eval_every:
+                    self.history.append({"epoch": float(self.epoch), **result_accuracies(result)})
+                    self.write_history()
                 print(
-                    f"kNN top-1 on Fashion-MNIST test objects: {100 * result['knn']:.2f}%  "
+                    f"kNN top-1 on {'scene' if args.eval_data == 'objects' else 'Fashion-MNIST'} test objects: "
+                    f"{100 * result['knn']:.2f}%  "
                     f"(linear probe {100 * result['linear']:.2f}%)"
                 )
         return result
 
+    def record_history(self) -> None:
+        """Accuracy of the backbone as it is now, for the accuracy-vs-epochs curves (--eval-every)."""
+        if not self.main or self.args.no_eval:
+            return
+        self.history.append({"epoch": float(self.epoch), **self.evaluate()})
+        self.model.train()
+        self.write_history()
+
+    def write_history(self) -> None:
+        with open(self.out / "eval.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["epoch", "knn", "linear"])
+            for h in self.history:
+                w.writerow([int(h["epoch"]), f"{h['knn']:.4f}", f"{h['linear']:.4f}"])
+
     def evaluate(self) -> Dict[str, float]:
-        sets = fashion_eval_sets(self.args.eval_train, self.args.eval_test, self.args.crop_size)
+        """kNN and linear-probe accuracy of the frozen backbone (eval mode; draws no random numbers)."""
+        if self.eval_sets is None:
+            a = self.args
+            self.eval_sets = (
+                scene_object_eval_sets(a.eval_train, a.eval_test, a.crop_size, a.image_size)
+                if a.eval_data == "objects"
+                else fashion_eval_sets(a.eval_train, a.eval_test, a.crop_size)
+            )
+        sets = self.eval_sets
         train = embed(self.model.backbone, sets["train_x"], device=self.device)
         test = embed(self.model.backbone, sets["test_x"], device=self.device)
         return {
             "knn": knn_accuracy(train, sets["train_y"], test, sets["test_y"]),
             "linear": linear_probe_accuracy(train, sets["train_y"], test, sets["test_y"]),
         }
+
+
+def result_accuracies(result: Dict[str, Any]) -> Dict[str, float]:
+    return {"knn": float(result["knn"]), "linear": float(result["linear"])}
 
 
 def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> Dict[str, Any]:

@@ -90,6 +90,9 @@ def linear_probe_accuracy(
     x_train = ((train_features - mean) / std).double()
     x_test = ((test_features - mean) / std).double()
     linear = torch.nn.Linear(x_train.shape[1], num_classes).double()
+    with torch.no_grad():  # zeros: the problem is convex, and the probe must not draw from the caller's RNG
+        linear.weight.zero_()
+        linear.bias.zero_()
     opt = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:

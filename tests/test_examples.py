@@ -19,7 +19,8 @@ pytest.importorskip("skimage")
 @pytest.mark.parametrize("method", ["byol", "simclr", "nnclr"])
 def test_smoke_runs_refreshes_draws_and_evaluates(tmp_path, method: str) -> None:
     out = tmp_path / method
-    result = sgcl_train.main(["--smoke", "--no-progress", "--out", str(out)], method=method)
+    argv = ["--smoke", "--no-progress", "--eval-data", "fashion", "--out", str(out)]
+    result = sgcl_train.main(argv, method=method)
     assert 0.0 <= result["knn"] <= 1.0 and 0.0 <= result["linear"] <= 1.0
     assert result["knn"] > 0.2  # 10 classes: far above chance even after 4 steps, or the pipeline is broken
     assert (out / "saliency" / "refresh_01_epoch_001.png").exists()
@@ -117,3 +118,39 @@ def test_baseline_region_sources(tmp_path, regions: str) -> None:
         assert state["bank"]["refreshes"] == 0 and ((counts >= 2) & (counts <= 6)).all()
     else:  # one heat-map box per image
         assert state["bank"]["refreshes"] == 1 and (counts == 1).all()
+
+
+def test_eval_every_draws_curves_without_changing_training(tmp_path) -> None:
+    common = ["--smoke", "--no-progress", "--epochs", "2", "--eval-train", "60", "--eval-test", "40"]
+    plain = sgcl_train.main([*common, "--out", str(tmp_path / "plain")], method="byol")
+    curves = sgcl_train.main([*common, "--eval-every", "1", "--out", str(tmp_path / "curves")], method="byol")
+    assert [h["epoch"] for h in curves["history"]] == [0.0, 1.0, 2.0]
+    assert curves["history"][-1]["knn"] == curves["knn"] and curves["history"][-1]["linear"] == curves["linear"]
+    rows = (tmp_path / "curves" / "eval.csv").read_text().strip().splitlines()
+    assert rows[0] == "epoch,knn,linear" and [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    # evaluating in between draws no random numbers and leaves train mode as it was: same weights, same result
+    a = torch.load(tmp_path / "plain" / "backbone.pt")
+    b = torch.load(tmp_path / "curves" / "backbone.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert plain["knn"] == curves["knn"] and plain["history"] == []
+
+
+def test_scene_object_evaluation_sets_are_learnable() -> None:
+    sets = sgcl_train.scene_object_eval_sets(600, 300, 64, 160)
+    assert sets["train_x"].shape == (600, 3, 64, 64) and sets["test_x"].shape == (300, 3, 64, 64)
+    assert len(sets["train_y"].unique()) == 10 and len(sets["test_y"].unique()) == 10
+    assert abs(float(sets["train_x"].mean())) < 1.0  # ImageNet-normalized
+    # random features already separate the classes above chance (10%): the sets carry the labels' signal
+    torch.manual_seed(0)
+    backbone = sgcl_train.SSLModel("byol", "resnet18", 64, 32).backbone
+    train = sgcl_train.embed(backbone, sets["train_x"])
+    test = sgcl_train.embed(backbone, sets["test_x"])
+    assert sgcl_train.knn_accuracy(train, sets["train_y"], test, sets["test_y"]) > 0.2
+
+
+def test_fashion_evaluation_still_available(tmp_path) -> None:
+    out = tmp_path / "fashion"
+    argv = ["--smoke", "--no-progress", "--epochs", "1", "--eval-data", "fashion", "--out", str(out)]
+    result = sgcl_train.main(argv, method="simclr")
+    assert 0.2 < result["knn"] <= 1.0

@@ -13,7 +13,7 @@ from PIL import Image
 
 pytest.importorskip("skimage")
 
-from sgcl_plugin.scenes import ComposedScenes, load_fashion_mnist, masks_to_boxes, read_idx  # noqa: E402
+from sgcl_plugin.scenes import ComposedScenes, load_fashion_mnist, masks_to_boxes, object_crops, read_idx  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +158,27 @@ def test_bad_arguments(fashion_test: tuple) -> None:
         ComposedScenes(4, min_objects=3, max_objects=2)
     with pytest.raises(ValueError, match="object_scale"):
         ComposedScenes(4, object_scale=(0.5, 0.2))
+
+
+def test_object_crops_cut_every_object_by_its_true_box() -> None:
+    scenes = ComposedScenes(6, image_size=96, seed=5, split="test")
+    x, y = object_crops(scenes, size=40, context=0.0)
+    labels = torch.cat([scenes[i]["labels"] for i in range(len(scenes))])
+    assert x.shape == (len(labels), 3, 40, 40) and x.dtype == torch.float32
+    assert torch.equal(y, labels) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    # with no context the crop is the square around the box: the object's own colour dominates it
+    # (the last pasted object of a scene is never occluded)
+    item = scenes[0]
+    k = len(item["labels"]) - 1
+    obj = np.asarray(item["image"])[item["masks"][k].numpy()]
+    crop = (x[k].permute(1, 2, 0).numpy() * 255).reshape(-1, 3)
+    assert np.abs(np.median(crop, 0) - np.median(obj, 0)).max() < 40
+    x2, y2 = object_crops(scenes, size=40, max_crops=5)
+    assert len(x2) == 5 and torch.equal(y2, labels[:5])
+
+
+def test_object_crops_bad_input() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        object_crops(ComposedScenes(0, image_size=96), size=32)
+    with pytest.raises(ValueError, match="size"):
+        object_crops(ComposedScenes(2, image_size=96), size=0)
