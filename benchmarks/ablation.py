@@ -1,0 +1,370 @@
+"""Pretraining ablation: the paper's Tables 4, 6, 7 and 8 in miniature, several seeds per row.
+
+Reproduce (2-core CPU, about two hours; results are kept, a rerun only does the missing runs):
+
+    python benchmarks/ablation.py                      # writes the pretraining part of docs/RESULTS.md
+    python benchmarks/ablation.py --config gpu         # the larger configuration, for a GPU
+    python benchmarks/ablation.py --smoke              # every row once on tiny data (what CI runs)
+    python benchmarks/ablation.py --rows byol,sgcl-byol --seeds 0 1 2 -- --epochs 8   # a subset, extra options
+
+Every row is one examples/sgcl_train.py run per seed, in this process, with the configuration's
+options plus the row's own; arguments after ``--`` go to every run. Each finished run is appended to
+``<out>/results.json`` at once, so an interrupted benchmark resumes where it stopped (``--fresh``
+starts over). The report gives mean +- std over seeds of the kNN and linear-probe accuracy on objects
+cut from held-out composed scenes, the difference to the BYOL baseline, the wall time per epoch
+(refreshes excluded), the share of the whole run spent in saliency refreshes, what the refreshes
+found, accuracy-vs-epoch curves and the saliency pictures of successive refreshes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import sgcl_train  # noqa: E402
+
+BEGIN, END = "<!-- pretraining-ablation:begin -->", "<!-- pretraining-ablation:end -->"
+
+# name -> (method, options, label). The full SGCL row uses the configuration's t and refresh interval.
+ROWS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
+    "byol": ("byol", ("--no-sgcl",), "BYOL (random crops)"),
+    "byol+crops": ("byol", ("--no-inter", "--no-scores"), "+ SGCL crops"),
+    "byol+crops+inter": ("byol", ("--no-scores",), "+ inter-image loss"),
+    "sgcl-byol": ("byol", (), "+ scores = SGCL-BYOL"),
+    "simclr": ("simclr", ("--no-sgcl",), "SimCLR (random crops)"),
+    "sgcl-simclr": ("simclr", (), "SGCL-SimCLR"),
+    "heatmap": ("byol", ("--regions", "heatmap"), "regions from a ContrastiveCrop-style heat map"),
+    "gt": ("byol", ("--regions", "gt"), "regions = ground-truth boxes (upper bound)"),
+    "t1": ("byol", ("--num-regions", "1"), "t = 1"),
+    "t2": ("byol", ("--num-regions", "2"), "t = 2"),
+    "interval-alt": ("byol", (), "refresh interval (alternative)"),  # options filled from the configuration
+}
+
+TABLES: List[Tuple[str, str, List[str]]] = [
+    ("Components (paper Table 4)", "BYOL 76.9, + crops 78.6, + inter 81.1, + scores 83.2",
+     ["byol", "byol+crops", "byol+crops+inter", "sgcl-byol"]),
+    ("SimCLR (paper: VOC07 75.3 -> 78.5)", "", ["simclr", "sgcl-simclr"]),
+    ("Where the regions come from (paper Table 7)", "Selective Search 80.3, SGCL 83.2, ground truth 84.7",
+     ["heatmap", "sgcl-byol", "gt"]),
+    ("Region pairs per image t (paper Table 8)", "t = 1 / 2 / 4 / 8: 78.7 / 80.8 / 83.2 / 84.4",
+     ["t1", "t2", "sgcl-byol"]),
+    ("Refresh interval (paper Table 6)", "every 5 / 10 / 20 / 50 epochs: 83.3 / 83.2 / 83.0 / 82.7",
+     ["sgcl-byol", "interval-alt"]),
+]  # fmt: skip
+
+CONFIGS: Dict[str, Dict[str, Any]] = {
+    # about 95 minutes for 11 rows x 3 seeds on a 2-core CPU. The backbone starts from ImageNet weights
+    # (EfficientNet-Lite0, the one pretrained network available offline) and SGCL refreshes before the
+    # first step: from random weights no CPU-sized run gets past the phase where training lowers object
+    # accuracy below that of the random network (see docs/RESULTS.md).
+    "cpu": {
+        "options": ["--arch", "efficientnet-lite0", "--lr", "3e-4", "--num-images", "320", "--epochs", "4",
+                    "--refresh-at-start", "--refresh-interval", "2", "--eval-every", "2",
+                    "--eval-train", "1000", "--eval-test", "1000", "--pictures", "6"],
+        "interval_alt": 4,
+        "seeds": [0, 1, 2],
+    },
+    # a GPU: 12x the scenes, the paper's 96 px crops, 5x the epochs, kornia augmentations on the device
+    "gpu": {
+        "options": ["--arch", "efficientnet-lite0", "--lr", "1e-3", "--num-images", "4096", "--image-size", "224",
+                    "--crop-size", "96", "--saliency-size", "448", "--epochs", "20", "--refresh-at-start",
+                    "--refresh-interval", "5", "--batch-size", "128", "--warmup-epochs", "2", "--augment-on-device",
+                    "--workers", "8", "--eval-every", "5", "--eval-train", "4000", "--eval-test", "2000"],
+        "interval_alt": 10,
+        "seeds": [0, 1, 2],
+    },
+    "smoke": {"options": ["--smoke", "--eval-every", "1"], "interval_alt": 2, "seeds": [0]},
+}  # fmt: skip
+
+
+def row_argv(name: str, config: Dict[str, Any], seed: int, out: Path, extra: Sequence[str]) -> List[str]:
+    method, options, _ = ROWS[name]
+    argv = ["--method", method, *config["options"], *options, "--seed", str(seed), "--out", str(out), "--no-progress"]
+    if name == "interval-alt":
+        argv += ["--refresh-interval", str(config["interval_alt"])]
+    return [*argv, *extra]
+
+
+def run_key(name: str, seed: int) -> str:
+    return f"{name}/seed{seed}"
+
+
+def load_results(path: Path) -> Dict[str, Dict[str, Any]]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_results(path: Path, results: Dict[str, Dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+
+
+def run_all(
+    rows: Sequence[str], seeds: Sequence[int], config: Dict[str, Any], out: Path, extra: Sequence[str], fresh: bool
+) -> Dict[str, Dict[str, Any]]:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = {} if fresh else load_results(path)
+    todo = [(r, s) for s in seeds for r in rows if run_key(r, s) not in results]
+    print(f"{len(todo)} run(s) to do, {len(rows) * len(seeds) - len(todo)} kept from {path}", flush=True)
+    for i, (name, seed) in enumerate(todo):
+        run_dir = out / name / f"seed{seed}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        argv = row_argv(name, config, seed, run_dir, extra)
+        print(f"[{i + 1}/{len(todo)}] {name} seed {seed}: sgcl_train.py {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        result = sgcl_train.main(argv)
+        result["total_seconds"] = time.perf_counter() - t0
+        result["argv"] = argv
+        results[run_key(name, seed)] = result
+        save_results(path, results)
+        print(
+            f"    knn {100 * result['knn']:.2f}%  linear {100 * result['linear']:.2f}%  "
+            f"{result['seconds_per_epoch']:.1f} s/epoch  {result['total_seconds']:.0f} s in all",
+            flush=True,
+        )
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not values:
+        return "-"
+    v = np.asarray(values, dtype=float) * scale
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def row_summary(runs: List[Dict[str, Any]], base: Optional[List[Dict[str, Any]]]) -> Dict[str, str]:
+    knn = [r["knn"] for r in runs]
+    lin = [r["linear"] for r in runs]
+    refresh = [sum(x["seconds"] for x in r["refreshes"]) for r in runs]
+    share = [f / r["total_seconds"] for f, r in zip(refresh, runs)]
+    s: Dict[str, str] = {
+        "knn": mean_std(knn, 100),
+        "linear": mean_std(lin, 100),
+        "epoch": mean_std([r["seconds_per_epoch"] for r in runs]),
+        "refresh": mean_std(share, 100) + "%" if any(refresh) else "-",
+        "seeds": str(len(runs)),
+    }
+    if base:  # paired by seed: the same scenes, initial weights and evaluation sets
+        by_seed = {int(r["seed"]): r for r in base}
+        d_knn = [r["knn"] - by_seed[int(r["seed"])]["knn"] for r in runs if int(r["seed"]) in by_seed]
+        d_lin = [r["linear"] - by_seed[int(r["seed"])]["linear"] for r in runs if int(r["seed"]) in by_seed]
+        s["dknn"], s["dlin"] = mean_std(d_knn, 100), mean_std(d_lin, 100)
+    return s
+
+
+def refresh_summary(runs: List[Dict[str, Any]]) -> str:
+    stats = [x for r in runs for x in r["refreshes"]]
+    if not stats:
+        return "-"
+    regions = np.mean([x["regions_per_image"] for x in stats])
+    area = np.mean([x["mean_top_box_area"] for x in stats])
+    return f"{regions:.2f} / {area:.2f}"
+
+
+def plot_curves(grouped: Dict[str, List[Dict[str, Any]]], rows: Sequence[str], path: Path) -> Optional[Path]:
+    """kNN and linear accuracy vs epochs, mean over seeds, one line per row."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no accuracy-vs-epochs plot (pip install -e '.[bench]')")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    for name in rows:
+        runs = grouped.get(name, [])
+        curves = [r["history"] for r in runs if r.get("history")]
+        if not curves:
+            continue
+        epochs = sorted({h["epoch"] for c in curves for h in c})
+        style = "-" if ROWS[name][0] == "byol" else "--"
+        for ax, key in zip(axes, ("knn", "linear")):
+            means = []
+            for e in epochs:
+                vals = [h[key] for c in curves for h in c if h["epoch"] == e]
+                means.append(100 * float(np.mean(vals)))
+            ax.plot(epochs, means, style, marker="o", ms=3, label=name)
+    for ax, title in zip(axes, ("kNN top-1 (%)", "linear probe (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def copy_pictures(out: Path, images: Path, seed: int) -> List[Path]:
+    """The saliency pictures of the full SGCL row (one seed), downscaled into docs/images."""
+    from sgcl_vs_baseline import shrink
+
+    src = out / "sgcl-byol" / f"seed{seed}" / "saliency"
+    pictures = sorted(src.glob("refresh_*.png")) + sorted(src.glob("final.png"))
+    images.mkdir(parents=True, exist_ok=True)
+    for old in images.glob("ablation_*.png"):
+        if not old.name.startswith("ablation_curves"):
+            old.unlink()
+    copied = []
+    for pic in pictures:
+        dst = images / f"ablation_{pic.name}"
+        shrink(pic, dst)
+        copied.append(dst)
+    return copied
+
+
+def report(
+    results: Dict[str, Dict[str, Any]],
+    rows: Sequence[str],
+    seeds: Sequence[int],
+    config_name: str,
+    config: Dict[str, Any],
+    command: str,
+    images: Optional[Path],
+    out: Path,
+) -> str:
+    grouped: Dict[str, List[Dict[str, Any]]] = {}
+    for name in rows:
+        runs = []
+        for seed in seeds:
+            r = results.get(run_key(name, seed))
+            if r is not None:
+                runs.append({**r, "seed": seed})
+        grouped[name] = runs
+    base = grouped.get("byol")
+    first = next((r for runs in grouped.values() for r in runs), None)
+    device = "CPU only"
+    if torch.cuda.is_available():
+        device = "GPU " + torch.cuda.get_device_name(0)
+    lines = [
+        BEGIN,
+        f"Reproduce: `{command}` (configuration `{config_name}`: "
+        f"`{' '.join(config['options'])}`; alternative refresh interval {config['interval_alt']}; "
+        f"seeds {', '.join(map(str, seeds))}).",
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{device}. Same scenes, initial weights and evaluation sets for every row of a seed; "
+        "Δ is the paired difference to the BYOL row of the same seed. Accuracies in %, mean ± sample std over seeds.",
+        "",
+    ]
+    if first is not None and first.get("history"):
+        init = [r["history"][0] for runs in grouped.values() for r in runs if r.get("history")]
+        init = [h for h in init if h["epoch"] == 0]
+        if init:
+            lines += [
+                f"Randomly initialised backbone (epoch 0, before any training): kNN "
+                f"{mean_std([h['knn'] for h in init], 100)}, linear {mean_std([h['linear'] for h in init], 100)}.",
+                "",
+            ]
+    header = (
+        "| row | kNN | Δ kNN | linear | Δ linear | s / epoch | refresh share | regions / image, top box area | seeds |"
+    )
+    for title, paper, names in TABLES:
+        names = [n for n in names if grouped.get(n)]
+        if not names:
+            continue
+        lines += [f"### {title}", ""]
+        if paper:
+            lines += [f"Paper (COCO, VOC07 mAP): {paper}.", ""]
+        lines += [header, "|---|---|---|---|---|---|---|---|---|"]
+        for n in names:
+            s = row_summary(grouped[n], base if n != "byol" else None)
+            label = ROWS[n][2]
+            if n == "interval-alt":
+                label = f"refresh every {config['interval_alt']} epoch(s)"
+            elif n == "sgcl-byol" and title.startswith("Refresh"):
+                label = f"refresh every {sgcl_train.parse_args(config['options']).refresh_interval} epochs (SGCL-BYOL)"
+            lines.append(
+                f"| {label} | {s['knn']} | {s.get('dknn', '-')} | {s['linear']} | {s.get('dlin', '-')} | "
+                f"{s['epoch']} | {s['refresh']} | {refresh_summary(grouped[n])} | {s['seeds']} |"
+            )
+        lines.append("")
+    if images is not None:
+        curves = plot_curves(grouped, rows, images / f"ablation_curves_{config_name}.png")
+        if curves is not None:
+            lines += ["### Accuracy vs epochs (mean over seeds)", "", f"![curves](images/{curves.name})", ""]
+        pictures = copy_pictures(out, images, seeds[0]) if "sgcl-byol" in rows else []
+        if pictures:
+            lines += [f"### Saliency of successive refreshes (SGCL-BYOL, seed {seeds[0]})", ""]
+            for p in pictures:
+                lines += [f"**{p.stem.replace('ablation_', '')}**", "", f"![{p.stem}](images/{p.name})", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_block(doc: Path, block: str) -> None:
+    text = doc.read_text() if doc.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n## Pretraining ablation\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="every row once on tiny data, report to --out only")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the configuration's")
+    parser.add_argument("--out", default="", help="default: runs/ablation_<config>")
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "RESULTS.md"))
+    parser.add_argument("--no-write", action="store_true", help="print the report, change nothing in docs/")
+    parser.add_argument("--fresh", action="store_true", help="forget kept results and rerun everything")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from kept results")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/ablation.py", *argv])
+    extra: List[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    args = parser.parse_args(argv)
+    config_name = "smoke" if args.smoke else args.config
+    config = CONFIGS[config_name]
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {unknown}; choose from {', '.join(ROWS)}")
+    seeds = args.seeds if args.seeds is not None else config["seeds"]
+    out = Path(args.out or ROOT / "runs" / f"ablation_{config_name}")
+    if args.report_only:
+        results = load_results(out / "results.json")
+    else:
+        results = run_all(rows, seeds, config, out, extra, args.fresh)
+    write_docs = not (args.no_write or args.smoke)
+    images = ROOT / "docs" / "images" if write_docs else out / "images"
+    block = report(results, rows, seeds, config_name, config, command, images, out)
+    print(block)
+    (out / "report.md").write_text(block + "\n")
+    if write_docs:
+        write_block(Path(args.doc), block)
+        print(f"wrote {args.doc}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
