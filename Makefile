@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= test,pretrained
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg setup.py Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: demo saliency test bench evidence lint data clean
+.PHONY: demo saliency test bench evidence ablation lint data clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP) data
 
 evidence: $(STAMP) data
 	$(PY) benchmarks/sgcl_vs_baseline.py
+
+# The pretraining ablation (paper Tables 4, 6, 7, 8 in miniature): ~1.5-2 h on a 2-core CPU, resumable.
+ablation: $(STAMP) data
+	$(PY) benchmarks/ablation.py
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff mypy 2>&1 | grep -v '^WARNING: Location' || true

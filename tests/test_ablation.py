@@ -46,10 +46,16 @@ def test_smoke_runs_every_row_and_writes_the_report(tmp_path, capsys) -> None:
     capsys.readouterr()
     again = ablation.main(["--smoke", "--out", str(out), "--doc", str(doc), "--report-only"])
     assert again == kept
-    ablation.write_block(doc, (out / "report.md").read_text().strip())
-    ablation.write_block(doc, (out / "report.md").read_text().strip())  # replaced in place, not appended
+    ablation.write_block(doc, (out / "report.md").read_text().strip(), "smoke")
+    ablation.write_block(doc, (out / "report.md").read_text().strip(), "smoke")  # replaced, not appended
+    ablation.write_block(
+        doc, "<!-- pretraining-ablation-cpu:begin -->\nx\n<!-- pretraining-ablation-cpu:end -->", "cpu"
+    )
     text = doc.read_text()
-    assert text.startswith("# Results\n\nkept text") and text.count(ablation.BEGIN) == 1
+    begin = ablation.markers("smoke")[0]
+    assert (
+        text.startswith("# Results\n\nkept text") and text.count(begin) == 1 and text.count("ablation-cpu:begin") == 1
+    )
 
 
 def test_unknown_row_is_refused(tmp_path) -> None:
