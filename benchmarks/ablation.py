@@ -69,10 +69,10 @@ TABLES: List[Tuple[str, str, List[str]]] = [
 ]  # fmt: skip
 
 CONFIGS: Dict[str, Dict[str, Any]] = {
-    # about 85 minutes for 11 rows x 3 seeds on a 2-core CPU (24 steps per run: a miniature indeed). The backbone starts from ImageNet weights
-    # (EfficientNet-Lite0, the one pretrained network available offline) and SGCL refreshes before the
-    # first step: from random weights no CPU-sized run gets past the phase where training lowers object
-    # accuracy below that of the random network (see docs/RESULTS.md).
+    # about 85 minutes for 11 rows x 3 seeds on a 2-core CPU (24 steps per run: a miniature indeed). The
+    # backbone starts from ImageNet weights (EfficientNet-Lite0, the one pretrained network available
+    # offline) and SGCL refreshes before the first step: from random weights no CPU-sized run gets past
+    # the phase where training lowers object accuracy below that of the random network (docs/RESULTS.md).
     "cpu": {
         "options": ["--arch", "efficientnet-lite0", "--lr", "3e-4", "--num-images", "192", "--epochs", "4",
                     "--refresh-at-start", "--refresh-interval", "2", "--eval-every", "2",
@@ -161,6 +161,15 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> st
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+def signed(deltas: Sequence[float]) -> str:
+    """Paired differences in points: mean +- std, and on how many seeds the row was better."""
+    if not deltas:
+        return "-"
+    v = 100 * np.asarray(deltas, dtype=float)
+    spread = f" ± {v.std(ddof=1):.1f}" if len(v) > 1 else ""
+    return f"{v.mean():+.1f}{spread} ({int((v > 0).sum())}/{len(v)})"
+
+
 def row_summary(runs: List[Dict[str, Any]], base: Optional[List[Dict[str, Any]]]) -> Dict[str, str]:
     knn = [r["knn"] for r in runs]
     lin = [r["linear"] for r in runs]
@@ -177,7 +186,7 @@ def row_summary(runs: List[Dict[str, Any]], base: Optional[List[Dict[str, Any]]]
         by_seed = {int(r["seed"]): r for r in base}
         d_knn = [r["knn"] - by_seed[int(r["seed"])]["knn"] for r in runs if int(r["seed"]) in by_seed]
         d_lin = [r["linear"] - by_seed[int(r["seed"])]["linear"] for r in runs if int(r["seed"]) in by_seed]
-        s["dknn"], s["dlin"] = mean_std(d_knn, 100), mean_std(d_lin, 100)
+        s["dknn"], s["dlin"] = signed(d_knn), signed(d_lin)
     return s
 
 
@@ -276,7 +285,8 @@ def report(
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"{device}. Same scenes, initial weights and evaluation sets for every row of a seed; "
-        "Δ is the paired difference to the BYOL row of the same seed. Accuracies in %, mean ± sample std over seeds.",
+        "Δ is the paired difference to the BYOL row of the same seed, in points, with the number of seeds on "
+        "which the row beat BYOL. Accuracies in %, mean ± sample std over seeds.",
         "",
     ]
     if first is not None and first.get("history"):
