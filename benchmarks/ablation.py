@@ -99,6 +99,23 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
 }  # fmt: skip
 
 
+BASELINES = {"sgcl-simclr": "simclr"}  # the row each row is compared with; BYOL when not listed
+
+
+def start_weights(config: Dict[str, Any]) -> str:
+    arch = sgcl_train.parse_args(config["options"]).arch
+    return f"{arch}, ImageNet weights" if arch.startswith("efficientnet") else f"{arch}, random weights"
+
+
+def interval_label(config: Dict[str, Any], alternative: bool) -> str:
+    a = sgcl_train.parse_args(config["options"])
+    n = config["interval_alt"] if alternative else a.refresh_interval
+    text = f"refresh every {n} epoch{'s' if n > 1 else ''}"
+    if n >= a.epochs:
+        text += " (only " + ("the one before the first step)" if a.refresh_at_start else "never)")
+    return text + ("" if alternative else " = SGCL-BYOL")
+
+
 def row_argv(name: str, config: Dict[str, Any], seed: int, out: Path, extra: Sequence[str]) -> List[str]:
     method, options, _ = ROWS[name]
     argv = ["--method", method, *config["options"], *options, "--seed", str(seed), "--out", str(out), "--no-progress"]
@@ -271,7 +288,6 @@ def report(
             if r is not None:
                 runs.append({**r, "seed": seed})
         grouped[name] = runs
-    base = grouped.get("byol")
     first = next((r for runs in grouped.values() for r in runs), None)
     device = "CPU only"
     if torch.cuda.is_available():
@@ -285,8 +301,10 @@ def report(
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"{device}. Same scenes, initial weights and evaluation sets for every row of a seed; "
-        "Δ is the paired difference to the BYOL row of the same seed, in points, with the number of seeds on "
-        "which the row beat BYOL. Accuracies in %, mean ± sample std over seeds.",
+        "Δ is the paired difference to the row's baseline of the same seed (SimCLR for SGCL-SimCLR, BYOL for "
+        "every other row), in points, with the number of seeds on which the row beat it. Accuracies in %, "
+        "mean ± sample std over seeds. Wall times are medians per epoch without refreshes; the refresh share "
+        "is the refreshes' part of the whole run (evaluations included).",
         "",
     ]
     if first is not None and first.get("history"):
@@ -294,8 +312,9 @@ def report(
         init = [h for h in init if h["epoch"] == 0]
         if init:
             lines += [
-                f"Randomly initialised backbone (epoch 0, before any training): kNN "
-                f"{mean_std([h['knn'] for h in init], 100)}, linear {mean_std([h['linear'] for h in init], 100)}.",
+                f"The backbone before any training step (epoch 0: {start_weights(config)}): kNN "
+                f"{mean_std([h['knn'] for h in init], 100)}, linear {mean_std([h['linear'] for h in init], 100)}. "
+                "A row that ends below this number has lost object information in training.",
                 "",
             ]
     header = (
@@ -310,12 +329,15 @@ def report(
             lines += [f"Paper (COCO, VOC07 mAP): {paper}.", ""]
         lines += [header, "|---|---|---|---|---|---|---|---|---|"]
         for n in names:
-            s = row_summary(grouped[n], base if n != "byol" else None)
+            reference = grouped.get(BASELINES.get(n, "byol")) if n not in ("byol", "simclr") else None
+            s = row_summary(grouped[n], reference)
             label = ROWS[n][2]
-            if n == "interval-alt":
-                label = f"refresh every {config['interval_alt']} epoch(s)"
-            elif n == "sgcl-byol" and title.startswith("Refresh"):
-                label = f"refresh every {sgcl_train.parse_args(config['options']).refresh_interval} epochs (SGCL-BYOL)"
+            if n == "interval-alt" or (n == "sgcl-byol" and title.startswith("Refresh")):
+                label = interval_label(config, n == "interval-alt")
+            elif n == "sgcl-byol" and title.startswith("Where"):
+                label = "SGCL's Ncut regions = SGCL-BYOL"
+            elif n == "sgcl-byol" and title.startswith("Region pairs"):
+                label = f"t = {sgcl_train.parse_args(config['options']).num_regions} = SGCL-BYOL"
             lines.append(
                 f"| {label} | {s['knn']} | {s.get('dknn', '-')} | {s['linear']} | {s.get('dlin', '-')} | "
                 f"{s['epoch']} | {s['refresh']} | {refresh_summary(grouped[n])} | {s['seeds']} |"

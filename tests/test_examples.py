@@ -154,3 +154,25 @@ def test_fashion_evaluation_still_available(tmp_path) -> None:
     argv = ["--smoke", "--no-progress", "--epochs", "1", "--eval-data", "fashion", "--out", str(out)]
     result = sgcl_train.main(argv, method="simclr")
     assert 0.2 < result["knn"] <= 1.0
+
+
+def test_pretrained_backbone_refreshes_before_the_first_step(tmp_path) -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    out = tmp_path / "lite"
+    argv = ["--smoke", "--no-progress", "--arch", "efficientnet-lite0", "--refresh-at-start", "--epochs", "1"]
+    result = sgcl_train.main([*argv, "--eval-every", "1", "--out", str(out)], method="byol")
+    assert [r["epoch"] for r in result["refreshes"]] == [0.0]  # at the start, never "at epoch 0" otherwise
+    assert (out / "saliency" / "refresh_01_epoch_000.png").exists()
+    # the ImageNet weights are loaded (not a random network) and see input in their own normalization
+    from sgcl_plugin.backbones import efficientnet_lite0
+
+    model = sgcl_train.SSLModel("byol", "efficientnet-lite0", 64, 32)
+    x = torch.rand(2, 3, 64, 64)
+    normalized = (x - torch.tensor(sgcl_train.IMAGENET_MEAN)[:, None, None]) / torch.tensor(sgcl_train.IMAGENET_STD)[
+        :, None, None
+    ]
+    reference = efficientnet_lite0(pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.backbone.eval()(normalized), reference((x - 0.498) / 0.502), atol=1e-4, rtol=1e-4
+        )
