@@ -227,7 +227,8 @@ def plot_curves(grouped: Dict[str, List[Dict[str, Any]]], rows: Sequence[str], p
         print("matplotlib is not installed: no accuracy-vs-epochs plot (pip install -e '.[bench]')")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-    for name in rows:
+    colours = plt.get_cmap("tab20")
+    for i, name in enumerate(rows):
         runs = grouped.get(name, [])
         curves = [r["history"] for r in runs if r.get("history")]
         if not curves:
@@ -239,9 +240,10 @@ def plot_curves(grouped: Dict[str, List[Dict[str, Any]]], rows: Sequence[str], p
             for e in epochs:
                 vals = [h[key] for c in curves for h in c if h["epoch"] == e]
                 means.append(100 * float(np.mean(vals)))
-            ax.plot(epochs, means, style, marker="o", ms=3, label=name)
+            ax.plot(epochs, means, style, marker="o", ms=3, label=name, color=colours(i % 20))
     for ax, title in zip(axes, ("kNN top-1 (%)", "linear probe (%)")):
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="best")
@@ -252,19 +254,18 @@ def plot_curves(grouped: Dict[str, List[Dict[str, Any]]], rows: Sequence[str], p
     return path
 
 
-def copy_pictures(out: Path, images: Path, seed: int) -> List[Path]:
+def copy_pictures(out: Path, images: Path, seed: int, config_name: str) -> List[Path]:
     """The saliency pictures of the full SGCL row (one seed), downscaled into docs/images."""
     from sgcl_vs_baseline import shrink
 
     src = out / "sgcl-byol" / f"seed{seed}" / "saliency"
     pictures = sorted(src.glob("refresh_*.png")) + sorted(src.glob("final.png"))
     images.mkdir(parents=True, exist_ok=True)
-    for old in images.glob("ablation_*.png"):
-        if not old.name.startswith("ablation_curves"):
-            old.unlink()
+    for old in images.glob(f"ablation_{config_name}_*.png"):
+        old.unlink()
     copied = []
     for pic in pictures:
-        dst = images / f"ablation_{pic.name}"
+        dst = images / f"ablation_{config_name}_{pic.name}"
         shrink(pic, dst)
         copied.append(dst)
     return copied
@@ -347,11 +348,11 @@ def report(
         curves = plot_curves(grouped, rows, images / f"ablation_curves_{config_name}.png")
         if curves is not None:
             lines += ["### Accuracy vs epochs (mean over seeds)", "", f"![curves](images/{curves.name})", ""]
-        pictures = copy_pictures(out, images, seeds[0]) if "sgcl-byol" in rows else []
+        pictures = copy_pictures(out, images, seeds[0], config_name) if "sgcl-byol" in rows else []
         if pictures:
             lines += [f"### Saliency of successive refreshes (SGCL-BYOL, seed {seeds[0]})", ""]
             for p in pictures:
-                lines += [f"**{p.stem.replace('ablation_', '')}**", "", f"![{p.stem}](images/{p.name})", ""]
+                lines += [f"**{p.stem.split('_', 2)[2]}**", "", f"![{p.stem}](images/{p.name})", ""]
     lines.append(end)
     return "\n".join(lines)
 
@@ -381,7 +382,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     parser.add_argument("--fresh", action="store_true", help="forget kept results and rerun everything")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from kept results")
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python benchmarks/ablation.py", *argv])
+    # the command that produces the numbers: without the flags that only redo the report or start over
+    command = " ".join(["python benchmarks/ablation.py", *(a for a in argv if a not in ("--report-only", "--fresh"))])
     extra: List[str] = []
     if "--" in argv:
         i = argv.index("--")
