@@ -228,7 +228,7 @@ def plot_curves(grouped: Dict[str, List[Dict[str, Any]]], rows: Sequence[str], p
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     colours = plt.get_cmap("tab20")
-    for i, name in enumerate(rows):
+    for name in rows:
         runs = grouped.get(name, [])
         curves = [r["history"] for r in runs if r.get("history")]
         if not curves:
@@ -240,7 +240,8 @@ def plot_curves(grouped: Dict[str, List[Dict[str, Any]]], rows: Sequence[str], p
             for e in epochs:
                 vals = [h[key] for c in curves for h in c if h["epoch"] == e]
                 means.append(100 * float(np.mean(vals)))
-            ax.plot(epochs, means, style, marker="o", ms=3, label=name, color=colours(i % 20))
+            k = list(ROWS).index(name)  # the same colour for a row in every configuration's plot
+            ax.plot(epochs, means, style, marker="o", ms=3, label=name, color=colours((2 * k) % 20 + k // 10))
     for ax, title in zip(axes, ("kNN top-1 (%)", "linear probe (%)")):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -323,7 +324,7 @@ def report(
     )
     for title, paper, names in TABLES:
         names = [n for n in names if grouped.get(n)]
-        if not names:
+        if not names or names == ["sgcl-byol"]:  # nothing but the row shown in the first table
             continue
         lines += [f"### {title}", ""]
         if paper:
