@@ -234,7 +234,8 @@ class ChannelSumGenerator(SaliencyGenerator):
             if rows.numel() == 0:
                 box, fallback, area = [0.0, 0.0, 1.0, 1.0], True, h * w
             else:
-                box = [cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h]
+                c0, c1, r0, r1 = int(cols.min()), int(cols.max()) + 1, int(rows.min()), int(rows.max()) + 1
+                box = [c0 / w, r0 / h, c1 / w, r1 / h]
                 fallback, area = False, int(rows.numel())
             regions.append(
                 Regions(

@@ -380,7 +380,7 @@ def object_crops(
                 continue
             half = max(x1 - x0, y1 - y0) * (1 + context) / 2
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-            window = tuple(int(round(v)) for v in (cx - half, cy - half, cx + half, cy + half))
+            window = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
             crop = pil.crop(window).resize((size, size), Image.Resampling.BILINEAR)
             crops.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1))
             labels.append(int(label))
