@@ -287,7 +287,7 @@ class SGCLItem(NamedTuple):
     target: Any
     filename: str
     scores: Tensor
-    index: int
+    index: int  # type: ignore[assignment]  # the dataset index, as lightly names it; shadows tuple.index
 
 
 class SGCLBatch(NamedTuple):
@@ -309,7 +309,7 @@ class SGCLBatch(NamedTuple):
     target: Any
     filename: List[str]
     scores: Tensor
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # shadows tuple.index, on purpose (see above)
 
 
 def _repeat(values: Sequence[Any], t: int) -> List[Any]:
@@ -625,7 +625,7 @@ class SGCLLoss(nn.Module):
             self.kind = "callable"
         else:
             raise TypeError(f"loss must be a lightly loss, its name or a callable, got {type(loss).__name__}.")
-        self.loss = loss
+        self.loss: Any = loss  # a lightly loss module or a per-sample callable, told apart by self.kind
         self.weighted = SaliencyWeightedLoss(self._per_sample, gamma=gamma, normalize=normalize)  # type: ignore[arg-type]
 
     @property
@@ -865,11 +865,11 @@ class SGCLRefresher:
             raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}.")
         _refresh_source(dataset, bank)  # fail now, not after the first epochs
         self.bank: SaliencyBank = bank  # type: ignore[assignment]
-        self.dataset = dataset
-        self.every_n_epochs = int(every_n_epochs)
-        self.generator = generator if generator is not None else SaliencyGenerator()
-        self.refresh_kwargs = refresh_kwargs
-        self.last_epoch = -1
+        self.dataset: Any = dataset
+        self.every_n_epochs: int = int(every_n_epochs)
+        self.generator: SaliencyGenerator = generator if generator is not None else SaliencyGenerator()
+        self.refresh_kwargs: Dict[str, Any] = refresh_kwargs
+        self.last_epoch: int = -1
 
     def due(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) starts with a refresh that has not been done yet."""

@@ -83,7 +83,7 @@ def _concrete_class(packages: Tuple[str, ...]) -> type:
         name = _CONCRETE_NAMES[packages]
         cls = type(name, (SaliencyRefreshCallback, *bases), {"__module__": __name__, "__doc__": _CONCRETE_DOC})
         cls.__qualname__ = name
-        cls._lightning_packages = packages
+        cls._lightning_packages = packages  # type: ignore[attr-defined]
         _CONCRETE[packages] = cls
         globals()[name] = cls
     return _CONCRETE[packages]
@@ -339,14 +339,14 @@ class SaliencyRefreshCallback:
                     f"{type(backbone).__name__}, not a module or callable mapping images to feature maps."
                 )
             return backbone
-        backbone = getattr(pl_module, "backbone", None)
-        if backbone is None or not callable(backbone):
+        attribute: Any = getattr(pl_module, "backbone", None)
+        if attribute is None or not callable(attribute):
             raise RuntimeError(
                 f"SaliencyRefreshCallback: {type(pl_module).__name__} has no `backbone` attribute. Name the "
                 "feature extractor `self.backbone`, or pass backbone=lambda module: module.<your encoder> (a "
                 "module mapping (B, 3, S, S) images to (B, C, h, w) feature maps)."
             )
-        return backbone
+        return attribute
 
     # --------------------------------------------------------------------------------------- hooks
 
