@@ -210,6 +210,11 @@ class EpochSampler(Sampler[int]):
         return max(0, self.per_rank - self.skip_batches * self.batch_size)
 
 
+def imagenet_normalize(x: Tensor) -> Tensor:
+    """(n, 3, H, W) images in [0, 1] to the ImageNet normalization the crops use."""
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
 @functools.lru_cache(maxsize=2)  # several runs in one process (benchmarks) build the sets once
 def scene_object_eval_sets(n_train: int, n_test: int, size: int, image_size: int) -> Dict[str, Tensor]:
     """Objects cut from composed scenes by their true boxes (with context), resized to the crop size and
@@ -218,12 +223,10 @@ def scene_object_eval_sets(n_train: int, n_test: int, size: int, image_size: int
     from sgcl_plugin.scenes import ComposedScenes, object_crops
 
     out = {}
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
     for split, n, seed in (("train", n_train, 1001), ("test", n_test, 1002)):
         scenes = ComposedScenes(max(1, n // 2), image_size=image_size, seed=seed, split=split)  # >= 2 objects each
         x, y = object_crops(scenes, size, max_crops=n)
-        out[f"{split}_x"], out[f"{split}_y"] = (x - mean) / std, y
+        out[f"{split}_x"], out[f"{split}_y"] = imagenet_normalize(x), y
     return out
 
 
@@ -238,9 +241,7 @@ def fashion_eval_sets(n_train: int, n_test: int, size: int) -> Dict[str, Tensor]
         idx = torch.randperm(len(labels), generator=g)[:n]
         x = torch.as_tensor(np.asarray(images))[idx].float().div(255)[:, None].expand(-1, 3, -1, -1)
         x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-        std = torch.tensor(IMAGENET_STD)[:, None, None]
-        out[f"{split}_x"], out[f"{split}_y"] = (x - mean) / std, torch.as_tensor(np.asarray(labels))[idx].long()
+        out[f"{split}_x"], out[f"{split}_y"] = imagenet_normalize(x), torch.as_tensor(np.asarray(labels))[idx].long()
     return out
 
 
@@ -675,10 +676,10 @@ class Trainer:
             if args.sgcl:
                 self.pictures("final.png")
             if not args.no_eval:
-                result.update(self.evaluate())
+                accuracies = self.evaluate()
+                result.update(accuracies)
                 if args.eval_every:
-                    self.history.append({"epoch": float(self.epoch), **result_accuracies(result)})
-                    self.write_history()
+                    self.add_history(accuracies)
                 print(
                     f"kNN top-1 on {'scene' if args.eval_data == 'objects' else 'Fashion-MNIST'} test objects: "
                     f"{100 * result['knn']:.2f}%  "
@@ -687,14 +688,15 @@ class Trainer:
         return result
 
     def record_history(self) -> None:
-        """Accuracy of the backbone as it is now, for the accuracy-vs-epochs curves (--eval-every)."""
-        if not self.main or self.args.no_eval:
-            return
-        self.history.append({"epoch": float(self.epoch), **self.evaluate()})
-        self.model.train()
-        self.write_history()
+        """Accuracy of the backbone as it is now, for the accuracy-vs-epochs curves (--eval-every).
 
-    def write_history(self) -> None:
+        ``embed`` evaluates in eval mode and restores every module's own mode afterwards."""
+        if self.main and not self.args.no_eval:
+            self.add_history(self.evaluate())
+
+    def add_history(self, accuracies: Dict[str, float]) -> None:
+        """Appends this epoch's accuracies to the curves and rewrites eval.csv."""
+        self.history.append({"epoch": float(self.epoch), **accuracies})
         with open(self.out / "eval.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["epoch", "knn", "linear"])
@@ -717,10 +719,6 @@ class Trainer:
             "knn": knn_accuracy(train, sets["train_y"], test, sets["test_y"]),
             "linear": linear_probe_accuracy(train, sets["train_y"], test, sets["test_y"]),
         }
-
-
-def result_accuracies(result: Dict[str, Any]) -> Dict[str, float]:
-    return {"knn": float(result["knn"]), "linear": float(result["linear"])}
 
 
 def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> Dict[str, Any]:

@@ -384,6 +384,7 @@ def object_crops(
             crop = pil.crop(window).resize((size, size), Image.Resampling.BILINEAR)
             crops.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1))
             labels.append(int(label))
-            if max_crops is not None and len(crops) >= max_crops:
-                return torch.stack(crops).float().div(255), torch.tensor(labels, dtype=torch.int64)
-    return torch.stack(crops).float().div(255), torch.tensor(labels, dtype=torch.int64)
+        if max_crops is not None and len(crops) >= max_crops:
+            break
+    n = len(crops) if max_crops is None else min(len(crops), max_crops)
+    return torch.stack(crops[:n]).float().div(255), torch.tensor(labels[:n], dtype=torch.int64)
