@@ -57,7 +57,7 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
         "--refresh-interval", type=int, default=2, help="epochs between saliency refreshes (never at epoch 0)"
     )
     p.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
-    p.add_argument("--min-area", type=int, default=2, help="smallest region, in feature-map cells")
+    p.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
     p.add_argument(
         "--regions", choices=("ncut", "heatmap", "gt"), default="ncut",
         help="region source: SGCL's Ncut, a ContrastiveCrop-style heat map, or the composed scenes' true boxes",

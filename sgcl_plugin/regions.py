@@ -51,13 +51,19 @@ def extract_regions(
 
     For each map S: mask ``S > mean(S)``; regions are the connected components of the mask with at
     least ``min_area`` cells; the score of region B_i is ``max(S[B_i]) / max(S)``; its box is the
-    tightest enclosing rectangle in normalized image coordinates. An image with no surviving region
-    (a flat map, or only specks) gets the whole image as one region with score 1.0 and
-    ``fallback=True``.
+    tightest enclosing rectangle in normalized image coordinates.
+
+    The scores are Eq. 5 read literally on the values given: pass the oriented Fiedler vector
+    itself (as :class:`~sgcl_plugin.saliency.SaliencyGenerator` does), not a rescaled picture of
+    it, since a min-max rescaling raises every score (0.42 becomes 0.61, say). A Fiedler vector has
+    both signs, so a component above the mean may lie wholly on the background side of the cut
+    (``max(S[B_i]) <= 0``): its score would be <= 0 and it is dropped. An image with no surviving
+    region (a flat map, ``max(S) <= 0``, or only specks) gets the whole image as one region with
+    score 1.0 and ``fallback=True``.
 
     Args:
-        maps: Saliency maps (B, h, w), higher = more salient, any real values (SaliencyGenerator
-            gives maps in [0, 1]).
+        maps: Saliency maps (B, h, w), higher = more salient, any real values: the oriented
+            Fiedler vectors (``SaliencyResult.fiedler`` reshaped), or maps in [0, 1].
         min_area: Smallest region kept, in cells.
         connectivity: 8 (default) or 4.
 
@@ -86,11 +92,13 @@ def extract_regions(
         areas = ndimage.sum_labels(np.ones_like(S), labels, index).astype(np.int64)
         peaks = ndimage.maximum(S, labels, index)
         slices = ndimage.find_objects(labels)
+    smax = S.reshape(B, -1).max(axis=1)
     per_image: List[List[int]] = [[] for _ in range(B)]
     for k in range(n):
-        if areas[k] >= min_area:
-            per_image[slices[k][0].start].append(k)
-    smax = S.reshape(B, -1).max(axis=1)
+        b = slices[k][0].start
+        # Eq. 5 needs a positive max(S); a region whose peak is not positive would score <= 0.
+        if areas[k] >= min_area and smax[b] > 0 and peaks[k] > 0:
+            per_image[b].append(k)
     for b in range(B):
         ks = per_image[b]
         if not ks:
@@ -107,10 +115,7 @@ def extract_regions(
         boxes = [
             (slices[k][2].start / w, slices[k][1].start / h, slices[k][2].stop / w, slices[k][1].stop / h) for k in ks
         ]
-        # Eq. 5 divides by max(S); for maps that are not positive, fall back to min-max scaling.
-        lo = S[b].min()
-        denom = smax[b] if lo >= 0 and smax[b] > 0 else None
-        scores = [peaks[k] / denom if denom else (peaks[k] - lo) / (smax[b] - lo) for k in ks]
+        scores = [peaks[k] / smax[b] for k in ks]  # Eq. 5, in (0, 1]
         out.append(
             Regions(
                 boxes=torch.tensor(boxes, dtype=torch.float32),

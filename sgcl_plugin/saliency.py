@@ -113,9 +113,10 @@ class SaliencyGenerator:
 
     Implements Step 1 of "Saliency Guided Contrastive Learning on Scene Images" (Chen et al.,
     AAAI 2023, https://arxiv.org/abs/2302.11461): a cosine self-similarity graph of each feature
-    map (Eq. 1), its normalized cut (Eq. 2-3), the oriented Fiedler vector as saliency map scaled
-    to [0, 1], a mask at the mean (Eq. 4) cut into 8-connected regions with scores
-    ``max(S[B_i]) / max(S)`` (Eq. 5) and boxes in normalized image coordinates.
+    map (Eq. 1), its normalized cut (Eq. 2-3), the oriented Fiedler vector Y as saliency, a mask at
+    the mean (Eq. 4) cut into 8-connected regions with scores ``max(Y[B_i]) / max(Y)`` (Eq. 5,
+    computed on Y itself) and boxes in normalized image coordinates. ``maps`` are Y min-max scaled
+    to [0, 1] for pictures; the scores are not taken from them.
 
     Args:
         affinity: ``"clamp"`` (``max(cos, 0) + eps``) or ``"binary"`` (TokenCut: 1 above ``tau``).
@@ -175,7 +176,9 @@ class SaliencyGenerator:
     def __call__(self, features: Tensor) -> SaliencyResult:
         """Saliency maps and scored regions of a batch of feature maps (B, C, h, w)."""
         y, maps = self.saliency_maps(features)
-        regions = extract_regions(maps, min_area=self.min_area, connectivity=self.connectivity)
+        # Eq. 4-5 on the oriented Fiedler vector itself: the mask at the mean is the same as on the
+        # [0, 1] picture, but the scores max(Y[B_i]) / max(Y) are not (a min-max rescaling inflates them).
+        regions = extract_regions(y.reshape(maps.shape), min_area=self.min_area, connectivity=self.connectivity)
         return SaliencyResult(maps=maps, regions=regions, fiedler=y)
 
     def refresh(

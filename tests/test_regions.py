@@ -97,3 +97,20 @@ def test_bad_input() -> None:
         extract_regions(torch.zeros(1, 3, 3), connectivity=6)
     with pytest.raises(ValueError, match="min_area"):
         extract_regions(torch.zeros(1, 3, 3), min_area=0)
+
+
+def test_regions_whose_peak_is_not_positive_are_dropped() -> None:
+    # A Fiedler vector has both signs; the mean here is below 0, so the component at -0.1 is above
+    # the mean but wholly on the background side of the cut: Eq. 5 would score it <= 0.
+    S = torch.full((1, 8, 8), -1.0)
+    S[0, :3, :3] = 0.8  # 9 cells, global max
+    S[0, 5:8, 5:8] = -0.1  # 9 cells above the mean (-0.45...), peak < 0
+    (r,) = extract_regions(S, min_area=4)
+    assert r.areas.tolist() == [9]
+    torch.testing.assert_close(r.scores, torch.tensor([1.0]))
+
+
+def test_non_positive_maximum_falls_back_to_whole_image() -> None:
+    S = -torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(0)) - 0.1  # max(S) < 0
+    for r in extract_regions(S, min_area=1):
+        assert r.fallback and r.scores.tolist() == [1.0]

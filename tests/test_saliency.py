@@ -177,3 +177,65 @@ def test_channel_sum_baseline_boxes_the_hot_cells() -> None:
     assert result.maps.shape == (2, 8, 10) and result.maps.max() <= 1
     with pytest.raises(ValueError, match="threshold"):
         ChannelSumGenerator(threshold=1.5)
+
+
+def _components(mask: np.ndarray) -> list:
+    """8-connected components of a boolean grid by breadth-first search (independent of scipy)."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask)
+    out = []
+    for r0 in range(h):
+        for c0 in range(w):
+            if not mask[r0, c0] or seen[r0, c0]:
+                continue
+            comp, todo = [], [(r0, c0)]
+            seen[r0, c0] = True
+            while todo:
+                r, c = todo.pop()
+                comp.append((r, c))
+                for dr in (-1, 0, 1):
+                    for dc in (-1, 0, 1):
+                        rr, cc = r + dr, c + dc
+                        if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
+                            seen[rr, cc] = True
+                            todo.append((rr, cc))
+            out.append(comp)
+    return out
+
+
+def test_scores_are_eq5_on_the_raw_fiedler_vector() -> None:
+    """Eq. 4-5 by hand: scipy's generalized eigh of (D - W, D), border-rule sign, mask at the mean,
+    components by BFS, P_i = max(Y[B_i]) / max(Y) on Y itself (not on the [0, 1] picture)."""
+    from scipy.linalg import eigh
+
+    g = torch.Generator().manual_seed(3)
+    C, h, w = 24, 14, 14
+    base = torch.randn(4, C, generator=g)
+    f = base[0][:, None, None] + 0.4 * torch.randn(C, h, w, generator=g)
+    for k, (r, c, s) in enumerate([(2, 2, 4), (8, 3, 3), (3, 9, 4)], start=1):  # three objects, unequal
+        f[:, r : r + s, c : c + s] = (base[k] * (0.6 + 0.2 * k))[:, None, None] + 0.4 * torch.randn(
+            C, s, s, generator=g
+        )
+    f = f[None].double()
+    result = SaliencyGenerator(solver="eigh")(f)
+
+    W = cosine_affinity(f)[0].numpy()
+    D = np.diag(W.sum(1))
+    _, vecs = eigh(D - W, D)
+    y = vecs[:, 1]
+    border = np.zeros((h, w), dtype=bool)
+    border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
+    pos = (y > 0).reshape(h, w)
+    if (pos & border).sum() / pos.sum() > (~pos & border).sum() / (~pos).sum():
+        y = -y
+    Y = y.reshape(h, w)
+    comps = [c for c in _components(Y > Y.mean()) if len(c) >= 4]
+    expected = sorted((max(Y[p] for p in c) / Y.max() for c in comps), reverse=True)
+    expected = [e for e in expected if e > 0]
+    r = result.regions[0]
+    assert len(expected) >= 2, "the scene should give several regions"
+    np.testing.assert_allclose(r.scores.numpy(), expected, rtol=1e-4)
+    # The [0, 1] picture would have inflated every score but the top one.
+    lo, hi = Y.min(), Y.max()
+    inflated = sorted(((max(Y[p] for p in c) - lo) / (hi - lo) for c in comps), reverse=True)
+    assert all(i > e + 1e-3 for i, e in zip(inflated[1:], expected[1:]))
