@@ -62,6 +62,16 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
         "--regions", choices=("ncut", "heatmap", "gt"), default="ncut",
         help="region source: SGCL's Ncut, a ContrastiveCrop-style heat map, or the composed scenes' true boxes",
     )  # fmt: skip
+    p.add_argument(
+        "--before-refresh", choices=("crops", "regions"), default="crops",
+        help="before the first refresh: random crops of the whole image, or Algorithm 1's t random regions "
+        "with rule-R pairs inside",
+    )  # fmt: skip
+    p.add_argument("--box-jitter", type=float, default=0.0, help="Eq. 6 box jitter: edge moves, fraction of side")
+    p.add_argument(
+        "--intra-reduction", choices=("mean", "sum"), default="mean",
+        help="intra loss over an image's t pairs: mean (intra : inter = 1 : 1) or Eq. 9 read literally, a sum (t : 1)",
+    )  # fmt: skip
     p.add_argument("--queue-size", type=int, default=1024, help="inter-image (and NNCLR support) queue")
     p.add_argument("--num-neighbors", type=int, default=5, help="l: neighbours per prediction in the inter loss")
     p.add_argument("--temperature", type=float, default=0.2, help="SimCLR / NNCLR temperature")
@@ -129,6 +139,8 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         args = parser.parse_args(argv)
     if args.num_regions < 1 or args.refresh_interval < 1:
         parser.error("--num-regions and --refresh-interval must be >= 1")
+    if not (math.isfinite(args.box_jitter) and args.box_jitter >= 0):
+        parser.error(f"--box-jitter must be a finite number >= 0, got {args.box_jitter}")
     return args
 
 
@@ -383,7 +395,10 @@ class Trainer:
         self.pairs_per_image = t
         # Crops always come from the CPU workers; the view augmentations run there too, or batched on
         # the training device with kornia (--augment-on-device).
-        self.crop = SaliencyCropTransform(self.bank, num_regions=t, size=size, augment=not args.augment_on_device)
+        self.crop = SaliencyCropTransform(
+            self.bank, num_regions=t, size=size, augment=not args.augment_on_device,
+            before_refresh=args.before_refresh, box_jitter=args.box_jitter if args.sgcl else 0.0,
+        )  # fmt: skip
         self.device_views: Optional[List[nn.Module]] = None
         if args.augment_on_device:
             from sgcl_plugin.crops import BatchViewAugment
@@ -570,6 +585,8 @@ class Trainer:
         if self.use_inter:
             out["inter"] = sum(self.inter(p.float(), scores) for p in preds)  # type: ignore[assignment]
             self.inter.enqueue(targets.float())
+        if self.args.intra_reduction == "sum":  # Eq. 9 sums over the t pairs of an image, Eq. 10 averages
+            out["intra"] = out["intra"] * t
         out["loss"] = out["intra"] + out.get("inter", torch.zeros((), device=self.device))
         return out
 

@@ -4,7 +4,8 @@ Rule R (supplement B.3): for a region box b, a crop has an area uniform in ``sca
 b (in pixels of the image, so that the aspect ratio is a pixel aspect ratio), an aspect ratio
 log-uniform in ``ratio``, a centre uniform inside b; it is clipped to the image and snapped to
 whole pixels (at least 1 x 1). Before the first refresh an image has no regions and each view pair
-is two independent BYOL random-resized crops of the whole image, with score 1.0.
+is two independent BYOL random-resized crops of the whole image, with score 1.0 (or, with
+``before_refresh="regions"``, two rule-R crops inside a random region, as the paper's Algorithm 1).
 
 All samplers take an optional ``torch.Generator``; the default is torch's global RNG, which the
 DataLoader seeds differently in every worker.
@@ -31,6 +32,7 @@ __all__ = [
     "SaliencyCropTransform",
     "byol_view_transforms",
     "crop_and_resize",
+    "jitter_boxes",
     "random_resized_crop_box",
     "random_resized_crop_boxes",
     "sample_crop_in_box",
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 ViewTransform = Callable[[Tensor], Tensor]
+BEFORE_REFRESH = ("crops", "regions")
 
 # BYOL's view augmentations (Grill et al. 2020, Table 6): view 1 / view 2.
 _BLUR_P = (1.0, 0.1)
@@ -236,6 +239,50 @@ def sample_crop_in_box(
         shape = tuple(box.shape) if isinstance(box, Tensor) else type(box).__name__
         raise ValueError(f"box must be a tensor of shape (4,) (normalized xyxy), got {shape}.")
     return sample_crops_in_boxes(box[None], image_size, scale, ratio, generator)[0]
+
+
+def jitter_boxes(
+    boxes: Tensor,
+    jitter: float,
+    image_size: Sequence[int],
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Moves every edge of each box by a uniform random amount, up to ``jitter`` x the box's side.
+
+    The box jitter of SGCL's augmentation T (Eq. 6): each of the four edges of box ``b`` moves
+    independently by ``u * jitter * side``, ``u`` uniform in [-1, 1] (``side`` = the box's width for
+    x edges, its height for y edges); the result is clipped to the image and kept at least one pixel
+    wide and high (a box whose edges cross keeps its original extent on that axis).
+
+    Args:
+        boxes: (n, 4) normalized xyxy boxes in [0, 1], non-empty.
+        jitter: Largest move of an edge as a fraction of the box side, >= 0 (0 returns the boxes).
+        image_size: (H, W) of the image in pixels (sets the one-pixel floor).
+        generator: Random source; torch's global RNG when omitted.
+
+    Returns:
+        (n, 4) float32 boxes, normalized xyxy in [0, 1].
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> jitter_boxes(torch.tensor([[0.2, 0.2, 0.6, 0.6]]), 0.1, (100, 100), generator=g).shape
+        torch.Size([1, 4])
+    """
+    boxes = _check_boxes(boxes)
+    H, W = _check_image_size(image_size)
+    if not (isinstance(jitter, numbers.Real) and math.isfinite(jitter) and jitter >= 0):
+        raise ValueError(f"box jitter must be a finite number >= 0, got {jitter!r}.")
+    if jitter == 0:
+        return boxes.float()
+    u = torch.rand(boxes.shape[0], 4, generator=generator, dtype=torch.float64) * 2 - 1
+    side = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # (bw, bh, bw, bh)
+    moved = (boxes + u * float(jitter) * side).clamp(0, 1)
+    min_w, min_h = 1.0 / W, 1.0 / H
+    bad_x = moved[:, 2] - moved[:, 0] < min_w
+    bad_y = moved[:, 3] - moved[:, 1] < min_h
+    moved[bad_x, 0::2] = boxes[bad_x, 0::2]
+    moved[bad_y, 1::2] = boxes[bad_y, 1::2]
+    return moved.float()
 
 
 def random_resized_crop_boxes(
@@ -524,6 +571,14 @@ class SaliencyCropTransform:
             GPU path (:class:`BatchViewAugment`); then ``view_transforms`` must be left unset.
         scale: Crop area range, as a fraction of the region box (of the image before a refresh).
         ratio: Crop aspect ratio range.
+        before_refresh: What an image without regions gets: ``"crops"`` (default) two independent
+            random-resized crops of the whole image per pair, as BYOL; ``"regions"``, Algorithm 1
+            of the paper read literally: t random regions (random-resized crop boxes) with score
+            1, and two rule-R crops inside each.
+        box_jitter: Box jitter of the augmentation T (Eq. 6) before the rule-R crops: each edge of
+            the sampled region box moves by up to this fraction of the box side, independently for
+            the two views (:func:`jitter_boxes`). 0 (default) turns it off; see docs/RESULTS.md for what it does
+            to the pairs.
 
     Examples:
         >>> transform = SaliencyCropTransform(bank, num_regions=4, size=96)
@@ -541,6 +596,8 @@ class SaliencyCropTransform:
         augment: bool = True,
         scale: Sequence[float] = (0.08, 1.0),
         ratio: Sequence[float] = (3 / 4, 4 / 3),
+        before_refresh: str = "crops",
+        box_jitter: float = 0.0,
     ) -> None:
         if not isinstance(bank, SaliencyBank):
             raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
@@ -549,6 +606,14 @@ class SaliencyCropTransform:
         self.size = _check_size(size)
         self.scale = _check_range("scale", scale)
         self.ratio = _check_range("ratio", ratio)
+        if before_refresh not in BEFORE_REFRESH:
+            raise ValueError(f"before_refresh must be one of {BEFORE_REFRESH}, got {before_refresh!r}.")
+        self.before_refresh = before_refresh
+        if isinstance(box_jitter, bool) or not (
+            isinstance(box_jitter, numbers.Real) and math.isfinite(box_jitter) and 0 <= box_jitter
+        ):
+            raise ValueError(f"box_jitter must be a finite number >= 0, got {box_jitter!r}.")
+        self.box_jitter = float(box_jitter)
         self.augment = bool(augment)
         if not self.augment:
             if view_transforms is not None:
@@ -567,7 +632,8 @@ class SaliencyCropTransform:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_regions={self.num_regions}, size={self.size}, augment={self.augment}, "
-            f"scale={self.scale}, ratio={self.ratio})"
+            f"scale={self.scale}, ratio={self.ratio}, before_refresh={self.before_refresh!r}, "
+            f"box_jitter={self.box_jitter})"
         )
 
     def sample_boxes(self, index: int, image_size: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -580,13 +646,21 @@ class SaliencyCropTransform:
         boxes, scores = self.bank[index]
         t = self.num_regions
         if boxes.shape[0] == 0:
-            crops = random_resized_crop_boxes(2 * t, image_size, self.scale, self.ratio)
-            return crops[:t], crops[t:], torch.ones(t), torch.full((t,), -1, dtype=torch.int64)
-        _check_boxes(boxes, what=f"bank[{index}] boxes")
-        regions = sample_regions(scores, t)
-        chosen = boxes[regions].repeat(2, 1)
+            if self.before_refresh == "crops":
+                crops = random_resized_crop_boxes(2 * t, image_size, self.scale, self.ratio)
+                return crops[:t], crops[t:], torch.ones(t), torch.full((t,), -1, dtype=torch.int64)
+            # Algorithm 1: t random regions of score 1, then rule-R pairs inside them.
+            chosen = random_resized_crop_boxes(t, image_size, self.scale, self.ratio)
+            scores_t, regions = torch.ones(t), torch.full((t,), -1, dtype=torch.int64)
+        else:
+            _check_boxes(boxes, what=f"bank[{index}] boxes")
+            regions = sample_regions(scores, t)
+            chosen, scores_t = boxes[regions], scores[regions].float()
+        chosen = chosen.repeat(2, 1)
+        if self.box_jitter > 0:  # each view's T jitters the box on its own
+            chosen = jitter_boxes(chosen, self.box_jitter, image_size)
         crops = sample_crops_in_boxes(chosen, image_size, self.scale, self.ratio)
-        return crops[:t], crops[t:], scores[regions].float(), regions
+        return crops[:t], crops[t:], scores_t, regions
 
     def __call__(self, image: Any, index: int) -> CropSample:
         """Makes the t view pairs of ``image`` (PIL, HWC array or CHW tensor), dataset index ``index``."""

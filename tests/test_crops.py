@@ -22,6 +22,7 @@ from sgcl_plugin.crops import (
     SaliencyCropTransform,
     byol_view_transforms,
     crop_and_resize,
+    jitter_boxes,
     random_resized_crop_box,
     random_resized_crop_boxes,
     sample_crop_in_box,
@@ -499,3 +500,74 @@ def test_batch_augment_matches_the_cpu_path_in_distribution() -> None:
             lambda x: (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3)),  # sharpness (blur)
         ):
             assert stats.ks_2samp(stat(a).numpy(), stat(b).numpy()).pvalue > 1e-3
+
+
+def test_box_jitter_moves_each_edge_uniformly_within_its_bound() -> None:
+    g = torch.Generator().manual_seed(0)
+    box = torch.tensor([[0.3, 0.2, 0.5, 0.6]])  # 0.2 wide, 0.4 high: well inside the image
+    out = jitter_boxes(box.repeat(20000, 1), 0.25, (1000, 1000), generator=g)
+    moves = (out - box).double()
+    bound = torch.tensor([0.05, 0.1, 0.05, 0.1], dtype=torch.float64)  # 0.25 x (w, h, w, h)
+    assert (moves.abs() <= bound + 1e-6).all()
+    for k in range(4):  # uniform on [-bound, bound]: KS test on each edge
+        assert stats.kstest((moves[:, k] / bound[k]).numpy(), "uniform", args=(-1, 2)).pvalue > 1e-3
+    assert abs(float(np.corrcoef(moves[:, 0], moves[:, 2])[0, 1])) < 0.05  # edges move independently
+    torch.testing.assert_close(jitter_boxes(box, 0.0, (10, 10)), box)
+
+
+def test_box_jitter_stays_in_the_image_and_non_empty() -> None:
+    g = torch.Generator().manual_seed(1)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.9, 0.01, 1.0]]).repeat(500, 1)
+    out = jitter_boxes(boxes, 3.0, (100, 100), generator=g)
+    assert (out >= 0).all() and (out <= 1).all()
+    assert ((out[:, 2] - out[:, 0]) >= 0.01 - 1e-6).all() and ((out[:, 3] - out[:, 1]) >= 0.01 - 1e-6).all()
+    with pytest.raises(ValueError, match="jitter"):
+        jitter_boxes(boxes, -0.1, (100, 100))
+    with pytest.raises(ValueError, match="jitter"):
+        SaliencyCropTransform(SaliencyBank(1), box_jitter=float("nan"))
+
+
+def test_transform_box_jitter_lets_crop_centres_leave_the_region() -> None:
+    bank = SaliencyBank(1, max_regions=1)
+    box = [0.4, 0.4, 0.6, 0.6]
+    write_regions(bank, 0, [box], [1.0])
+    image = torch.rand(3, 200, 200)
+
+    def centres(transform: SaliencyCropTransform) -> torch.Tensor:
+        torch.manual_seed(0)
+        out = []
+        for _ in range(200):
+            b1, b2, _, _ = transform.sample_boxes(0, (200, 200))
+            out.append(torch.cat([(b1[:, :2] + b1[:, 2:]) / 2, (b2[:, :2] + b2[:, 2:]) / 2]))
+        return torch.cat(out)
+
+    plain = centres(SaliencyCropTransform(bank, num_regions=4, augment=False))
+    jittered = centres(SaliencyCropTransform(bank, num_regions=4, augment=False, box_jitter=0.5))
+    inside = lambda c: ((c >= 0.4 - 0.003) & (c <= 0.6 + 0.003)).all(dim=1)  # noqa: E731  (1/2-pixel snap)
+    assert inside(plain).all()
+    assert 0.2 < float((~inside(jittered)).float().mean()) < 0.8  # jittered boxes reach 0.3-0.7
+    assert ((jittered >= 0.3 - 0.003) & (jittered <= 0.7 + 0.003)).all()
+    assert SaliencyCropTransform(bank, augment=False, box_jitter=0.1)(image, 0).views1.shape == (4, 3, 96, 96)
+
+
+def test_before_refresh_regions_pairs_share_a_random_region() -> None:
+    """Algorithm 1 read literally: the two crops of a pair are rule-R crops of one random region, so
+    they cover 8-100 % of a region of 8-100 % of the image: about 0.54 x the area of BYOL's
+    whole-image crops on average."""
+    bank = SaliencyBank(1)
+
+    def pair_stats(mode: str) -> float:
+        transform = SaliencyCropTransform(bank, num_regions=8, augment=False, before_refresh=mode)
+        torch.manual_seed(0)
+        area = []
+        for _ in range(200):
+            b1, b2, scores, regions = transform.sample_boxes(0, (300, 300))
+            assert torch.equal(scores, torch.ones(8)) and regions.tolist() == [-1] * 8
+            area.append(torch.cat([(b1[:, 2:] - b1[:, :2]).prod(1), (b2[:, 2:] - b2[:, :2]).prod(1)]))
+        return float(torch.cat(area).mean())
+
+    crops, regions = pair_stats("crops"), pair_stats("regions")
+    assert 0.44 < crops < 0.56, crops  # 0.54 less the draws that do not fit the image
+    assert 0.15 < regions < 0.65 * crops, (crops, regions)
+    with pytest.raises(ValueError, match="before_refresh"):
+        SaliencyCropTransform(bank, before_refresh="random")

@@ -41,6 +41,23 @@ def test_baseline_has_no_saliency(tmp_path) -> None:
     assert not (out / "saliency" / "refresh_01_epoch_001.png").exists()
 
 
+def test_literal_paper_readings(tmp_path) -> None:
+    """--intra-reduction sum is Eq. 9 read literally (t x the mean over pairs, same first step);
+    --before-refresh regions and --box-jitter train through a refresh."""
+    common = ["--smoke", "--no-eval", "--no-progress", "--stop-after-steps", "1"]
+    sgcl_train.main([*common, "--out", str(tmp_path / "mean")], method="byol")
+    sgcl_train.main([*common, "--out", str(tmp_path / "sum"), "--intra-reduction", "sum"], method="byol")
+    first = lambda run: (tmp_path / run / "log.csv").read_text().splitlines()[1].split(",")  # noqa: E731
+    mean, total = first("mean"), first("sum")
+    assert float(total[3]) == pytest.approx(4 * float(mean[3]), rel=1e-5)  # t = 4 pairs per image
+    out = tmp_path / "literal"
+    argv = ["--smoke", "--no-eval", "--no-progress", "--before-refresh", "regions", "--box-jitter", "0.1"]
+    result = sgcl_train.main([*argv, "--out", str(out)], method="byol")
+    assert result["steps"] == 4 and (out / "saliency" / "refresh_01_epoch_001.png").exists()
+    with pytest.raises(SystemExit):
+        sgcl_train.parse_args(["--box-jitter", "-1"])
+
+
 def test_killed_run_resumes_exactly(tmp_path) -> None:
     common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "3", "--ckpt-every", "2"]
     full = tmp_path / "full"
