@@ -11,6 +11,7 @@ from sgcl_plugin.crops import (
     sample_crop_in_box,
     sample_regions,
 )
+from sgcl_plugin.features import FeatureMaps
 from sgcl_plugin.losses import (
     InterImageLoss,
     SaliencyWeightedLoss,
@@ -20,7 +21,7 @@ from sgcl_plugin.losses import (
     ntxent_loss,
     saliency_weighted_loss,
 )
-from sgcl_plugin.ncut import fiedler_vector
+from sgcl_plugin.ncut import fiedler_vector, ncut_embedding
 from sgcl_plugin.refresh import SaliencyInput, refresh_bank
 from sgcl_plugin.regions import Regions, extract_regions
 from sgcl_plugin.saliency import ChannelSumGenerator, SaliencyGenerator, SaliencyResult, orient
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelSumGenerator",
+    "FeatureMaps",
     "CropSample",
     "SaliencyCropDataset",
     "SaliencyCropTransform",
@@ -51,6 +53,7 @@ __all__ = [
     "cosine_affinity",
     "extract_regions",
     "fiedler_vector",
+    "ncut_embedding",
     "orient",
     "refresh_bank",
     "tokens_to_map",

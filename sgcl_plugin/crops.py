@@ -613,8 +613,8 @@ class SaliencyCropTransform:
             isinstance(box_jitter, numbers.Real) and math.isfinite(box_jitter) and 0 <= box_jitter
         ):
             raise ValueError(f"box_jitter must be a finite number >= 0, got {box_jitter!r}.")
-        self.box_jitter = float(box_jitter)
-        self.augment = bool(augment)
+        self.box_jitter: float = float(box_jitter)
+        self.augment: bool = bool(augment)
         if not self.augment:
             if view_transforms is not None:
                 raise ValueError("augment=False returns un-augmented crops: leave view_transforms unset.")

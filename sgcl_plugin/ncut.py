@@ -89,6 +89,16 @@ def fiedler_eigh(W: Tensor) -> Tensor:
     return _finish(vecs[..., -2], d_isqrt)
 
 
+def ncut_eigh(W: Tensor, num_vectors: int) -> Tuple[Tensor, Tensor]:
+    """Dense reference for :func:`ncut_embedding`: the ``num_vectors`` non-trivial vectors of smallest
+    eigenvalue, as (B, k, N) rows and (B, k) eigenvalues of ``(D - W) y = lambda D y``."""
+    M, d_isqrt = normalized_affinity(W.to(_work_dtype(W)))
+    vals, vecs = torch.linalg.eigh(M)
+    k = num_vectors
+    z = vecs[..., -k - 1 : -1].flip(-1).transpose(-1, -2)  # (B, k, N): 2nd largest of M first
+    return _finish(z, d_isqrt[:, None, :]), 1 - vals[..., -k - 1 : -1].flip(-1)
+
+
 def _orthonormalize(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tensor:
     """Orthonormal rows spanning the rows of ``Z`` minus their projection on ``basis``.
 
@@ -110,7 +120,9 @@ def _orthonormalize(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tens
     return Q
 
 
-def _block_krylov_pass(W: Tensor, d_isqrt: Tensor, v1: Tensor, X0: Tensor, steps: int) -> Tuple[Tensor, Tensor, Tensor]:
+def _block_krylov_pass(
+    W: Tensor, d_isqrt: Tensor, v1: Tensor, X0: Tensor, steps: int, k: int = 1
+) -> Tuple[Tensor, Tensor, Tensor]:
     """One block Krylov + Rayleigh-Ritz pass on ``M = D^-1/2 W D^-1/2`` with ``v1`` deflated.
 
     Vectors are kept as rows, (B, b, N). ``M`` is never formed, and since ``W`` is symmetric
@@ -118,7 +130,7 @@ def _block_krylov_pass(W: Tensor, d_isqrt: Tensor, v1: Tensor, X0: Tensor, steps
     times faster than the (N, N) x (N, b) one for narrow blocks.
 
     Returns the Ritz values (B, m) in ascending order, the Ritz vectors as rows (B, m, N), and the
-    residual norm of the top Ritz pair (B,).
+    residual norms of the top ``k`` Ritz pairs (B, k), the largest Ritz value first.
     """
     v1, d = v1[:, None, :], d_isqrt[:, None, :]
     blocks = [_orthonormalize(X0, v1)]
@@ -135,8 +147,9 @@ def _block_krylov_pass(W: Tensor, d_isqrt: Tensor, v1: Tensor, X0: Tensor, steps
     theta, S = torch.linalg.eigh(T.double())
     S = S.to(Q.dtype)
     X = S.transpose(-1, -2) @ Q
-    s_top = S[..., -1][:, None, :]
-    resid = (s_top @ MQ - theta[:, -1, None, None].to(Q.dtype) * (s_top @ Q)).norm(dim=(-2, -1))
+    s_top = S[..., -k:].flip(-1).transpose(-1, -2)  # (B, k, m), largest Ritz value first
+    top = theta[:, -k:].flip(-1).to(Q.dtype)[:, :, None]
+    resid = (s_top @ MQ - top * (s_top @ Q)).norm(dim=-1)
     return theta, X, resid
 
 
@@ -177,11 +190,28 @@ def fiedler_krylov(
     Returns:
         The Fiedler vectors (B, N), scaled so that ``y^T D y = 1``.
     """
+    z, _, d_isqrt = _krylov(W, 1, block_size, steps, max_restarts, rtol, 0.0, chunk_size, generator, info)
+    return _finish(z[:, 0], d_isqrt)
+
+
+def _krylov(
+    W: Tensor,
+    k: int,
+    block_size: int,
+    steps: int,
+    max_restarts: int,
+    rtol: float,
+    width_floor: float,
+    chunk_size: Optional[int],
+    generator: Optional[torch.Generator],
+    info: Optional[Dict[str, int]],
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The top ``k`` deflated eigenvectors of ``M`` as rows (B, k, N), their eigenvalues (B, k), D^-1/2."""
     dtype = _work_dtype(W)
     W = W.to(dtype)
     d_isqrt = W.sum(-1).rsqrt()
     B, N, _ = W.shape
-    block_size = max(1, min(block_size, N - 1))
+    block_size = max(1, min(max(block_size, k), N - 1))
     steps = max(1, min(steps, (N - 1) // block_size))
     v1 = torch.nn.functional.normalize(d_isqrt.reciprocal(), dim=-1)
     if generator is None:
@@ -190,13 +220,16 @@ def fiedler_krylov(
     if chunk_size is None:
         chunk_size = 8 if W.device.type == "cpu" else B
     stats = {"passes": 0, "restarted": 0, "dense_fallback": 0}
-    out = torch.empty(B, N, dtype=dtype, device=W.device)
+    z = torch.empty(B, k, N, dtype=dtype, device=W.device)
+    mu = torch.empty(B, k, dtype=dtype, device=W.device)
     for lo in range(0, B, chunk_size):
         sl = slice(lo, min(lo + chunk_size, B))
-        out[sl] = _krylov_chunk(W[sl], d_isqrt[sl], v1[sl], X0[sl], steps, max_restarts, rtol, stats)
+        z[sl], mu[sl] = _krylov_chunk(
+            W[sl], d_isqrt[sl], v1[sl], X0[sl], steps, max_restarts, rtol, stats, k, width_floor
+        )
     if info is not None:
         info.update(stats)
-    return _finish(out, d_isqrt)
+    return z, mu, d_isqrt
 
 
 def _krylov_chunk(
@@ -208,10 +241,13 @@ def _krylov_chunk(
     max_restarts: int,
     rtol: float,
     stats: Dict[str, int],
-) -> Tensor:
+    k: int = 1,
+    width_floor: float = 0.0,
+) -> Tuple[Tensor, Tensor]:
     B, N, _ = W.shape
     block_size = X0.shape[1]
-    out = torch.empty(B, N, dtype=W.dtype, device=W.device)
+    out = torch.empty(B, k, N, dtype=W.dtype, device=W.device)
+    mu = torch.empty(B, k, dtype=W.dtype, device=W.device)
     todo = torch.arange(B, device=W.device)
     floor = 50 * torch.finfo(W.dtype).eps
     passes = 0
@@ -221,10 +257,19 @@ def _krylov_chunk(
         # never pay for it.
         depth = max(1, min(steps * 2 ** (passes - 1), (N - 1) // block_size))
         sub = slice(None) if todo.numel() == B else todo  # no copy of W on the first pass
-        theta, X, resid = _block_krylov_pass(W[sub], d_isqrt[sub], v1[sub], X0, depth)
-        gap = (theta[:, -1] - theta[:, -2]).to(W.dtype)
-        ok = (resid <= rtol * gap) | (resid <= floor)
-        out[todo[ok]] = X[ok, -1]
+        theta, X, resid = _block_krylov_pass(W[sub], d_isqrt[sub], v1[sub], X0, depth, k)
+        theta = theta.to(W.dtype)
+        # The Fiedler vector: sin(angle) <= rtol by Davis-Kahan on its own gap.
+        ok = (resid[:, 0] <= rtol * (theta[:, -1] - theta[:, -2])) | (resid[:, 0] <= floor)
+        if k > 1:
+            # The others span an invariant subspace: Davis-Kahan on the gap below the k-th Ritz
+            # value, floored at a fraction of the spectrum's width (a cluster narrower than that
+            # is not split).
+            width = theta[:, -1] - theta[:, 0]
+            gap = torch.maximum(theta[:, -k] - theta[:, -k - 1], width_floor * width)
+            ok &= ((resid[:, 1:] <= (rtol * gap)[:, None]) | (resid[:, 1:] <= floor)).all(dim=1)
+        out[todo[ok]] = X[ok, -k:].flip(1)
+        mu[todo[ok]] = theta[ok, -k:].flip(1)
         todo, X0 = todo[~ok], X[~ok, -block_size:]
         if passes == 1:
             stats["restarted"] += int(todo.numel())
@@ -232,8 +277,64 @@ def _krylov_chunk(
     if todo.numel():
         stats["dense_fallback"] += int(todo.numel())
         M, _ = normalized_affinity(W[todo])
-        out[todo] = torch.linalg.eigh(M)[1][..., -2]
-    return out
+        vals, vecs = torch.linalg.eigh(M)
+        out[todo] = vecs[..., -k - 1 : -1].flip(-1).transpose(-1, -2)
+        mu[todo] = vals[..., -k - 1 : -1].flip(-1)
+    return out, mu
+
+
+def ncut_embedding(
+    W: Tensor,
+    num_vectors: int = 4,
+    solver: Solver = "auto",
+    rtol: float = 1e-2,
+    width_floor: float = 0.05,
+    validate: bool = True,
+    info: Optional[Dict[str, int]] = None,
+) -> Tuple[Tensor, Tensor]:
+    """The spectral embedding of a batch of graphs: the ``num_vectors`` generalized eigenvectors of
+    ``(D - W) y = lambda D y`` with the smallest non-trivial eigenvalues (the Fiedler vector first).
+
+    The k-way normalized cut (Shi & Malik, 2000; Yu & Shi, 2003) clusters the nodes in this
+    embedding. The first vector is solved as :func:`fiedler_vector` solves it (``sin`` of its
+    angle to the exact vector <= ``rtol``); the others only as a subspace: the Krylov solver
+    stops when the residuals of the top ``num_vectors`` Ritz pairs are below ``rtol`` times the gap
+    under the last one, that gap floored at ``width_floor`` times the width of the spectrum, so an
+    eigenvalue cluster narrower than that is not split (an embedding inside such a cluster is not
+    determined by the graph anyway). Distances between rows are unchanged by any rotation of the
+    vectors within the subspace, so k-means sees the same points.
+
+    Args:
+        W: Symmetric non-negative affinities (B, N, N), N > ``num_vectors``.
+        num_vectors: k, the number of non-trivial vectors.
+        solver: ``"eigh"`` (dense reference), ``"krylov"``, or ``"auto"`` (``"eigh"`` for small
+            graphs); ``"cupy"`` is not offered here.
+        rtol: Accuracy target (see above).
+        width_floor: Smallest gap considered, as a fraction of the spectrum's width.
+        validate: Check the input first.
+        info: Filled with the Krylov solver's statistics (see :func:`fiedler_krylov`).
+
+    Returns:
+        ``(vectors, eigenvalues)``: (B, k, N) rows ``y_j`` with ``y_j^T D y_j = 1``, and (B, k)
+        generalized eigenvalues in ascending order. Signs are arbitrary.
+
+    Examples:
+        >>> W = cosine_affinity(features)  # (B, N, N)
+        >>> Y, lam = ncut_embedding(W, num_vectors=4)  # Y[:, 0] is the Fiedler vector
+    """
+    if validate:
+        check_affinity(W)
+    if isinstance(num_vectors, bool) or not isinstance(num_vectors, int) or num_vectors < 1:
+        raise ValueError(f"num_vectors must be an integer >= 1, got {num_vectors!r}.")
+    if W.shape[-1] <= num_vectors + 1:
+        raise ValueError(f"A graph of {W.shape[-1]} nodes has fewer than {num_vectors} non-trivial eigenvectors.")
+    name = resolve_solver(solver, W)
+    if name == "cupy":
+        raise ValueError("ncut_embedding offers 'auto', 'eigh' and 'krylov'; 'cupy' solves the Fiedler vector only.")
+    if name == "eigh":
+        return ncut_eigh(W, num_vectors)
+    z, mu, d_isqrt = _krylov(W, num_vectors, 4, 8, 3, rtol, width_floor, None, None, info)
+    return _finish(z, d_isqrt[:, None, :]), 1 - mu
 
 
 def fiedler_cupy(W: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sgcl_plugin.affinity import Affinity, cosine_affinity
-from sgcl_plugin.ncut import Solver, fiedler_vector
+from sgcl_plugin.ncut import Solver, fiedler_vector, ncut_embedding
 from sgcl_plugin.regions import Regions, extract_regions
 
 if TYPE_CHECKING:
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 SignRule = Literal["border", "argmax", "minority"]
 SIGN_RULES = ("border", "argmax", "minority")
+RegionMode = Literal["paper", "objects"]
+REGION_MODES = ("paper", "objects")
 
 
 def _border_mask(h: int, w: int, device: torch.device) -> Tensor:
@@ -118,15 +120,27 @@ class SaliencyGenerator:
     computed on Y itself) and boxes in normalized image coordinates. ``maps`` are Y min-max scaled
     to [0, 1] for pictures; the scores are not taken from them.
 
+    ``regions="objects"`` replaces Eq. 4-5 by object-level regions from the same graph: a k-way
+    normalized cut (``num_vectors`` eigenvectors, ``num_clusters`` k-means clusters), its connected
+    parts scored by objectness (salient, distinct from their surroundings, off the image border;
+    :mod:`sgcl_plugin.objects`). The saliency maps are the same in both modes.
+
     Args:
         affinity: ``"clamp"`` (``max(cos, 0) + eps``) or ``"binary"`` (TokenCut: 1 above ``tau``).
         solver: Eigensolver for :func:`~sgcl_plugin.ncut.fiedler_vector` (``"auto"``, ``"eigh"``,
-            ``"krylov"``, ``"cupy"``).
+            ``"krylov"``, ``"cupy"``; the objects mode takes the first three).
         min_area: Smallest region kept, in feature-map cells.
         sign_rule: How the foreground side of the cut is chosen (see :func:`orient`).
         connectivity: 8 or 4.
         eps: Weight added to every edge (keeps degrees positive).
         tau: Threshold of the ``"binary"`` affinity.
+        regions: ``"paper"`` (Eq. 4-5 exactly: components of the mask at the mean, scores
+            ``max(Y[B_i]) / max(Y)``) or ``"objects"`` (see above and docs/RESULTS.md).
+        num_vectors: Objects mode: eigenvectors in the spectral embedding.
+        num_clusters: Objects mode: k-means clusters per image.
+        ring: Objects mode: width in cells of the ring a part is compared with.
+        min_fraction: Objects mode: parts smaller than this fraction of the grid are dropped too
+            (the larger of this and ``min_area`` applies: 8 cells on a 28 x 28 grid).
 
     Examples:
         >>> generator = SaliencyGenerator()
@@ -145,7 +159,27 @@ class SaliencyGenerator:
         connectivity: int = 8,
         eps: float = 1e-5,
         tau: float = 0.2,
+        regions: RegionMode = "paper",
+        num_vectors: int = 4,
+        num_clusters: int = 8,
+        ring: int = 2,
+        min_fraction: float = 0.01,
     ) -> None:
+        if regions not in REGION_MODES:
+            raise ValueError(f"Unknown regions mode {regions!r}; choose one of {REGION_MODES}.")
+        if regions == "objects":
+            if solver == "cupy":
+                raise ValueError(
+                    "regions='objects' solves several eigenvectors, which the cupy solver does not: "
+                    "use 'auto', 'eigh' or 'krylov'."
+                )
+            for name, value, lo in (
+                ("num_vectors", num_vectors, 1),
+                ("num_clusters", num_clusters, 2),
+                ("ring", ring, 1),
+            ):
+                if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                    raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}.")
         if sign_rule not in SIGN_RULES:
             raise ValueError(f"Unknown sign rule '{sign_rule}'; choose one of {SIGN_RULES}.")
         if min_area < 1:
@@ -159,6 +193,13 @@ class SaliencyGenerator:
         self.connectivity = connectivity
         self.eps = eps
         self.tau = tau
+        self.regions = regions
+        self.num_vectors = num_vectors
+        self.num_clusters = num_clusters
+        self.ring = ring
+        if not 0.0 <= min_fraction < 1.0:
+            raise ValueError(f"min_fraction must be in [0, 1), got {min_fraction!r}.")
+        self.min_fraction = float(min_fraction)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -175,10 +216,31 @@ class SaliencyGenerator:
 
     def __call__(self, features: Tensor) -> SaliencyResult:
         """Saliency maps and scored regions of a batch of feature maps (B, C, h, w)."""
+        if self.regions == "objects":
+            return self._objects(features)
         y, maps = self.saliency_maps(features)
         # Eq. 4-5 on the oriented Fiedler vector itself: the mask at the mean is the same as on the
         # [0, 1] picture, but the scores max(Y[B_i]) / max(Y) are not (a min-max rescaling inflates them).
         regions = extract_regions(y.reshape(maps.shape), min_area=self.min_area, connectivity=self.connectivity)
+        return SaliencyResult(maps=maps, regions=regions, fiedler=y)
+
+    @torch.no_grad()
+    def _objects(self, features: Tensor) -> SaliencyResult:
+        from sgcl_plugin.objects import object_regions
+
+        W = cosine_affinity(features, mode=self.affinity, eps=self.eps, tau=self.tau)
+        B, _, h, w = features.shape
+        k = min(self.num_vectors, h * w - 2)
+        if k < 1:
+            raise ValueError(f"regions='objects' needs a grid of at least 3 cells, got {h}x{w}.")
+        Y, _ = ncut_embedding(W, num_vectors=k, solver=self.solver, validate=False)  # type: ignore[arg-type]
+        y = orient(Y[:, 0], h, w, self.sign_rule)
+        maps = normalize_maps(y).reshape(B, h, w).float()
+        regions = object_regions(
+            features, Y, maps, num_clusters=self.num_clusters,
+            min_area=max(self.min_area, round(self.min_fraction * h * w)),
+            connectivity=self.connectivity, ring=self.ring,
+        )  # fmt: skip
         return SaliencyResult(maps=maps, regions=regions, fiedler=y)
 
     def refresh(

@@ -1,0 +1,205 @@
+"""Feature maps at a chosen stride from any backbone: one helper for torchvision, timm and others."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FeatureMaps", "find_stride_layer"]
+
+
+class _Stop(Exception):
+    """Raised by a hook once every requested layer has run: the rest of the network is skipped."""
+
+
+def _first_tensor(output: Any) -> Optional[Tensor]:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def find_stride_layer(model: nn.Module, stride: int, probe_size: int = 128) -> str:
+    """The name of the module that ends a backbone's stage at ``stride``.
+
+    Runs one ``probe_size`` x ``probe_size`` forward (in eval mode, each submodule's mode restored)
+    and records every module whose output is a (B, C, h, w) map with ``probe_size / h == stride``.
+    Among them it keeps the shallowest (fewest dots in the name: stages and blocks rather than the
+    layers inside them) and returns the last of those to run: torchvision ResNets give ``layer3``
+    for 16 and ``layer4`` for 32, EfficientNet-Lite0 ``_blocks.10`` for 16, timm models their stage.
+    When the model's own output is at that stride the answer is ``""`` (the model itself).
+
+    Args:
+        model: The backbone (called on a (1, 3, probe_size, probe_size) batch).
+        stride: Wanted ratio of input to feature-map side (e.g. 16 or 32).
+        probe_size: Side of the probe input, a multiple of ``stride``.
+
+    Raises:
+        ValueError: No module outputs a map at that stride (ViT tokens: use
+            :func:`~sgcl_plugin.affinity.tokens_to_map`).
+    """
+    if probe_size % stride:
+        probe_size = stride * max(2, probe_size // stride)
+    calls = _probe(model, [n for n, _ in model.named_modules()], probe_size)
+    # A module that runs more than once (a shared activation, say) has no single output: skipped.
+    seen = [n for n, shapes in calls if len(shapes) == 1 and shapes[0] == (probe_size // stride,) * 2]
+    if not seen:
+        raise ValueError(
+            f"No module of {type(model).__name__} outputs a (B, C, h, w) map at stride {stride} "
+            f"(probed at {probe_size} px). For ViT tokens use sgcl_plugin.tokens_to_map; otherwise name "
+            "the layers: FeatureMaps(model, layers=[...])."
+        )
+    if "" in seen:  # the model's own output is at that stride
+        return ""
+    depth = min(n.count(".") for n in seen)
+    return [n for n in seen if n.count(".") == depth][-1]
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, names: Sequence[str], probe_size: int) -> List[Any]:
+    """Runs one probe forward; returns ``[(name, [(h, w) of each call's 4-D output])]`` in the order
+    in which the modules first finished."""
+    from sgcl_plugin.refresh import eval_mode
+
+    modules = dict(model.named_modules())
+    calls: Dict[str, List[Any]] = {}
+    hooks = []
+    for name in names:
+
+        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            t = _first_tensor(out)
+            calls.setdefault(name, []).append(tuple(t.shape[-2:]) if t is not None and t.ndim == 4 else None)
+
+        hooks.append(modules[name].register_forward_hook(hook))
+    try:
+        with eval_mode(model):
+            p = next(iter(model.parameters()), None)
+            dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+            model(torch.zeros(1, 3, probe_size, probe_size, device=_device(model), dtype=dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(calls.items())
+
+
+class FeatureMaps(nn.Module):
+    """Wraps a backbone so that it returns the feature map of chosen layers, for saliency.
+
+    Give a ``stride`` (the layer is found with :func:`find_stride_layer`) or explicit module
+    ``layers`` (names as in ``model.named_modules()``, e.g. ``"layer3"`` of a torchvision ResNet,
+    ``"_blocks.10"`` of EfficientNet-Lite0). The forward pass stops once the deepest requested
+    layer has run. With several layers each map is L2-normalized per cell, resized (bilinear) to
+    the finest grid and concatenated, so the cosine similarity of two cells is the mean of their
+    per-layer similarities.
+
+    Stride 16 doubles the grid of the usual last map (ResNet-50 at 640 px: 40 x 40 instead of
+    20 x 20) and gives object-level regions far more cells to work with (docs/RESULTS.md).
+
+    Args:
+        model: Any module mapping an image batch (B, 3, H, W) to outputs; the hooked modules must
+            run during its forward.
+        stride: Feature stride to find (ignored when ``layers`` is given).
+        layers: Module names to read.
+        probe_size: Input side of the probe that finds the layer.
+
+    Attributes:
+        layers: The module names read.
+
+    Examples:
+        >>> backbone = torchvision.models.resnet50(weights="IMAGENET1K_V2")
+        >>> fmap = FeatureMaps(backbone, stride=16)  # layer3: (B, 1024, H/16, W/16)
+        >>> bank = SaliencyGenerator(regions="objects").refresh(fmap, dataset)
+        >>> FeatureMaps(backbone, layers=["layer3", "layer4"])  # both, at stride 16
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        stride: int = 16,
+        layers: Optional[Union[str, Sequence[str]]] = None,
+        probe_size: int = 128,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"FeatureMaps needs an nn.Module, got {type(model).__name__}.")
+        self.model = model
+        if layers is None:
+            if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+                raise ValueError(f"stride must be a positive integer, got {stride!r}.")
+            names = [find_stride_layer(model, stride, probe_size)]
+        else:
+            names = [layers] if isinstance(layers, str) else list(layers)
+            if not names:
+                raise ValueError("layers must name at least one module.")
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"{type(model).__name__} has no module named {missing}; see model.named_modules().")
+        self.layers: List[str] = names
+        # Stop the forward pass early only when every layer runs exactly once (then its output is
+        # final when its hook fires); a module called several times keeps its last output.
+        if layers is None:  # find_stride_layer only returns modules that run once
+            self._single = True
+        else:
+            counts = dict(_probe(model, [n for n in names if n], probe_size))
+            self._single = all(len(counts.get(n, [])) == 1 for n in names if n)
+
+    def extra_repr(self) -> str:
+        return f"layers={self.layers}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.layers == [""]:
+            return self.model(x)
+        captured: Dict[str, Tensor] = {}
+        modules = dict(self.model.named_modules())
+        hooks = []
+
+        def make(name: str) -> Any:
+            def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+                t = _first_tensor(out)
+                if t is None or t.ndim != 4:
+                    raise TypeError(f"Layer {name!r} did not output a (B, C, h, w) map.")
+                captured[name] = t
+                if self._single and len(captured) == len(self.layers):
+                    raise _Stop
+
+            return hook
+
+        for name in self.layers:
+            hooks.append(modules[name].register_forward_hook(make(name)))
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        missing = [n for n in self.layers if n not in captured]
+        if missing:
+            raise RuntimeError(f"Layers {missing} did not run in the forward pass of {type(self.model).__name__}.")
+        if len(self.layers) == 1:
+            return captured[self.layers[0]]
+        maps = [captured[n] for n in self.layers]
+        h = max(m.shape[-2] for m in maps)
+        w = max(m.shape[-1] for m in maps)
+        out = []
+        for m in maps:
+            m = F.normalize(m.float(), dim=1)
+            if m.shape[-2:] != (h, w):
+                m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+                m = F.normalize(m, dim=1)
+            out.append(m)
+        return torch.cat(out, dim=1)
