@@ -100,7 +100,7 @@ class FeatureMaps(nn.Module):
 
     Give a ``stride`` (the layer is found with :func:`find_stride_layer`) or explicit module
     ``layers`` (names as in ``model.named_modules()``, e.g. ``"layer3"`` of a torchvision ResNet,
-    ``"_blocks.10"`` of EfficientNet-Lite0). The forward pass stops once the deepest requested
+    ``"_blocks.10"`` of EfficientNet-Lite0; ``""`` is the model's own output). The forward pass stops once the deepest requested
     layer has run. With several layers each map is L2-normalized per cell, resized (bilinear) to
     the finest grid and concatenated, so the cosine similarity of two cells is the mean of their
     per-layer similarities.
@@ -179,9 +179,12 @@ class FeatureMaps(nn.Module):
             return hook
 
         for name in self.layers:
-            hooks.append(modules[name].register_forward_hook(make(name)))
+            if name:
+                hooks.append(modules[name].register_forward_hook(make(name)))
         try:
-            self.model(x)
+            out = self.model(x)
+            if "" in self.layers:  # the model's own output is one of the maps
+                make("")(self.model, (x,), out)
         except _Stop:
             pass
         finally:

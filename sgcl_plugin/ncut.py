@@ -183,7 +183,8 @@ def fiedler_krylov(
         rtol: Target bound on ``sin`` of the angle to the exact eigenvector.
         chunk_size: Graphs solved together; default: 8 on the CPU (their ``W`` stays in cache
             across the Krylov steps), the whole batch on a GPU.
-        generator: Random generator for the start block (a fixed seed by default).
+        generator: Random generator for the start block, shared by all graphs of the batch (a
+            fixed seed by default, so a graph's answer does not depend on the batch).
         info: If given, filled with ``passes`` (most Krylov passes any chunk ran), ``restarted``
             (graphs that needed more than one pass) and ``dense_fallback`` (graphs solved densely).
 
@@ -216,7 +217,8 @@ def _krylov(
     v1 = torch.nn.functional.normalize(d_isqrt.reciprocal(), dim=-1)
     if generator is None:
         generator = torch.Generator(device="cpu").manual_seed(0)
-    X0 = torch.randn(B, block_size, N, generator=generator, dtype=dtype).to(W.device)
+    # One start block for every graph: an image's answer does not depend on its place in the batch.
+    X0 = torch.randn(1, block_size, N, generator=generator, dtype=dtype).to(W.device).expand(B, -1, -1)
     if chunk_size is None:
         chunk_size = 8 if W.device.type == "cpu" else B
     stats = {"passes": 0, "restarted": 0, "dense_fallback": 0}

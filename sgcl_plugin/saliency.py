@@ -159,7 +159,7 @@ class SaliencyGenerator:
         connectivity: int = 8,
         eps: float = 1e-5,
         tau: float = 0.2,
-        regions: RegionMode = "paper",
+        regions: RegionMode = "objects",
         num_vectors: int = 4,
         num_clusters: int = 8,
         ring: int = 2,

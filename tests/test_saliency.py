@@ -25,7 +25,7 @@ def object_features(B: int = 2, C: int = 32, h: int = 16, w: int = 16, seed: int
 @pytest.mark.parametrize("solver", ["eigh", "krylov"])
 def test_finds_the_object_block(affinity: str, solver: str) -> None:
     f, gt = object_features()
-    result = SaliencyGenerator(affinity=affinity, solver=solver)(f)
+    result = SaliencyGenerator(affinity=affinity, solver=solver, regions="paper")(f)
     assert result.maps.shape == (2, 16, 16)
     assert result.maps.min() >= 0 and result.maps.max() <= 1
     for b in range(2):
@@ -147,7 +147,7 @@ def test_real_scene_saliency_overlaps_ground_truth(lite0, scene: str, floor: flo
     image, gt = data["rgb"], data["class_label"] > 0
     x = SaliencyInput(448, lite0.mean, lite0.std)(image)[None]
     with torch.no_grad():
-        result = SaliencyGenerator()(lite0(x))
+        result = SaliencyGenerator(regions="paper")(lite0(x))
     m = result.maps[0]
     mask = torch.nn.functional.interpolate((m > m.mean()).float()[None, None], size=gt.shape, mode="nearest")
     mask = mask[0, 0].bool().numpy()
@@ -217,7 +217,7 @@ def test_scores_are_eq5_on_the_raw_fiedler_vector() -> None:
             C, s, s, generator=g
         )
     f = f[None].double()
-    result = SaliencyGenerator(solver="eigh")(f)
+    result = SaliencyGenerator(solver="eigh", regions="paper")(f)
 
     W = cosine_affinity(f)[0].numpy()
     D = np.diag(W.sum(1))
