@@ -228,8 +228,11 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             row["mask_iou"] = mask_iou(its, maps[idx]) if maps is not None else float("nan")
             rows.append(row)
         c = rows[-2]
-        print(f"{backbone:30s} {source:44s} pairs {c['pair_rate']:5.1f}  CorLoc {c['corloc']:5.1f}  "
-              f"recall {c['recall']:5.1f}  regions {c['regions']:5.1f}  rho {c['score_iou_rho']:+.2f}", flush=True)  # fmt: skip
+        print(
+            f"{backbone:30s} {source:44s} pairs {c['pair_rate']:5.1f}  CorLoc {c['corloc']:5.1f}  "
+            f"recall {c['recall']:5.1f}  regions {c['regions']:5.1f}  rho {c['score_iou_rho']:+.2f}",
+            flush=True,
+        )
 
     kept: Dict[str, List[Regions]] = {}
     for bb_name, (bb, full) in backbones.items():
@@ -245,14 +248,15 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         if full:
             two = FeatureMaps(bb, layers=[s16.layers[0], ""])
             f2, t2 = features(two, items, args.size, bb.mean, bb.std)
+            objects = lambda **kw: lambda: SaliencyGenerator(regions="objects", **kw)  # noqa: E731
             sources += [
-                ("objects, stride 16, 6 clusters", lambda: SaliencyGenerator(regions="objects", num_clusters=6), f16, t16),
-                ("objects, stride 16, 12 clusters", lambda: SaliencyGenerator(regions="objects", num_clusters=12), f16, t16),
-                ("objects, stride 16, 2 eigenvectors", lambda: SaliencyGenerator(regions="objects", num_vectors=2), f16, t16),
-                ("objects, stride 16, 8 eigenvectors", lambda: SaliencyGenerator(regions="objects", num_vectors=8), f16, t16),
-                ("objects, stride 16, parts >= 4 cells", lambda: SaliencyGenerator(regions="objects", min_fraction=0.0), f16, t16),
-                ("objects, layers at stride 16 + 32", lambda: SaliencyGenerator(regions="objects"), f2, t2),
-            ]  # fmt: skip
+                ("objects, stride 16, 6 clusters", objects(num_clusters=6), f16, t16),
+                ("objects, stride 16, 12 clusters", objects(num_clusters=12), f16, t16),
+                ("objects, stride 16, 2 eigenvectors", objects(num_vectors=2), f16, t16),
+                ("objects, stride 16, 8 eigenvectors", objects(num_vectors=8), f16, t16),
+                ("objects, stride 16, parts >= 4 cells", objects(min_fraction=0.0), f16, t16),
+                ("objects, layers at stride 16 + 32", objects(), f2, t2),
+            ]
         sources.append(("ContrastiveCrop-style heat map, stride 32", lambda: ChannelSumGenerator(0.1), f32, t32))
         for name, make, f, t_feat in sources:
             regions, maps, t_gen = generate(make(), f)
@@ -315,7 +319,8 @@ def timing_rows(args: argparse.Namespace) -> List[Dict[str, object]]:
                     t0 = time.perf_counter()
                     trunk(inp) if model is trunk else model(inp)
                     full[0] = (time.perf_counter() - t0) / len(inp)
-                out.append({"case": name, "mode": mode, "grid": f"{f.shape[-2]} x {f.shape[-1]}", "channels": f.shape[1],
+                grid = f"{f.shape[-2]} x {f.shape[-1]}"
+                out.append({"case": name, "mode": mode, "grid": grid, "channels": f.shape[1],
                             "ms_features": 1e3 * t_feat, "ms_saliency": 1e3 * t_gen,
                             "ms_full_forward": 1e3 * full[0]})  # fmt: skip
                 print(
@@ -358,10 +363,11 @@ def markdown(res: Dict[str, object], command: str) -> str:
             continue
         real = by_key[(r["backbone"], r["source"], "real")]
         rho = r.get("score_iou_rho")
+        rho_s = "-" if rho is None or rho != rho else f"{rho:+.2f}"
         ms = f"{r['ms_saliency']:.1f} ({r['ms_with_features']:.0f})" if "ms_saliency" in r else "-"
         lines.append(
             f"| {r['backbone']} | {r['source']} | **{fmt(r['pair_rate'])}** | {fmt(r.get('corloc'))} | "
-            f"{fmt(r.get('recall'))} | {fmt(r.get('regions'))} | {'-' if rho is None or rho != rho else f'{rho:+.2f}'} | "
+            f"{fmt(r.get('recall'))} | {fmt(r.get('regions'))} | {rho_s} | "
             f"{fmt(r.get('mask_iou'))} | {fmt(real['pair_rate'])} | {fmt(real.get('corloc'))} | "
             f"{fmt(real.get('recall'))} | {fmt(real.get('mask_iou'))} | {ms} |"
         )

@@ -100,10 +100,10 @@ class FeatureMaps(nn.Module):
 
     Give a ``stride`` (the layer is found with :func:`find_stride_layer`) or explicit module
     ``layers`` (names as in ``model.named_modules()``, e.g. ``"layer3"`` of a torchvision ResNet,
-    ``"_blocks.10"`` of EfficientNet-Lite0; ``""`` is the model's own output). The forward pass stops once the deepest requested
-    layer has run. With several layers each map is L2-normalized per cell, resized (bilinear) to
-    the finest grid and concatenated, so the cosine similarity of two cells is the mean of their
-    per-layer similarities.
+    ``"_blocks.10"`` of EfficientNet-Lite0; ``""`` is the model's own output). The forward pass
+    stops once the deepest requested layer has run. With several layers each map is L2-normalized
+    per cell, resized (bilinear) to the finest grid and concatenated, so the cosine similarity of
+    two cells is the mean of their per-layer similarities.
 
     Stride 16 doubles the grid of the usual last map (ResNet-50 at 640 px: 40 x 40 instead of
     20 x 20) and gives object-level regions far more cells to work with (docs/RESULTS.md).

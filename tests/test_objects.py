@@ -148,13 +148,22 @@ def test_objects_mode_finds_each_object() -> None:
 
 @pytest.mark.parametrize("solver", ["eigh", "krylov"])
 def test_objects_mode_regions_do_not_depend_on_the_batch(solver: str) -> None:
+    """Deterministic seeding (no random numbers in k-means, one Krylov start block for the whole
+    batch): an image gets its regions whatever batch it is in. The dense solver is bit-exact; the
+    Krylov one agrees to rounding, which may move a borderline cell of a minor part."""
     f, _ = scene_features(B=3, seed=4)
     gen = SaliencyGenerator(regions="objects", solver=solver)
-    batch = gen(f).regions
+    batch = gen(f)
     for i in range(3):
-        (alone,) = gen(f[i : i + 1]).regions
-        torch.testing.assert_close(alone.boxes, batch[i].boxes)
-        torch.testing.assert_close(alone.scores, batch[i].scores)
+        alone = gen(f[i : i + 1])
+        torch.testing.assert_close(alone.maps[0], batch.maps[i], atol=1e-4, rtol=0)
+        a, b = alone.regions[0], batch.regions[i]
+        if solver == "eigh":
+            torch.testing.assert_close(a.boxes, b.boxes)
+            torch.testing.assert_close(a.scores, b.scores)
+        else:
+            torch.testing.assert_close(a.boxes[:3], b.boxes[:3])
+            assert abs(len(a) - len(b)) <= 1
 
 
 def test_objects_mode_on_a_flat_map_falls_back() -> None:
