@@ -30,9 +30,9 @@ data:
 demo: $(STAMP) data
 	$(PY) examples/byol.py --out runs/demo
 
-# Saliency maps and regions of the bundled real photos with a pretrained backbone.
+# Saliency maps and regions of the bundled real photos with a pretrained backbone: paper and objects mode.
 saliency: $(STAMP)
-	$(VENV)/bin/sgcl-saliency --out outputs/saliency
+	$(VENV)/bin/sgcl-saliency --regions both --out outputs/saliency
 
 test: $(STAMP) data
 	$(PY) -m pytest -q

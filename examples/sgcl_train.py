@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
+from sgcl_plugin import ChannelSumGenerator, FeatureMaps, SaliencyBank, SaliencyGenerator
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.evaluation import embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss
@@ -59,8 +59,13 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
     p.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
     p.add_argument(
-        "--regions", choices=("ncut", "heatmap", "gt"), default="ncut",
-        help="region source: SGCL's Ncut, a ContrastiveCrop-style heat map, or the composed scenes' true boxes",
+        "--regions", choices=("objects", "paper", "ncut", "heatmap", "gt"), default="objects",
+        help="region source: SGCL's Ncut in objects mode (k-way cut, parts scored by objectness) or paper mode "
+        "(Eq. 4-5; 'ncut' is an old name for it), a ContrastiveCrop-style heat map, or the composed scenes' true boxes",
+    )  # fmt: skip
+    p.add_argument(
+        "--saliency-stride", type=int, default=16,
+        help="feature stride the refresh reads (16: the stride-16 stage; 32: the last map, the paper's)",
     )  # fmt: skip
     p.add_argument(
         "--before-refresh", choices=("crops", "regions"), default="crops",
@@ -139,6 +144,8 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         args = parser.parse_args(argv)
     if args.num_regions < 1 or args.refresh_interval < 1:
         parser.error("--num-regions and --refresh-interval must be >= 1")
+    if args.saliency_stride not in (8, 16, 32):
+        parser.error(f"--saliency-stride must be 8, 16 or 32, got {args.saliency_stride}")
     if not (math.isfinite(args.box_jitter) and args.box_jitter >= 0):
         parser.error(f"--box-jitter must be a finite number >= 0, got {args.box_jitter}")
     return args
@@ -440,9 +447,15 @@ class Trainer:
             )
         else:
             self.opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-        self.generator = (
-            ChannelSumGenerator() if args.regions == "heatmap" else SaliencyGenerator(min_area=args.min_area)
-        )
+        if args.regions == "heatmap":
+            self.generator: SaliencyGenerator = ChannelSumGenerator()
+        else:
+            mode = "paper" if args.regions in ("paper", "ncut") else "objects"
+            self.generator = SaliencyGenerator(min_area=args.min_area, regions=mode)  # type: ignore[arg-type]
+        # What the refresh reads: the backbone's stage at --saliency-stride (its own output at 32; the heat
+        # map is ContrastiveCrop's, on the last map).
+        stride = 32 if args.regions == "heatmap" else args.saliency_stride
+        self.saliency_backbone = self.model.backbone if stride == 32 else FeatureMaps(self.model.backbone, stride)
         if args.sgcl and args.regions == "gt":
             if args.data != "composed":
                 raise ValueError("--regions gt needs the composed scenes (--data composed): a folder has no boxes.")
@@ -522,9 +535,8 @@ class Trainer:
 
     def refresh(self) -> None:
         t0 = time.perf_counter()
-        backbone = self.model.backbone
         self.generator.refresh(
-            backbone, self.images, self.bank, batch_size=32, saliency_size=self.args.saliency_size,
+            self.saliency_backbone, self.images, self.bank, batch_size=32, saliency_size=self.args.saliency_size,
             device=self.device, progress=self.main and not self.args.no_progress,
         )  # fmt: skip
         stats = self.bank.stats()
@@ -548,7 +560,7 @@ class Trainer:
             from sgcl_plugin.refresh import eval_mode
 
             with eval_mode(self.model.backbone):
-                result = self.generator(self.model.backbone(x.to(self.device)))
+                result = self.generator(self.saliency_backbone(x.to(self.device)))
         items = []
         for i in range(k):
             image = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeatureMaps", "find_stride_layer"]
+__all__ = ["FeatureMaps", "find_stride_layer", "at_stride"]
 
 
 class _Stop(Exception):
@@ -206,3 +206,24 @@ class FeatureMaps(nn.Module):
                 m = F.normalize(m, dim=1)
             out.append(m)
         return torch.cat(out, dim=1)
+
+
+def at_stride(backbone: Any, stride: Optional[int]) -> Any:
+    """``backbone`` itself (``stride=None``), or :class:`FeatureMaps` reading its stage at ``stride``.
+
+    What the adapters' ``feature_stride`` option does: 16 gives object-level regions far more cells
+    (docs/RESULTS.md), and works on backbones that end in global pooling too (the hooked stage runs
+    before the pooling).
+
+    Raises:
+        TypeError: a stride is asked of something that is not an ``nn.Module``.
+        ValueError: the backbone has no stage at that stride (say which, and how to opt out).
+    """
+    if stride is None:
+        return backbone
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"feature_stride={stride} needs the backbone as an nn.Module, got {type(backbone).__name__}.")
+    try:
+        return FeatureMaps(backbone, stride=stride)
+    except ValueError as err:
+        raise ValueError(f"{err} Pass feature_stride=None to use the backbone's own output.") from err

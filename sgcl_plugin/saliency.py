@@ -311,3 +311,21 @@ class ChannelSumGenerator(SaliencyGenerator):
                 )
             )
         return SaliencyResult(maps=maps, regions=regions, fiedler=y)
+
+
+def resolve_generator(
+    generator: Optional[SaliencyGenerator] = None, regions: Optional[str] = None
+) -> SaliencyGenerator:
+    """The generator an adapter uses: ``generator`` as given, or a default one in ``regions`` mode.
+
+    Raises:
+        ValueError: both are given (a generator already has its mode), or ``regions`` is unknown.
+    """
+    if generator is not None:
+        if regions is not None:
+            raise ValueError(
+                "Pass either a generator or regions=, not both: the generator already has its mode "
+                f"(regions={getattr(generator, 'regions', None)!r})."
+            )
+        return generator
+    return SaliencyGenerator(regions=regions if regions is not None else "objects")  # type: ignore[arg-type]

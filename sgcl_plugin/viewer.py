@@ -333,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=("auto", "eigh", "krylov", "cupy"), default="auto", help="Ncut eigensolver")
     p.add_argument("--min-area", type=int, default=4, help="smallest region kept, in feature-map cells (default: 4)")
     p.add_argument("--sign-rule", choices=SIGN_RULES, default="border", help="foreground side of the cut")
+    p.add_argument(
+        "--regions", choices=("objects", "paper", "both"), default="objects",
+        help="region mode: 'objects' (k-way Ncut parts; default), 'paper' (Eq. 4-5), or both side by side",
+    )  # fmt: skip
+    p.add_argument(
+        "--stride", type=int, default=None,
+        help="feature stride to read (default: 16 for objects, the backbone's last map for paper)",
+    )  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument(
@@ -364,6 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tqdm.auto import tqdm
 
     from sgcl_plugin.backbones import load_backbone
+    from sgcl_plugin.features import FeatureMaps
     from sgcl_plugin.refresh import SaliencyInput
     from sgcl_plugin.saliency import SaliencyGenerator
 
@@ -404,14 +413,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backbone = load_backbone(args.backbone, args.checkpoint)
     except (ImportError, ValueError, FileNotFoundError) as err:
         return fail(str(err))
-    if args.size < 2 * backbone.stride:
-        return fail(f"--size {args.size} gives a feature map under 2 x 2 cells (stride {backbone.stride}).")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
     transform = SaliencyInput(args.size, backbone.mean, backbone.std)
-    generator = SaliencyGenerator(
-        affinity=args.affinity, solver=args.solver, min_area=args.min_area, sign_rule=args.sign_rule
-    )
+    modes = ["paper", "objects"] if args.regions == "both" else [args.regions]
+    # One (mode, feature source, generator) per rendering: objects mode reads the stride-16 stage.
+    passes: List[Tuple[str, Callable[[Tensor], Tensor], SaliencyGenerator]] = []
+    for mode in modes:
+        stride = args.stride if args.stride is not None else (16 if mode == "objects" else backbone.stride)
+        if args.size < 2 * stride:
+            return fail(f"--size {args.size} gives a feature map under 2 x 2 cells (stride {stride}).")
+        try:
+            source = backbone if stride == backbone.stride else FeatureMaps(backbone, stride=stride)
+        except ValueError as err:
+            return fail(str(err))
+        generator = SaliencyGenerator(
+            affinity=args.affinity, solver=args.solver, min_area=args.min_area, sign_rule=args.sign_rule,
+            regions=mode,  # type: ignore[arg-type]
+        )  # fmt: skip
+        passes.append((f"{mode}, stride {stride}", source, generator))
 
     args.out.mkdir(parents=True, exist_ok=True)
     rendered: List[_Rendered] = []
@@ -423,18 +443,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with torch.inference_mode():
         for batch in _batches(sources, args.batch_size, skipped, bar):
             x = torch.stack([transform(im) for _, im in batch]).to(device)
-            result = generator(backbone(x))
-            for (name, im), smap, regions in zip(batch, result.maps, result.regions):
+            results = [(label, generator(source(x))) for label, source, generator in passes]
+            for i, (name, im) in enumerate(batch):
                 if args.max_side and max(im.size) > args.max_side:
                     im = im.copy()
                     im.thumbnail((args.max_side, args.max_side), Image.Resampling.LANCZOS)
-                picture = render_saliency(im, smap, regions)
-                path = args.out / f"{_unique_stem(name, used)}.png"
-                picture.save(path, optimize=True)
-                rendered.append(_Rendered(name=name, path=path, size=im.size, regions=regions))
-                thumb = picture.copy()
-                thumb.thumbnail((tile_width, tile_width), Image.Resampling.LANCZOS)
-                thumbs.append((name, thumb))
+                for label, result in results:
+                    smap, regions = result.maps[i], result.regions[i]
+                    picture = render_saliency(im, smap, regions)
+                    stem = name if len(passes) == 1 else f"{Path(name).stem}_{label.split(',')[0]}"
+                    path = args.out / f"{_unique_stem(stem, used)}.png"
+                    picture.save(path, optimize=True)
+                    shown = name if len(passes) == 1 else f"{name} ({label})"
+                    rendered.append(_Rendered(name=shown, path=path, size=im.size, regions=regions))
+                    thumb = picture.copy()
+                    thumb.thumbnail((tile_width, tile_width), Image.Resampling.LANCZOS)
+                    thumbs.append((shown, thumb))
                 bar.update(1)
     bar.close()
 
@@ -445,7 +469,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     contact_sheet(thumbs, columns=args.columns, tile_width=tile_width).save(
         args.out / "contact_sheet.png", optimize=True
     )
-    title = f"SGCL saliency: {args.backbone} at {args.size} px ({args.affinity} affinity, sign rule {args.sign_rule})"
+    title = (
+        f"SGCL saliency: {args.backbone} at {args.size} px ({args.affinity} affinity, sign rule {args.sign_rule}; "
+        f"regions: {'; '.join(label for label, _, _ in passes)})"
+    )
     index = _write_index(args.out, rendered, skipped, title)
     print(f"Rendered {len(rendered)} image(s) from {origin} into {args.out}/")
     print(f"  contact sheet: {args.out / 'contact_sheet.png'}")

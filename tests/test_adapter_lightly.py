@@ -445,3 +445,24 @@ def test_example_smoke(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert result["refreshes"] == 1 and (result["bank"].counts > 0).all()
     printed = capsys.readouterr().out
     assert "epoch: 00, loss:" in printed and "epoch: 01, loss:" in printed
+
+
+def test_refresh_regions_mode_and_feature_stride_on_lightlys_pooled_resnet(photos: List[Any]) -> None:
+    """lightly's usual backbone (a torchvision ResNet without its fc, ending in global pooling): with
+    feature_stride=16 the refresh reads layer3 (an 8 x 8 grid at 128 px) before the pooling."""
+    import torchvision
+
+    bank = SaliencyBank(len(photos))
+    dataset = IndexedDataset(photos, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
+    resnet = torchvision.models.resnet18()
+    backbone = nn.Sequential(*list(resnet.children())[:-1])
+    refresh(backbone, dataset, bank, feature_stride=16, saliency_size=128, batch_size=4, progress=False)
+    assert bank.refreshes == 1 and (bank.counts > 0).all()
+    boxes = bank.boxes[bank.scores > 0]
+    torch.testing.assert_close(boxes * 8, (boxes * 8).round())
+    refresher = SGCLRefresher(bank, dataset, every_n_epochs=1, regions="paper", saliency_size=64, progress=False)
+    assert refresher.generator.regions == "paper"
+    with pytest.raises(ValueError, match="either a generator or regions"):
+        SGCLRefresher(bank, dataset, generator=SaliencyGenerator(), regions="paper")
+    with pytest.raises(ValueError, match="feature_stride=None"):
+        refresh(tiny_backbone(), dataset, bank, feature_stride=16, saliency_size=64, progress=False)

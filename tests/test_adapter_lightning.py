@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader
 L = pytest.importorskip("lightning.pytorch")
 pytest.importorskip("skimage.data")
 
-from sgcl_plugin import SaliencyBank, SaliencyCropDataset, SaliencyCropTransform, SaliencyWeightedLoss  # noqa: E402
+from sgcl_plugin import (  # noqa: E402
+    SaliencyBank,
+    SaliencyCropDataset,
+    SaliencyCropTransform,
+    SaliencyGenerator,
+    SaliencyWeightedLoss,
+)
 from sgcl_plugin.adapters.lightning import SaliencyRefreshCallback, lightning_callback_bases  # noqa: E402
 from sgcl_plugin.sample_images import sample_images  # noqa: E402
 
@@ -448,3 +454,29 @@ def test_import_is_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_regions_mode_and_feature_stride(photos: List[Any]) -> None:
+    """The callback's one option per choice: region mode of its generator, and the stage it reads."""
+    bank = SaliencyBank(len(photos), max_regions=8)
+    assert make_callback(bank, photos).generator.regions == "objects"
+    assert make_callback(bank, photos, regions="paper").generator.regions == "paper"
+    with pytest.raises(ValueError, match="either a generator or regions"):
+        make_callback(bank, photos, generator=SaliencyGenerator(), regions="paper")
+    with pytest.raises(ValueError, match="feature_stride"):
+        make_callback(bank, photos, feature_stride=0)
+    # the tiny trunk has stride 8: asking for 16 fails at fit start, before any step, saying how to opt out
+    module = TinySimCLR()
+    with pytest.raises(ValueError, match="feature_stride=None"):
+        make_trainer(max_epochs=2, callbacks=[make_callback(bank, photos, feature_stride=16)]).fit(
+            module, make_loader(photos, bank)
+        )
+    assert module.train_modes == []
+    # stride 4: the refresh reads the stride-4 stage, a 16 x 16 grid at 64 px (boxes on 1/16 steps)
+    torch.manual_seed(0)
+    callback = make_callback(bank, photos, feature_stride=4, regions="paper")
+    make_trainer(max_epochs=2, limit_train_batches=1, callbacks=[callback]).fit(TinySimCLR(), make_loader(photos, bank))
+    assert bank.refreshes == 1 and (bank.counts > 0).all()
+    boxes = bank.boxes[bank.scores > 0]
+    torch.testing.assert_close(boxes * 16, (boxes * 16).round())
+    assert not torch.allclose(boxes * 8, (boxes * 8).round())  # not all on the stride-8 grid

@@ -134,3 +134,15 @@ def test_heat_colormap_and_contact_sheet() -> None:
     assert sheet.width == 2 * (160 + 10) + 10
     with pytest.raises(ValueError):
         contact_sheet([])
+
+
+def test_both_modes_side_by_side(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    export_sample_images(images, ["coffee"])
+    out = tmp_path / "out"
+    argv = ["--images", str(images), "--out", str(out), "--backbone", "resnet18", "--size", "128"]
+    assert main([*argv, "--device", "cpu", "--no-progress", "--regions", "both"]) == 0
+    assert (out / "coffee_paper.png").is_file() and (out / "coffee_objects.png").is_file()
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "paper, stride 32" in page and "objects, stride 16" in page
+    assert main([*argv, "--regions", "objects", "--stride", "64", "--no-progress"]) == 2  # no stride-64 stage

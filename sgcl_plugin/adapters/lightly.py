@@ -51,8 +51,9 @@ from torch.utils.data import Dataset, IterableDataset, default_collate
 
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.crops import SaliencyCropTransform
+from sgcl_plugin.features import at_stride
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
-from sgcl_plugin.saliency import SaliencyGenerator
+from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 
 _INSTALL_HINT = "pip install 'sgcl_plugin[lightly]'"
 
@@ -810,6 +811,8 @@ def refresh(
     dataset: Any,
     bank: Optional[SaliencyBank],
     generator: Optional[SaliencyGenerator] = None,
+    regions: Optional[str] = None,
+    feature_stride: Optional[int] = None,
     **kwargs: Any,
 ) -> SaliencyBank:
     """SGCL Step 1: recompute every image's saliency regions with the current backbone, in place.
@@ -820,6 +823,9 @@ def refresh(
         dataset: The :class:`IndexedDataset` (its bank must be ``bank``) or the raw dataset.
         bank: The bank the :class:`SGCLTransform` reads.
         generator: The :class:`~sgcl_plugin.SaliencyGenerator` (default settings when omitted).
+        regions: ``"objects"`` (default) or ``"paper"``, the mode of the default generator.
+        feature_stride: Read the backbone's stage at this stride (16 recommended for object-level
+            regions) instead of its last feature map; ``None`` (default) keeps the last map.
         **kwargs: :meth:`SaliencyGenerator.refresh` options: ``batch_size``, ``saliency_size``
             (default 640), ``device``, ``num_workers``, ``progress``, ``distributed``, ...
 
@@ -831,7 +837,10 @@ def refresh(
             one the dataset's transform reads.
     """
     images = _refresh_source(dataset, bank)
-    generator = generator if generator is not None else SaliencyGenerator()
+    generator = resolve_generator(generator, regions)
+    if feature_stride is not None:
+        module = getattr(backbone, "backbone", backbone)
+        return generator.refresh(at_stride(module, feature_stride), images, bank, **kwargs)
     return generator.refresh(_FeatureMaps(feature_map_backbone(backbone)), images, bank, **kwargs)
 
 
@@ -843,7 +852,9 @@ class SGCLRefresher:
         dataset: The :class:`IndexedDataset` or the raw dataset.
         every_n_epochs: Epochs between refreshes (paper: 100 of 800).
         generator: The :class:`~sgcl_plugin.SaliencyGenerator`.
-        **refresh_kwargs: Passed to :func:`refresh` (``saliency_size``, ``batch_size``, ...).
+        regions: ``"objects"`` (default) or ``"paper"``, the mode of the default generator.
+        **refresh_kwargs: Passed to :func:`refresh` (``saliency_size``, ``batch_size``,
+            ``feature_stride``, ...).
 
     Examples:
         >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
@@ -859,6 +870,7 @@ class SGCLRefresher:
         dataset: Any,
         every_n_epochs: int = 10,
         generator: Optional[SaliencyGenerator] = None,
+        regions: Optional[str] = None,
         **refresh_kwargs: Any,
     ) -> None:
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, numbers.Integral) or every_n_epochs < 1:
@@ -867,7 +879,7 @@ class SGCLRefresher:
         self.bank: SaliencyBank = bank  # type: ignore[assignment]
         self.dataset: Any = dataset
         self.every_n_epochs: int = int(every_n_epochs)
-        self.generator: SaliencyGenerator = generator if generator is not None else SaliencyGenerator()
+        self.generator: SaliencyGenerator = resolve_generator(generator, regions)
         self.refresh_kwargs: Dict[str, Any] = refresh_kwargs
         self.last_epoch: int = -1
 

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.saliency import SaliencyGenerator
+from sgcl_plugin.features import at_stride
+from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 
 __all__ = ["SaliencyRefreshCallback", "lightning_callback_bases"]
 
@@ -167,7 +168,13 @@ class SaliencyRefreshCallback:
             tuples/dicts holding one), in the bank's index order; a
             :class:`~sgcl_plugin.crops.SaliencyCropDataset` is unwrapped to the dataset it wraps.
             May also be a no-argument callable returning it.
-        generator: The saliency source; default :class:`~sgcl_plugin.saliency.SaliencyGenerator`.
+        generator: The saliency source; default :class:`~sgcl_plugin.saliency.SaliencyGenerator`
+            in ``regions`` mode.
+        regions: ``"objects"`` (default) or ``"paper"``: the region mode of the default generator
+            (not together with ``generator``).
+        feature_stride: Read the backbone's stage at this stride (16 recommended for object-level
+            regions; works on backbones that end in global pooling) through
+            :class:`~sgcl_plugin.features.FeatureMaps`; ``None`` (default) uses the backbone's output.
         every_n_epochs: Refresh interval in epochs (paper: every 100 of 800 epochs; Table 6 finds 5-20
             about equally good in 100-epoch runs).
         first_epoch: First refresh epoch (0-based ``trainer.current_epoch``); default
@@ -218,8 +225,14 @@ class SaliencyRefreshCallback:
         log_stats: bool = True,
         transform: Optional[Callable[[Any], Tensor]] = None,
         package: str = "auto",
+        regions: Optional[str] = None,
+        feature_stride: Optional[int] = None,
     ) -> None:
         super().__init__()
+        if feature_stride is not None and (
+            isinstance(feature_stride, bool) or not isinstance(feature_stride, int) or feature_stride < 1
+        ):
+            raise ValueError(f"feature_stride must be None or a positive integer, got {feature_stride!r}.")
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}.")
         if first_epoch is None:
@@ -242,7 +255,8 @@ class SaliencyRefreshCallback:
             )
         self.bank = bank
         self.dataset = dataset
-        self.generator = generator if generator is not None else SaliencyGenerator()
+        self.generator = resolve_generator(generator, regions)
+        self.feature_stride = feature_stride
         self.every_n_epochs = every_n_epochs
         self.first_epoch = first_epoch
         self.get_backbone = backbone
@@ -377,7 +391,7 @@ class SaliencyRefreshCallback:
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Restores a checkpointed bank; fails early on a module without backbone or a size mismatch."""
         self._prepare(trainer)
-        self.backbone_of(pl_module)
+        at_stride(self.backbone_of(pl_module), self.feature_stride)  # no stage at that stride: fail now
         if self.resolve_bank() is not None and self.resolve_dataset() is not None:
             self._checked_bank_and_dataset()
 
@@ -424,7 +438,7 @@ class SaliencyRefreshCallback:
         # sharded refresh but writes into a scratch bank: one writer per table keeps the version
         # counter and the sequence lock right.
         target = bank if self._writer else SaliencyBank(len(bank), bank.max_regions)
-        backbone = self.backbone_of(pl_module)
+        backbone = at_stride(self.backbone_of(pl_module), self.feature_stride)
         device = None
         if isinstance(backbone, nn.Module):
             params = list(backbone.parameters())

@@ -88,9 +88,11 @@ SGCL_DEFAULTS: Dict[str, Any] = {
     "normalize": "count",
     "exclude_same_image": True,
     "max_regions": 16,
+    "regions": "objects",  # "objects" (k-way Ncut parts scored by objectness) or "paper" (Eq. 4-5)
     "inter": {"enabled": True, "queue_size": 4096, "num_neighbors": 5},
     "refresh": {
         "enabled": True,
+        "feature_stride": None,  # None: the backbone's last map; 16: its stride-16 stage (recommended)
         "every_n_epochs": 10,
         "first_epoch": None,
         "saliency_size": 640,
@@ -220,6 +222,10 @@ def add_sgcl_cfg(cfg: Any) -> Any:
         raise ValueError(f"sgcl.gamma must be a finite number >= 0, got {node.gamma!r}.")
     if node.normalize not in ("count", "weight"):
         raise ValueError(f"sgcl.normalize must be 'count' or 'weight', got {node.normalize!r}.")
+    if node.regions not in ("objects", "paper"):
+        raise ValueError(f"sgcl.regions must be 'objects' or 'paper', got {node.regions!r}.")
+    if node.refresh.feature_stride is not None:
+        _as_int("refresh.feature_stride", node.refresh.feature_stride, 1)
     if node.inter.enabled:
         _as_int("inter.num_neighbors", node.inter.num_neighbors, 1)
         _as_int("inter.queue_size", node.inter.queue_size, int(node.inter.num_neighbors))
@@ -659,7 +665,13 @@ class SGCLMethodMixin:
         return None if self.sgcl_dataset is None else self.sgcl_dataset.images
 
     def sgcl_feature_backbone(self) -> nn.Module:
-        """The module whose (B, C, h, w) maps a refresh segments: the online backbone's last map."""
+        """The module whose (B, C, h, w) maps a refresh segments: the online backbone's last map, or
+        its stage at ``sgcl.refresh.feature_stride``."""
+        stride = self.sgcl_cfg.refresh.feature_stride
+        if stride is not None:
+            from sgcl_plugin.features import at_stride
+
+            return at_stride(self.backbone, int(stride))  # type: ignore[attr-defined]
         return SoloFeatureMaps(self.backbone)  # type: ignore[attr-defined]
 
     def _sgcl_train_data(self, early: bool) -> Any:
@@ -720,6 +732,7 @@ class SGCLMethodMixin:
                 num_workers=int(refresh.num_workers),
                 progress=bool(refresh.progress),
                 package="lightning",
+                regions=str(self.sgcl_cfg.regions),
             )
             callbacks.append(self._sgcl_callback)
         return callbacks
@@ -734,7 +747,7 @@ class SGCLMethodMixin:
         from sgcl_plugin.saliency import SaliencyGenerator
 
         refresh = self.sgcl_cfg.refresh
-        return SaliencyGenerator().refresh(
+        return SaliencyGenerator(regions=str(self.sgcl_cfg.regions)).refresh(  # type: ignore[arg-type]
             self.sgcl_feature_backbone(),
             self.sgcl_dataset.images,
             self.sgcl_bank,
