@@ -207,7 +207,8 @@ def stage_rows(args: argparse.Namespace) -> List[Dict[str, object]]:
     x = torch.stack([SaliencyInput(640)(v.copy()) for v in augmented(B)])
     with torch.no_grad():
         f, t_fwd = timed(lambda: model(x), 1, False)
-    gen = SaliencyGenerator()
+    gen = SaliencyGenerator(regions="paper")
+    objects = SaliencyGenerator(regions="objects")
     big = f.repeat(max(1, args.batch // B), 1, 1, 1)
     nb = big.shape[0]
     _, t_aff = timed(lambda: cosine_affinity(big), args.repeats, False)
@@ -216,6 +217,7 @@ def stage_rows(args: argparse.Namespace) -> List[Dict[str, object]]:
     maps = gen.saliency_maps(big)[1]
     _, t_reg = timed(lambda: extract_regions(maps), args.repeats, False)
     _, t_all = timed(lambda: gen(big), args.repeats, False)
+    _, t_obj = timed(lambda: objects(big), args.repeats, False)
     per = lambda t, n: t / n * 1e3  # noqa: E731
     fwd = per(t_fwd, B)
     return [
@@ -223,7 +225,12 @@ def stage_rows(args: argparse.Namespace) -> List[Dict[str, object]]:
         {"step": "affinity W (cosine, clamp)", "ms_per_image": per(t_aff, nb), "share": per(t_aff, nb) / fwd},
         {"step": "Fiedler vector (auto)", "ms_per_image": per(t_solve, nb), "share": per(t_solve, nb) / fwd},
         {"step": "regions (mask, components, boxes)", "ms_per_image": per(t_reg, nb), "share": per(t_reg, nb) / fwd},
-        {"step": "whole Ncut stage (SaliencyGenerator)", "ms_per_image": per(t_all, nb), "share": per(t_all, nb) / fwd},
+        {"step": "whole Ncut stage, paper mode", "ms_per_image": per(t_all, nb), "share": per(t_all, nb) / fwd},
+        {
+            "step": "whole Ncut stage, objects mode (same 20 x 20 map)",
+            "ms_per_image": per(t_obj, nb),
+            "share": per(t_obj, nb) / fwd,
+        },  # fmt: skip
     ]
 
 
@@ -254,6 +261,9 @@ def markdown(solvers: List[Dict[str, object]], stage: List[Dict[str, object]], c
     lines += [
         "",
         "## The whole Ncut stage against the backbone forward (CPU, N = 400, C = 2048)",
+        "",
+        "The objects mode at stride 16 (40 x 40, its recommended input) is timed against the forward in "
+        "[RESULTS.md](RESULTS.md#saliency-quality-which-regions-does-each-source-propose).",
         "",
         "| step | ms / image | share of a ResNet-50 forward |",
         "|---|---|---|",

@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="downscale renderings so the photo's longer side is at most this (0: keep; default: 1024)",
     )
     p.add_argument("--columns", type=int, default=2, help="contact sheet columns (default: 2)")
+    p.add_argument("--max-boxes", type=int, default=8, help="boxes drawn per rendering, best first (0: all; default 8)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -386,6 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ("--min-area", args.min_area, 1),
         ("--columns", args.columns, 1),
         ("--max-side", args.max_side, 0),
+        ("--max-boxes", args.max_boxes, 0),
     ):
         if value < low:
             return fail(f"{flag} must be >= {low}, got {value}.")
@@ -450,7 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     im.thumbnail((args.max_side, args.max_side), Image.Resampling.LANCZOS)
                 for label, result in results:
                     smap, regions = result.maps[i], result.regions[i]
-                    picture = render_saliency(im, smap, regions)
+                    picture = render_saliency(im, smap, regions, max_boxes=args.max_boxes or None)
                     stem = name if len(passes) == 1 else f"{Path(name).stem}_{label.split(',')[0]}"
                     path = args.out / f"{_unique_stem(stem, used)}.png"
                     picture.save(path, optimize=True)
