@@ -23,7 +23,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -148,6 +148,39 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         parser.error(f"--saliency-stride must be 8, 16 or 32, got {args.saliency_stride}")
     if not (math.isfinite(args.box_jitter) and args.box_jitter >= 0):
         parser.error(f"--box-jitter must be a finite number >= 0, got {args.box_jitter}")
+    for flag, value, low in (
+        ("--batch-size", args.batch_size, 1), ("--ckpt-every", args.ckpt_every, 1),
+        ("--num-images", args.num_images, 1), ("--epochs", args.epochs, 0), ("--crop-size", args.crop_size, 2),
+        ("--image-size", args.image_size, 16), ("--queue-size", args.queue_size, 1),
+        ("--num-neighbors", args.num_neighbors, 1), ("--workers", args.workers, 0), ("--min-area", args.min_area, 1),
+        ("--eval-train", args.eval_train, 1), ("--eval-test", args.eval_test, 1), ("--eval-every", args.eval_every, 0),
+        ("--stop-after-steps", args.stop_after_steps, 0), ("--pictures", args.pictures, 0),
+    ):  # fmt: skip
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay), ("--gamma", args.gamma),
+                        ("--temperature", args.temperature), ("--warmup-epochs", args.warmup_epochs)):  # fmt: skip
+        if not (math.isfinite(value) and value >= 0) or (flag in ("--lr", "--temperature") and value == 0):
+            parser.error(f"{flag} must be a finite number {'> 0' if flag in ('--lr', '--temperature') else '>= 0'}, "
+                         f"got {value}")  # fmt: skip
+    if not 0.0 <= args.ema <= 1.0:
+        parser.error(f"--ema must be in [0, 1], got {args.ema}")
+    # The refresh needs a feature grid of at least 2 x 2 cells (3 for the objects mode) at its stride.
+    stride = 32 if args.regions == "heatmap" else args.saliency_stride
+    if args.sgcl and args.regions != "gt" and args.saliency_size < 2 * stride:
+        parser.error(
+            f"--saliency-size {args.saliency_size} gives a feature grid under 2 x 2 cells at stride {stride}; "
+            f"use at least {2 * stride} (the paper: 640)"
+        )
+    if args.data != "composed":
+        data, out = Path(args.data).resolve(), Path(args.out).resolve()
+        if out == data or data in out.parents:
+            parser.error(
+                f"--out {args.out} is inside the --data folder {args.data}: the run's pictures and checkpoints would "
+                "mix with (and be read as) training images; choose an --out outside it"
+            )
+    if args.epochs == 0 and args.no_eval:
+        parser.error("--epochs 0 with --no-eval does nothing: evaluate the untrained network, or train")
     return args
 
 
@@ -181,13 +214,32 @@ def composed_scene_table(num_images: int, size: int, seed: int) -> ImageTable:
 def folder_table(folder: str, size: int) -> ImageTable:
     from PIL import Image
 
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+    from sgcl_plugin.refresh import to_image_tensor
+
+    if not Path(folder).is_dir():
+        raise ValueError(f"--data {folder} is neither 'composed' nor a folder.")
+    files = sorted(
+        p for p in Path(folder).rglob("*")
+        if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)  # hidden, e.g. macOS ._x.jpg
+    )  # fmt: skip
     if not files:
         raise ValueError(f"No images (.jpg, .png, ...) under {folder}.")
-    out = []
+    out, skipped = [], []
     for f in files:
-        with Image.open(f) as im:
-            out.append(torch.from_numpy(np.array(im.convert("RGB").resize((size, size)))).permute(2, 0, 1))
+        try:
+            with Image.open(f) as im:
+                im.load()
+                t = to_image_tensor(im)  # 8- and 16-bit, grey, RGBA: all scaled to [0, 1]
+        except Exception as err:  # noqa: BLE001  (PIL raises many types for bad files)
+            skipped.append(f"{f} ({type(err).__name__}: {err})")
+            continue
+        t = nn.functional.interpolate(t[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(t[0].mul(255).round().clamp(0, 255).to(torch.uint8))
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image file(s):\n  " + "\n  ".join(skipped), file=sys.stderr)
+    if not out:
+        raise ValueError(f"None of the {len(files)} image files under {folder} could be read.")
     return ImageTable(torch.stack(out))
 
 
@@ -367,6 +419,70 @@ def ema_at(step: int, total: int, base: float) -> float:
 # ----------------------------------------------------------------------------- the trainer
 
 
+def numpy_rng_state() -> Dict[str, Any]:
+    """numpy's global RNG state as tensors and plain numbers (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+
+
+def set_numpy_rng_state(state: Dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
+
+
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """A training checkpoint, loaded with ``weights_only=True``: a file never runs code when loaded.
+
+    Raises:
+        ValueError: the file is not a checkpoint of this script (or holds other objects than tensors
+            and plain Python values, e.g. one written before 0.1.0's safe format).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
+        raise ValueError(
+            f"{path} is not a checkpoint this script can load safely ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Checkpoints are loaded with weights_only=True, "
+            "so files holding other Python objects (or written by an older version) are refused."
+        ) from err
+    if not isinstance(state, dict) or "model" not in state or "rng" not in state:
+        raise ValueError(f"{path} is not a checkpoint of examples/sgcl_train.py (no 'model' / 'rng' entries).")
+    return state
+
+
+# Options that may differ between a run and its resumption: they change neither the model nor the order
+# and content of the batches (where outputs go, progress, pictures, checkpoint cadence, evaluation size).
+RESUME_FREE = {
+    "out", "resume", "no_progress", "workers", "pictures", "ckpt_every", "stop_after_steps",
+    "eval_train", "eval_test", "no_eval", "eval_every", "eval_data", "smoke",
+}  # fmt: skip
+
+
+def check_resumable(args: argparse.Namespace, saved: Dict[str, Any], world: int, saved_world: int) -> None:
+    """Refuses a resumption that could not continue the checkpointed run exactly, naming the options.
+
+    Raises:
+        ValueError: an option that shapes the model, the data or the step schedule differs from the
+            checkpoint's (e.g. ``--batch-size``: the epoch would never end), or the number of processes.
+    """
+    diffs = [
+        f"--{k.replace('_', '-')} {saved[k]!r} -> {v!r}"
+        for k, v in sorted(vars(args).items())
+        if k not in RESUME_FREE and k in saved and saved[k] != v
+    ]
+    if world != saved_world:
+        diffs.append(f"processes {saved_world} -> {world}")
+    if diffs:
+        raise ValueError(
+            "Cannot resume this checkpoint exactly; these differ from the run that wrote it: "
+            + "; ".join(diffs)
+            + ". Resume with the same options (or start a new run in another --out)."
+        )
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -484,10 +600,11 @@ class Trainer:
             "global_step": self.global_step,
             "refreshed_epoch": self.refreshed_epoch,
             "history": self.history,
+            "world_size": self.world,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
+                "numpy": numpy_rng_state(),
                 "python": random.getstate(),
             },
         }
@@ -500,7 +617,8 @@ class Trainer:
         os.replace(tmp, self.out / "checkpoint.pt")  # atomic: a kill never leaves a torn checkpoint
 
     def load(self, path: str) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)
+        check_resumable(self.args, state.get("args", {}), self.world, int(state.get("world_size", 1)))
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.inter.load_state_dict(state["inter"])
@@ -513,7 +631,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available() and rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
+        set_numpy_rng_state(rng["numpy"])
         random.setstate(rng["python"])
         if self.main:
             print(f"resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch}/{self.steps_per_epoch}")
@@ -616,11 +734,17 @@ class Trainer:
             elif args.resume != "auto":
                 raise FileNotFoundError(f"--resume {path}: no such checkpoint.")
         amp = args.amp and self.device.type == "cuda"
-        new_log = not self.log_path.exists() or self.global_step == 0
-        log_file = open(self.log_path, "w" if new_log else "a", newline="") if self.main else None
+        header = ["epoch", "step", "loss", "intra", "inter", "lr", "tau", "images_per_s", "seconds"]
+        kept: List[List[str]] = []
+        if self.main and self.global_step > 0 and self.log_path.exists():
+            # A resumed run replays the steps after its checkpoint: keep only the rows up to it.
+            with open(self.log_path, newline="") as f:
+                kept = [r for r in csv.reader(f) if r and r[0] != "epoch" and int(r[1]) <= self.global_step]
+        log_file = open(self.log_path, "w", newline="") if self.main else None
         log = csv.writer(log_file) if log_file else None
-        if log and new_log:
-            log.writerow(["epoch", "step", "loss", "intra", "inter", "lr", "tau", "images_per_s", "seconds"])
+        if log and log_file:
+            log.writerows([header, *kept])
+            log_file.flush()
         epoch_times: List[float] = []
         stopped = False
         if args.eval_every and self.global_step == 0 and not self.history:
@@ -671,6 +795,7 @@ class Trainer:
                     values = (out["loss"].item(), out["intra"].item(), inter)
                     row = [self.epoch, self.global_step, *(f"{v:.5f}" for v in values)]
                     log.writerow([*row, f"{lr:.6g}", f"{tau:.6f}", f"{ips:.1f}", f"{dt:.3f}"])
+                    log_file.flush()  # type: ignore[union-attr]  # a kill keeps every row written
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{out['loss'].item():.3f}", img_s=f"{ips:.1f}")

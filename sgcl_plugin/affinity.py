@@ -24,6 +24,8 @@ def check_feature_map(features: Tensor) -> None:
         raise ValueError(
             f"features must have shape (B, C, h, w), got {features.ndim} dims {tuple(features.shape)}.{hint}"
         )
+    if features.device.type == "meta":
+        raise ValueError("features is a meta tensor (shape only, no values): run the backbone on real data.")
     B, C, h, w = features.shape
     if B == 0 or C == 0:
         raise ValueError(f"features must have a non-empty batch and channel axis, got {tuple(features.shape)}.")
@@ -96,6 +98,8 @@ def cosine_affinity(
         raise ValueError(f"eps must be positive (it keeps every degree > 0), got {eps}.")
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     f = features.to(dtype).flatten(2).transpose(1, 2)  # (B, N, C)
+    # Scale each vector by its largest entry first: the norm of 1e20-sized features overflows float32.
+    f = f / f.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
     f = torch.nn.functional.normalize(f, dim=-1)  # zero vectors stay zero
     W = f @ f.transpose(1, 2)
     if mode == "clamp":

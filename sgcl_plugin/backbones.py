@@ -59,16 +59,32 @@ def resnet_backbone(name: str = "resnet50", checkpoint: Optional[str] = None) ->
         raise ValueError(f"Unknown torchvision ResNet '{name}'.")
     net = getattr(torchvision.models, name)(weights=None)
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # a corrupt or foreign file; weights_only refuses pickled code
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise ValueError(
+                f"Cannot load checkpoint {checkpoint}: {type(err).__name__}: {first} (files are loaded with "
+                "weights_only=True: tensors and plain Python values only)."
+            ) from err
         for key in ("backbone", "model", "state_dict"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
+        if not isinstance(state, dict):
+            raise ValueError(f"Checkpoint {checkpoint} holds a {type(state).__name__}, not a state dict.")
+        # A trunk saved as nn.Sequential(*children[:-2]) numbers its modules: 0 = conv1, 4 = layer1, ...
+        names = list(net._modules)
         cleaned = {}
         for k, v in state.items():
             for prefix in ("module.", "backbone.", "encoder.", "online_backbone."):
                 if k.startswith(prefix):
                     k = k[len(prefix) :]
+            head, _, rest = k.partition(".")
+            if head.isdigit() and int(head) < len(names) and rest:
+                k = f"{names[int(head)]}.{rest}"
             cleaned[k] = v
         cleaned = {k: v for k, v in cleaned.items() if not k.startswith("fc.")}
         missing, unexpected = net.load_state_dict(cleaned, strict=False)

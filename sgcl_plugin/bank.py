@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from typing import Any, BinaryIO, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+READ_TIMEOUT = 60.0
+"""Seconds a reader waits for a write to finish before it reports a torn table."""
 
 
 class SaliencyBank:
@@ -36,6 +40,9 @@ class SaliencyBank:
     """
 
     def __init__(self, num_images: int, max_regions: int = 16) -> None:
+        for name, value in (("num_images", num_images), ("max_regions", max_regions)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer (int or numpy integer), got {value!r}.")
         if num_images < 1:
             raise ValueError(f"A SaliencyBank needs at least one image, got num_images={num_images}.")
         if max_regions < 1:
@@ -65,14 +72,27 @@ class SaliencyBank:
         """Number of completed refreshes (loads restore the count they saved)."""
         return int(self._seq[1])
 
-    def _check_index(self, index: int) -> int:
+    def _check_index(self, index: Any) -> int:
+        if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
+            index = index.item()
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"A SaliencyBank index must be an integer, got {index!r}.")
+        index = int(index)
         if not -self.num_images <= index < self.num_images:
             raise IndexError(f"Index {index} is outside the SaliencyBank of {self.num_images} images.")
         return index % self.num_images
 
     def __getitem__(self, index: int) -> Tuple[Tensor, Tensor]:
-        """The regions of image ``index``: boxes (K, 4) and scores (K,); K = 0 before a refresh."""
-        index = self._check_index(int(index))
+        """The regions of image ``index``: boxes (K, 4) and scores (K,); K = 0 before a refresh.
+
+        Raises:
+            TypeError: ``index`` is not an integer (a float, a bool, a string).
+            IndexError: ``index`` is outside the bank.
+            RuntimeError: a write has been under way for ``READ_TIMEOUT`` seconds (its process died
+                half-way: the table is torn; load a checkpoint or refresh again).
+        """
+        index = self._check_index(index)
+        deadline = None
         while True:
             before = int(self._seq[0])
             if before % 2 == 0:
@@ -81,6 +101,14 @@ class SaliencyBank:
                 scores = self.scores[index, :k].clone()
                 if int(self._seq[0]) == before:
                     return boxes, scores
+            now = time.monotonic()
+            deadline = deadline if deadline is not None else now + READ_TIMEOUT
+            if now > deadline:
+                raise RuntimeError(
+                    f"SaliencyBank: a write has been under way for over {READ_TIMEOUT:.0f} s; the process writing "
+                    "it probably died half-way, leaving the table torn. Refresh again or load a checkpoint "
+                    "(bank.load_state_dict)."
+                )
             time.sleep(1e-4)
 
     def write(
@@ -106,10 +134,23 @@ class SaliencyBank:
                 raise IndexError(f"write index outside [0, {self.num_images}).")
         if not torch.isfinite(scores).all() or (scores < 0).any() or (scores > 1).any():
             raise ValueError("scores must be finite and in [0, 1].")
+        if not torch.isfinite(boxes).all():
+            raise ValueError("boxes contain NaN or Inf values.")
         if (boxes < 0).any() or (boxes > 1).any():
             raise ValueError("boxes must be normalized xyxy coordinates in [0, 1].")
         if (counts < 0).any() or (counts > self.max_regions).any():
             raise ValueError(f"counts must be in [0, {self.max_regions}].")
+        used = torch.arange(self.max_regions, device=counts.device)[None, :] < counts[:, None]  # (n, R)
+        b = boxes.to(used.device)
+        empty = ((b[..., 2] <= b[..., 0]) | (b[..., 3] <= b[..., 1])) & used
+        if empty.any():
+            row, col = (int(v) for v in empty.nonzero()[0])
+            raise ValueError(
+                f"Region {col} of row {row} has an empty or inverted box {b[row, col].tolist()} "
+                "(need x1 > x0, y1 > y0)."
+            )
+        if ((scores.to(used.device) <= 0) & used).any():
+            raise ValueError("Every region within a row's count needs a score > 0 (zero scores are never sampled).")
         sel = slice(None) if index is None else index
         self._seq[0] += 1  # odd: a write is under way
         try:

@@ -8,7 +8,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeatureMaps", "find_stride_layer", "at_stride"]
+__all__ = ["FeatureMaps", "at_stride", "check_feature_output", "feature_map_backbone", "find_stride_layer"]
+
+_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity)
+
+
+def feature_map_backbone(model: Any) -> Any:
+    """The part of a backbone that returns feature maps (B, C, h, w), for a saliency refresh.
+
+    Common SSL backbones end in global pooling: lightly's examples build
+    ``nn.Sequential(*list(resnet.children())[:-1])`` (B, 512, 1, 1), and a 1 x 1 map has no
+    regions. A model with a ``backbone`` attribute (and not itself a ``Sequential``) gives its
+    backbone; a ``Sequential`` loses its trailing pooling / flatten / identity layers (the result
+    shares the parameters). Anything else is returned unchanged.
+
+    Raises:
+        ValueError: a ``Sequential`` made of pooling layers only.
+        TypeError: something that is not callable.
+    """
+    backbone = model
+    if isinstance(model, nn.Module) and not isinstance(model, nn.Sequential) and hasattr(model, "backbone"):
+        backbone = model.backbone
+    if isinstance(backbone, nn.Sequential):
+        children = list(backbone.children())
+        while children and isinstance(children[-1], _POOLING):
+            children.pop()
+        if not children:
+            raise ValueError("The backbone has only pooling layers: nothing gives a feature map.")
+        if len(children) < len(backbone):
+            return nn.Sequential(*children)
+    if not callable(backbone):
+        raise TypeError(f"backbone must be a module or callable returning feature maps, got {type(backbone).__name__}.")
+    return backbone
+
+
+def check_feature_output(out: Any, x: Tensor) -> Tensor:
+    """``out`` when it is a feature map (B, C, h, w) with at least 2 cells; a clear error otherwise."""
+    if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[-2] * out.shape[-1] < 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"The backbone returned {shape} for a {tuple(x.shape)} batch, not feature maps (B, C, h, w) with at "
+            "least 2 cells: the saliency refresh needs a convolutional feature map. Pass a backbone without "
+            "global pooling or a head (for a torchvision ResNet: nn.Sequential(*list(resnet.children())[:-2])), "
+            "read a stage with FeatureMaps(backbone, stride=16), or use a larger saliency_size if the map is 1 x 1. "
+            "For ViT tokens use sgcl_plugin.tokens_to_map."
+        )
+    return out
 
 
 class _Stop(Exception):

@@ -567,6 +567,13 @@ class InterImageLoss(nn.Module):
         _check_embeddings(x, name)
         if x.shape[1] != self.dim:
             raise ValueError(f"{name} must have shape (n, {self.dim}) (dim={self.dim}), got {tuple(x.shape)}.")
+        # NaN would rank first in the neighbour search and poison the queue for queue_size steps.
+        if not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x).all(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(
+                f"{name} contains NaN or Inf values (rows {bad[:10]}{' ...' if len(bad) > 10 else ''}); the "
+                "training has diverged (learning rate? fp16 overflow?). Nothing was added to the queue."
+            )
 
     def forward(self, pred: Tensor, scores: Tensor) -> Tensor:
         """The loss of n online predictions against the filled queue rows.

@@ -25,6 +25,9 @@ SOLVERS = ("auto", "eigh", "krylov", "cupy")
 # project's 2-core CPU, see docs/benchmarks.md) and the Krylov space would be most of R^N anyway.
 DENSE_MAX_NODES = 96
 
+# Graphs smaller than this are solved densely even when the Krylov solver is asked for.
+KRYLOV_MIN_NODES = 16
+
 # Entries of W the CPU Krylov solver handles per chunk of graphs (see fiedler_krylov's chunk_size).
 CPU_CHUNK_ELEMENTS = 10_000_000
 
@@ -41,6 +44,10 @@ def check_affinity(W: Tensor, atol: Optional[float] = None) -> None:
         raise TypeError(f"W must be a torch.Tensor, got {type(W).__name__}.")
     if W.ndim != 3 or W.shape[-1] != W.shape[-2]:
         raise ValueError(f"W must have shape (B, N, N) (a batch of square affinity matrices), got {tuple(W.shape)}.")
+    if W.device.type == "meta":
+        raise ValueError("W is a meta tensor (shape only, no values): there is nothing to solve.")
+    if W.shape[0] == 0:
+        raise ValueError(f"W is an empty batch (B = 0), shape {tuple(W.shape)}.")
     if W.shape[-1] < 2:
         raise ValueError(f"A graph needs at least 2 nodes for a cut, got N = {W.shape[-1]}.")
     if not W.is_floating_point():
@@ -221,6 +228,12 @@ def _krylov(
     W = W.to(dtype)
     d_isqrt = W.sum(-1).rsqrt()
     B, N, _ = W.shape
+    if N < KRYLOV_MIN_NODES or N <= k + 2:  # no room for a Krylov space: solve densely
+        M, _ = normalized_affinity(W)
+        vals, vecs = torch.linalg.eigh(M)
+        if info is not None:
+            info.update({"passes": 0, "restarted": 0, "dense_fallback": B})
+        return vecs[..., -k - 1 : -1].flip(-1).transpose(-1, -2), vals[..., -k - 1 : -1].flip(-1), d_isqrt
     block_size = max(1, min(max(block_size, k), N - 1))
     steps = max(1, min(steps, (N - 1) // block_size))
     v1 = torch.nn.functional.normalize(d_isqrt.reciprocal(), dim=-1)

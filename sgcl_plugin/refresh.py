@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -13,9 +14,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.features import check_feature_output
 
 if TYPE_CHECKING:
     from sgcl_plugin.saliency import SaliencyGenerator
+
+MIN_GRID_CELLS = 64
+"""A refresh warns once when the feature grid has fewer cells than this (e.g. 224 px at stride 32: 7 x 7)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,19 +45,21 @@ def to_image_tensor(image: Any) -> Tensor:
             t = t[None]
         if t.ndim != 3:
             raise ValueError(f"Image tensors must be (C, H, W) or (H, W), got {tuple(t.shape)}.")
-        t = t.float() / 255.0 if not t.is_floating_point() else t.float()
+        t = _to_unit_range(t)
     else:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+            # 16-bit and float modes keep their values (convert("RGB") would clip them to 255).
+            image = np.asarray(image) if image.mode in _WIDE_MODES else np.asarray(image.convert("RGB"))
         if not isinstance(image, np.ndarray):
             raise TypeError(f"Cannot read an image from a {type(image).__name__}.")
         arr = image[:, :, None] if image.ndim == 2 else image
         if arr.ndim != 3:
             raise ValueError(f"Image arrays must be (H, W) or (H, W, C), got {image.shape}.")
-        t = torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a copy: PIL arrays are read-only
-        t = t.float() / 255.0 if arr.dtype == np.uint8 else t.float()
+        if arr.dtype.byteorder == ">" or arr.dtype == np.uint16:  # torch has no big-endian / wide unsigned
+            arr = arr.astype(np.int32 if arr.dtype.kind in "ui" else np.float32)
+        t = _to_unit_range(torch.from_numpy(np.array(arr)).permute(2, 0, 1), uint16=image.dtype == np.uint16)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     elif t.shape[0] == 4:
@@ -60,6 +67,39 @@ def to_image_tensor(image: Any) -> Tensor:
     if t.shape[0] != 3:
         raise ValueError(f"Images must have 1, 3 or 4 channels, got {t.shape[0]}.")
     return t
+
+
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _to_unit_range(t: Tensor, uint16: bool = False) -> Tensor:
+    """A float image in [0, 1]: uint8 / 255, 16-bit / 65535, floats as they are (must be in [0, 1]).
+
+    Other integer types are scaled by 255 when they fit in 8 bits, else by 65535 when they fit in 16
+    (PIL's "I" mode holds 16-bit PNGs); anything else is refused rather than silently clipped.
+    """
+    if t.dtype == torch.bool:
+        return t.float()
+    if t.is_floating_point():
+        t = t.float()
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError("The image contains NaN or Inf values.")
+        if t.numel() and (float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3):
+            raise ValueError(
+                f"Float images must hold values in [0, 1], got [{float(t.min()):.4g}, {float(t.max()):.4g}]: pass "
+                "uint8 / uint16 pixels, or divide by 255 (or 65535) first; do not normalize before the transform."
+            )
+        return t
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0
+    uint16 = uint16 or t.dtype == getattr(torch, "uint16", None)
+    if uint16:
+        t = t.to(torch.int32)
+    top = int(t.max()) if t.numel() else 0
+    low = int(t.min()) if t.numel() else 0
+    if low < 0 or top > 65535:
+        raise ValueError(f"Integer images must hold values in [0, 65535], got [{low}, {top}].")
+    return t.float() / (65535.0 if uint16 or top > 255 else 255.0)
 
 
 class SaliencyInput:
@@ -196,13 +236,27 @@ def refresh_bank(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc="SGCL saliency refresh", unit="img", dynamic_ncols=True)
+    warned = False
     with torch.no_grad(), eval_mode(model):
         for idx, images in loader:
-            features = model(images.to(device, non_blocking=True))
+            x = images.to(device, non_blocking=True)
+            features = model(x)
             if not isinstance(features, Tensor):
                 raise TypeError(
                     f"The model returned a {type(features).__name__}; refresh needs a feature map tensor "
                     "(B, C, h, w). Wrap the backbone to return its last feature map."
+                )
+            check_feature_output(features, x)
+            if not warned and features.shape[-2] * features.shape[-1] < MIN_GRID_CELLS:
+                warned = True
+                h, w = features.shape[-2:]
+                side = x.shape[-1]
+                better = int(math.ceil(side * math.sqrt(MIN_GRID_CELLS / (h * w)) / 32) * 32)
+                warnings.warn(
+                    f"The saliency feature grid is only {h} x {w} cells (input {side} px): regions this coarse are "
+                    f"often one region for the whole image. Use saliency_size >= {better} (the paper: 640 with "
+                    "ResNet-50, a 20 x 20 grid) or a finer stage (FeatureMaps(backbone, stride=16)).",
+                    stacklevel=2,
                 )
             result = generator(features)
             boxes, scores, counts = result.padded(R)

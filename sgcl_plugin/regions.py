@@ -80,6 +80,12 @@ def extract_regions(
         raise ValueError(f"maps must be a tensor of shape (B, h, w), got {shape}.")
     if min_area < 1:
         raise ValueError(f"min_area must be >= 1, got {min_area}.")
+    if maps.device.type == "meta":
+        raise ValueError("maps is a meta tensor (shape only, no values).")
+    if maps.shape[0] == 0:
+        return []
+    if maps.shape[1] == 0 or maps.shape[2] == 0:
+        raise ValueError(f"maps have an empty grid, shape {tuple(maps.shape)}.")
     S = maps.detach().to("cpu", torch.float64).numpy()
     if not np.isfinite(S).all():
         raise ValueError("maps contain NaN or Inf values.")

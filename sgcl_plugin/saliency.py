@@ -65,6 +65,16 @@ def orient(y: Tensor, h: int, w: int, rule: SignRule = "border") -> Tensor:
     return torch.where(flip[:, None], -y, y)
 
 
+def flat_graphs(W: Tensor, rtol: float = 1e-6) -> Tensor:
+    """(B,) bool: graphs whose affinities are all equal (identical, all-zero or constant features).
+
+    Such a graph has no cut: every bipartition is as good as any other, and the eigensolver returns
+    an arbitrary vector. The generators give these images a zero map and the whole-image fallback.
+    """
+    hi, lo = W.amax(dim=(1, 2)), W.amin(dim=(1, 2))
+    return (hi - lo) <= rtol * hi.abs().clamp(min=torch.finfo(W.dtype).tiny)
+
+
 def normalize_maps(y: Tensor) -> Tensor:
     """Min-max scales each row to [0, 1]; a constant row becomes all zeros."""
     lo = y.amin(dim=-1, keepdim=True)
@@ -212,6 +222,7 @@ class SaliencyGenerator:
         B, _, h, w = features.shape
         # cosine_affinity builds W symmetric and positive by construction: skip the checks.
         y = orient(fiedler_vector(W, solver=self.solver, validate=False), h, w, self.sign_rule)
+        y = torch.where(flat_graphs(W)[:, None], torch.zeros_like(y), y)
         return y, normalize_maps(y).reshape(B, h, w).float()
 
     def __call__(self, features: Tensor) -> SaliencyResult:
@@ -235,6 +246,7 @@ class SaliencyGenerator:
             raise ValueError(f"regions='objects' needs a grid of at least 3 cells, got {h}x{w}.")
         Y, _ = ncut_embedding(W, num_vectors=k, solver=self.solver, validate=False)  # type: ignore[arg-type]
         y = orient(Y[:, 0], h, w, self.sign_rule)
+        y = torch.where(flat_graphs(W)[:, None], torch.zeros_like(y), y)  # zero saliency: whole-image fallback
         maps = normalize_maps(y).reshape(B, h, w).float()
         regions = object_regions(
             features, Y, maps, num_clusters=self.num_clusters,

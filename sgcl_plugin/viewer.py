@@ -264,8 +264,15 @@ def _batches(
         yield batch
 
 
+def _display(name: str) -> str:
+    """A file name fit for text: bytes that are not UTF-8 (kept by Python as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _write_index(out: Path, rendered: List[_Rendered], skipped: List[str], title: str) -> Path:
-    esc = html.escape
+    def esc(text: str) -> str:
+        return html.escape(_display(text))
+
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -283,7 +290,8 @@ def _write_index(out: Path, rendered: List[_Rendered], skipped: List[str], title
     for r in rendered:
         W, H = r.size
         parts.append(f'<h2 id="{esc(r.path.stem)}">{esc(r.name)} <small>({W} x {H})</small></h2>')
-        parts.append(f'<p><img src="{quote(r.path.name)}" alt="{esc(r.name)}"></p>')
+        href = quote(r.path.name, encoding="utf-8", errors="surrogateescape")  # the file's own bytes
+        parts.append(f'<p><img src="{href}" alt="{esc(r.name)}"></p>')
         note = " (no region survived: whole image)" if r.regions.fallback else ""
         parts.append(
             "<table><tr><th>#</th><th>score</th><th>area (cells)</th><th>box (normalized x0, y0, x1, y1)</th>"
@@ -413,7 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         backbone = load_backbone(args.backbone, args.checkpoint)
-    except (ImportError, ValueError, FileNotFoundError) as err:
+    except (ImportError, ValueError, OSError) as err:
         return fail(str(err))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
@@ -435,7 +443,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )  # fmt: skip
         passes.append((f"{mode}, stride {stride}", source, generator))
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.images is not None and args.out.resolve() == args.images.resolve():
+        return fail(
+            f"--out {args.out} is the --images folder: renderings would be written over the photos "
+            "(photo.png -> photo.png). Choose another folder (a subfolder of it is fine)."
+        )
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        probe = args.out / ".sgcl-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        return fail(f"cannot write into --out {args.out}: {err}")
     rendered: List[_Rendered] = []
     thumbs: List[Tuple[str, Image.Image]] = []
     skipped: List[str] = []
@@ -460,7 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     rendered.append(_Rendered(name=shown, path=path, size=im.size, regions=regions))
                     thumb = picture.copy()
                     thumb.thumbnail((tile_width, tile_width), Image.Resampling.LANCZOS)
-                    thumbs.append((shown, thumb))
+                    thumbs.append((_display(shown), thumb))
                 bar.update(1)
     bar.close()
 

@@ -480,3 +480,36 @@ def test_regions_mode_and_feature_stride(photos: List[Any]) -> None:
     boxes = bank.boxes[bank.scores > 0]
     torch.testing.assert_close(boxes * 16, (boxes * 16).round())
     assert not torch.allclose(boxes * 8, (boxes * 8).round())  # not all on the stride-8 grid
+
+
+def test_lightly_style_pooled_backbone_and_indexed_dataset(photos: List[Any]) -> None:
+    """lightly's usual setup: a Sequential backbone ending in global pooling, and lightly's dataset
+    items ((image, target, filename) tuples) behind the lightly adapter's IndexedDataset. The
+    callback drops the pooling for the refresh, reads the images behind the wrapper, and checks
+    both at fit start."""
+    pytest.importorskip("lightly")
+    from sgcl_plugin.adapters.lightly import IndexedDataset, SGCLTransform
+
+    class Pooled(TinySimCLR):  # type: ignore[valid-type, misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Sequential(*self.trunk, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+
+    bank = SaliencyBank(len(photos), max_regions=8)
+    lightly_items = [(image, 0, f"{i}.png") for i, image in enumerate(photos)]
+    wrapped = IndexedDataset(lightly_items, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
+    callback = make_callback(bank, wrapped)
+    torch.manual_seed(0)
+    make_trainer(max_epochs=2, limit_train_batches=1, callbacks=[callback]).fit(Pooled(), make_loader(photos, bank))
+    assert bank.refreshes == 1 and (bank.counts > 0).all()
+
+    # a backbone whose forward pools by itself: nothing to strip, no feature map
+    vectors = make_callback(bank, photos, backbone=lambda m: (lambda x: m.trunk(x).mean((2, 3))))
+    module = TinySimCLR()
+    with pytest.raises(ValueError, match="not feature maps"):
+        make_trainer(max_epochs=2, callbacks=[vectors]).fit(module, make_loader(photos, bank))
+    assert module.train_modes == []  # refused at fit start, before the first step
+    with pytest.raises(TypeError, match="cannot read dataset\\[0\\]"):
+        make_trainer(max_epochs=2, callbacks=[make_callback(bank, [object()] * len(photos))]).fit(
+            TinySimCLR(), make_loader(photos, bank)
+        )

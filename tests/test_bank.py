@@ -59,6 +59,7 @@ def test_stats() -> None:
     bank = SaliencyBank(3, max_regions=4)
     boxes = torch.zeros(3, 4, 4)
     boxes[:, 0] = torch.tensor([0.0, 0.0, 0.5, 0.5])
+    boxes[0, 1] = torch.tensor([0.5, 0.5, 1.0, 1.0])  # the second region of row 0 (rows hold valid boxes)
     scores = torch.tensor([[1.0, 0.5, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 0]])
     bank.write(boxes, scores, torch.tensor([2, 1, 0]), torch.tensor([False, True, False]))
     bank.mark_refreshed()

@@ -321,7 +321,11 @@ def test_bad_transform_input() -> None:
         SaliencyCropTransform(bank, view_transforms="byol", augment=False)
     with pytest.raises(TypeError, match="SaliencyBank"):
         SaliencyCropTransform([[0.0, 0.0, 1.0, 1.0]])
-    write_regions(bank, 0, [[0.5, 0.2, 0.3, 0.6]], [1.0])  # x1 < x0: the bank accepts it, the crops do not
+    with pytest.raises(ValueError, match="inverted"):  # x1 < x0: the bank refuses it ...
+        write_regions(bank, 0, [[0.5, 0.2, 0.3, 0.6]], [1.0])
+    bank.boxes[0, 0] = torch.tensor([0.5, 0.2, 0.3, 0.6])  # ... and the crops too, from a table written around it
+    bank.scores[0, 0] = 1.0
+    bank.counts[0] = 1
     with pytest.raises(ValueError, match="non-empty"):
         SaliencyCropTransform(bank)(image, 0)
     bank.boxes[1, 0] = torch.tensor([0.1, 0.1, 1.2, 0.5])  # a corrupted table, bypassing write()

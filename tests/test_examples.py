@@ -65,10 +65,18 @@ def test_killed_run_resumes_exactly(tmp_path) -> None:
     cut = tmp_path / "cut"
     # killed after step 3 (mid epoch 1, after the first refresh): the last checkpoint is at step 2
     sgcl_train.main([*common, "--out", str(cut), "--stop-after-steps", "3"], method="byol")
-    assert torch.load(cut / "checkpoint.pt", weights_only=False)["global_step"] == 2
-    sgcl_train.main([*common, "--out", str(cut), "--resume", "auto"], method="byol")
-    a = torch.load(full / "checkpoint.pt", weights_only=False)
-    b = torch.load(cut / "checkpoint.pt", weights_only=False)
+    # checkpoints hold tensors and plain values only: they load with weights_only=True
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["global_step"] == 2
+    rows = (cut / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step") and [r.split(",")[1] for r in rows[1:]] == ["1", "2", "3"]  # flushed
+    # another batch size could never end its epoch: refused, naming the option, before any step
+    with pytest.raises(ValueError, match=r"--batch-size 8 -> 4"):
+        sgcl_train.main([*common, "--out", str(cut), "--resume", "auto", "--batch-size", "4"], method="byol")
+    sgcl_train.main([*common, "--out", str(cut), "--resume", "auto", "--workers", "1"], method="byol")  # free option
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(cut / "checkpoint.pt", weights_only=True)
+    rows = (cut / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step") and [int(r.split(",")[1]) for r in rows[1:]] == list(range(1, 7))
     assert a["global_step"] == b["global_step"] == 6
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
@@ -76,6 +84,108 @@ def test_killed_run_resumes_exactly(tmp_path) -> None:
         torch.testing.assert_close(a["inter"][key], b["inter"][key], rtol=0, atol=0)
     for key in ("boxes", "scores", "counts"):
         torch.testing.assert_close(a["bank"][key], b["bank"][key], rtol=0, atol=0)
+
+
+def test_a_checkpoint_never_runs_code(tmp_path) -> None:
+    """--resume loads with weights_only=True: a crafted file is refused and its payload never runs."""
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "rng": {}, "payload": Payload()}, evil)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path / "o"), "--resume", str(evil)])
+    assert not marker.exists()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="cannot load safely|not a checkpoint"):
+        sgcl_train.load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_resume_needs_the_same_processes() -> None:
+    args = sgcl_train.parse_args(["--smoke"])
+    saved = vars(args).copy()
+    sgcl_train.check_resumable(args, saved, world=1, saved_world=1)
+    with pytest.raises(ValueError, match="processes 2 -> 1"):
+        sgcl_train.check_resumable(args, saved, world=1, saved_world=2)
+    saved["out"], saved["seed"] = "elsewhere", 7  # where outputs go may change; the seed may not
+    with pytest.raises(ValueError, match=r"--seed 7 -> 0") as err:
+        sgcl_train.check_resumable(args, saved, world=1, saved_world=1)
+    assert "--out 'elsewhere'" not in str(err.value)
+
+
+def test_training_outputs_load_where_the_docs_say(tmp_path) -> None:
+    from sgcl_plugin.backbones import resnet_backbone
+    from sgcl_plugin.viewer import main as viewer
+
+    out = tmp_path / "run"
+    sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--epochs", "1", "--out", str(out)], method="byol")
+    trained = torch.load(out / "backbone.pt", weights_only=True)
+    net = resnet_backbone("resnet18", str(out / "backbone.pt"))
+    loaded = net.trunk.state_dict()
+    assert len(loaded) == len(trained)
+    for (k1, v1), (k2, v2) in zip(trained.items(), loaded.items()):
+        torch.testing.assert_close(v1, v2, msg=f"{k1} vs {k2}")
+    from_ckpt = resnet_backbone("resnet18", str(out / "checkpoint.pt")).trunk.state_dict()
+    for v1, v2 in zip(trained.values(), from_ckpt.values()):
+        torch.testing.assert_close(v1, v2)
+    images = tmp_path / "photos"
+    from sgcl_plugin.sample_images import export_sample_images
+
+    export_sample_images(images, ["coffee"])
+    argv = ["--images", str(images), "--out", str(tmp_path / "sal"), "--backbone", "resnet18", "--size", "128"]
+    assert viewer([*argv, "--checkpoint", str(out / "checkpoint.pt"), "--device", "cpu", "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--ckpt-every", "0"], "--ckpt-every must be >= 1"),
+        (["--num-images", "0"], "--num-images must be >= 1"),
+        (["--epochs", "-1"], "--epochs must be >= 0"),
+        (["--saliency-size", "16"], "--saliency-size 16 gives a feature grid under 2 x 2"),
+        (["--lr", "0"], "--lr must be a finite number > 0"),
+        (["--ema", "1.5"], "--ema must be in"),
+        (["--epochs", "0", "--no-eval"], "does nothing"),
+    ],
+)
+def test_bad_options_are_refused_at_start(argv: list, match: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        sgcl_train.parse_args(argv)
+    assert match in capsys.readouterr().err
+
+
+def test_out_inside_the_data_folder_is_refused(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "photos").mkdir()
+    for out in (tmp_path / "photos", tmp_path / "photos" / "run"):
+        with pytest.raises(SystemExit):
+            sgcl_train.parse_args(["--data", str(tmp_path / "photos"), "--out", str(out)])
+        assert "inside the --data folder" in capsys.readouterr().err
+
+
+def test_unreadable_hidden_and_16_bit_files_in_a_folder(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from sgcl_plugin.sample_images import export_sample_images
+
+    folder = tmp_path / "photos"
+    export_sample_images(folder, ["coffee", "chelsea", "astronaut"])
+    (folder / "broken.jpg").write_bytes((folder / "coffee.jpg").read_bytes()[:300])  # truncated JPEG
+    (folder / "._coffee.jpg").write_bytes(b"\x00\x05\x16\x07 macOS metadata")  # AppleDouble file: hidden
+    deep = (np.indices((64, 64)).sum(0) * 500).astype(np.uint16)  # a 16-bit gradient, 0 .. 63000
+    Image.fromarray(deep).save(folder / "deep.png")
+    table = sgcl_train.folder_table(str(folder), 32)
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable" in err and "broken.jpg" in err and "._coffee" not in err
+    assert len(table) == 4  # 3 photos + the 16-bit one
+    deep_row = table.images[3].float()  # sorted: astronaut, chelsea, coffee, deep
+    assert 40 < float(deep_row.mean()) < 215 and float(deep_row.std()) > 20  # a gradient, not blank
 
 
 def test_view_augmentations_on_device_with_kornia(tmp_path) -> None:

@@ -161,9 +161,10 @@ def test_objects_mode_regions_do_not_depend_on_the_batch(solver: str) -> None:
         if solver == "eigh":
             torch.testing.assert_close(a.boxes, b.boxes)
             torch.testing.assert_close(a.scores, b.scores)
-        else:
-            torch.testing.assert_close(a.boxes[:3], b.boxes[:3])
-            assert abs(len(a) - len(b)) <= 1
+        else:  # the parts that matter are the same; specks of background noise (score < 0.05) may differ
+            keep_a, keep_b = a.scores >= 0.05, b.scores >= 0.05
+            torch.testing.assert_close(a.boxes[keep_a], b.boxes[keep_b])
+            torch.testing.assert_close(a.scores[keep_a], b.scores[keep_b], atol=1e-3, rtol=0)
 
 
 def test_objects_mode_on_a_flat_map_falls_back() -> None:

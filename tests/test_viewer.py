@@ -146,3 +146,36 @@ def test_both_modes_side_by_side(tmp_path: Path) -> None:
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "paper, stride 32" in page and "objects, stride 16" in page
     assert main([*argv, "--regions", "objects", "--stride", "64", "--no-progress"]) == 2  # no stride-64 stage
+
+
+def test_out_equal_to_images_is_refused_and_photos_stay(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    export_sample_images(images, ["coffee"])
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(images / "photo.png")
+    before = (images / "photo.png").read_bytes()
+    argv = ["--images", str(images), "--out", str(images), "--backbone", "resnet18", "--size", "128", "--no-progress"]
+    assert main(argv) == 2
+    assert (images / "photo.png").read_bytes() == before and not (images / "index.html").exists()
+    # a subfolder is fine: the inputs are the folder's own files
+    assert main([*argv[:3], str(images / "rendered"), *argv[4:]]) == 0
+    assert (images / "photo.png").read_bytes() == before
+
+
+def test_non_utf8_names_corrupt_checkpoint_and_unwritable_out(tmp_path: Path) -> None:
+    import os
+
+    images = tmp_path / "images"
+    export_sample_images(images, ["coffee"])
+    odd = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: not UTF-8
+    os.rename(images / "coffee.jpg", images / odd)
+    out = tmp_path / "out"
+    argv = ["--images", str(images), "--backbone", "resnet18", "--size", "128", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "caf\ufffd.jpg" in page and "caf%E9.png" in page  # shown replaced, linked by its real bytes
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x04 not a checkpoint")
+    assert main([*argv, "--out", str(out), "--checkpoint", str(bad)]) == 2
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main([*argv, "--out", str(blocker / "sub")]) == 2

@@ -51,7 +51,7 @@ from torch.utils.data import Dataset, IterableDataset, default_collate
 
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.crops import SaliencyCropTransform
-from sgcl_plugin.features import at_stride
+from sgcl_plugin.features import at_stride, check_feature_output, feature_map_backbone
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 
@@ -679,32 +679,6 @@ class SGCLLoss(nn.Module):
 
 # ------------------------------------------------------------------------------- model helpers
 
-_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity)
-
-
-def feature_map_backbone(model: Any) -> Any:
-    """The part of a lightly-style backbone that returns feature maps (B, C, h, w), for the refresh.
-
-    lightly's examples build ``backbone = nn.Sequential(*list(resnet.children())[:-1])``, which ends
-    in global average pooling (B, 512, 1, 1): a 1 x 1 map has no regions. A model with a
-    ``backbone`` attribute gives its backbone; a ``Sequential`` loses its trailing pooling /
-    flatten layers (the result shares the parameters). Anything else is returned unchanged.
-    """
-    backbone = model
-    if isinstance(model, nn.Module) and not isinstance(model, nn.Sequential) and hasattr(model, "backbone"):
-        backbone = model.backbone
-    if isinstance(backbone, nn.Sequential):
-        children = list(backbone.children())
-        while children and isinstance(children[-1], _POOLING):
-            children.pop()
-        if not children:
-            raise ValueError("The backbone has only pooling layers: nothing gives a feature map.")
-        if len(children) < len(backbone):
-            return nn.Sequential(*children)
-    if not callable(backbone):
-        raise TypeError(f"backbone must be a module or callable returning feature maps, got {type(backbone).__name__}.")
-    return backbone
-
 
 def _output_dim(head: nn.Module) -> int:
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
@@ -768,17 +742,7 @@ class _FeatureMaps(nn.Module):
         self.backbone = backbone
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.backbone(x)
-        if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[-2] * out.shape[-1] < 2:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                f"The backbone returned {shape} for a {tuple(x.shape)} batch, not feature maps (B, C, h, w) with at "
-                "least 2 cells: the saliency refresh needs the last convolutional feature map. Pass a backbone "
-                "without global pooling or a head (for a torchvision ResNet: "
-                "nn.Sequential(*list(resnet.children())[:-2]); lightly's [:-1] Sequential works, its pooling is "
-                "skipped), or a larger saliency_size if the map is 1 x 1."
-            )
-        return out
+        return check_feature_output(self.backbone(x), x)
 
 
 def _refresh_source(dataset: Any, bank: Any) -> Dataset:

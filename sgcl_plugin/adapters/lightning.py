@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.features import at_stride
+from sgcl_plugin.features import at_stride, check_feature_output, feature_map_backbone
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 
 __all__ = ["SaliencyRefreshCallback", "lightning_callback_bases"]
@@ -306,13 +306,18 @@ class SaliencyRefreshCallback:
         return bank
 
     def resolve_dataset(self) -> Any:
-        """The refresh dataset (calling ``dataset`` when it is a callable), a crop dataset unwrapped."""
-        from sgcl_plugin.crops import SaliencyCropDataset
+        """The refresh dataset (calling ``dataset`` when it is a callable), a crop dataset unwrapped.
+
+        Any wrapper that holds a ``dataset`` and a :class:`~sgcl_plugin.crops.SaliencyCropTransform`
+        as ``transform`` (``SaliencyCropDataset``, the lightly adapter's ``IndexedDataset``) is
+        unwrapped: the refresh reads the images, not the region crops.
+        """
+        from sgcl_plugin.crops import SaliencyCropTransform
 
         dataset = self.dataset
         if dataset is not None and not hasattr(dataset, "__getitem__") and callable(dataset):
             dataset = dataset()
-        if isinstance(dataset, SaliencyCropDataset):
+        while isinstance(getattr(dataset, "transform", None), SaliencyCropTransform) and hasattr(dataset, "dataset"):
             dataset = dataset.dataset
         return dataset
 
@@ -391,9 +396,38 @@ class SaliencyRefreshCallback:
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Restores a checkpointed bank; fails early on a module without backbone or a size mismatch."""
         self._prepare(trainer)
-        at_stride(self.backbone_of(pl_module), self.feature_stride)  # no stage at that stride: fail now
+        backbone = self._refresh_backbone(pl_module)  # no stage at that stride: fail now
         if self.resolve_bank() is not None and self.resolve_dataset() is not None:
-            self._checked_bank_and_dataset()
+            _, dataset = self._checked_bank_and_dataset()
+            self._probe(backbone, dataset, pl_module)
+
+    def _refresh_backbone(self, pl_module: Any) -> Any:
+        """What a refresh runs: the backbone's stage at ``feature_stride``, or its output with any
+        trailing global pooling dropped (lightly-style ``Sequential`` backbones)."""
+        backbone = self.backbone_of(pl_module)
+        if self.feature_stride is None:
+            return feature_map_backbone(backbone)
+        return at_stride(backbone, self.feature_stride)
+
+    def _probe(self, backbone: Any, dataset: Any, pl_module: Any) -> None:
+        """One image, one forward: a dataset the refresh cannot read or a backbone that does not give
+        feature maps fails at fit start, not after the first epochs."""
+        from sgcl_plugin.refresh import SaliencyInput, eval_mode
+
+        transform = self.transform or SaliencyInput(self.saliency_size)
+        try:
+            x = transform(dataset[0])[None]
+        except (TypeError, ValueError) as err:
+            raise type(err)(
+                f"SaliencyRefreshCallback cannot read dataset[0] as an image for the refresh: {err} Pass the "
+                "images (PIL, arrays, tensors, or (image, ...) tuples / {'image': ...} dicts) in bank order."
+            ) from err
+        params = list(backbone.parameters()) if isinstance(backbone, nn.Module) else []
+        device = params[0].device if params else getattr(pl_module, "device", torch.device("cpu"))
+        dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+        x = x.to(device=device, dtype=dtype)
+        with torch.no_grad(), eval_mode(backbone):
+            check_feature_output(backbone(x), x)
 
     def _prepare(self, trainer: Any) -> Optional[SaliencyBank]:
         """Probes cross-rank sharing of a new bank and applies a checkpointed state waiting for it.
@@ -438,7 +472,7 @@ class SaliencyRefreshCallback:
         # sharded refresh but writes into a scratch bank: one writer per table keeps the version
         # counter and the sequence lock right.
         target = bank if self._writer else SaliencyBank(len(bank), bank.max_regions)
-        backbone = at_stride(self.backbone_of(pl_module), self.feature_stride)
+        backbone = self._refresh_backbone(pl_module)
         device = None
         if isinstance(backbone, nn.Module):
             params = list(backbone.parameters())
