@@ -221,9 +221,15 @@ class _Rendered:
 
 
 def _load_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        return ImageOps.exif_transpose(im).convert("RGB")
+    from sgcl_plugin.refresh import _WIDE_MODES, to_image_tensor
+
+    with Image.open(path) as opened:
+        opened.load()
+        im: Image.Image = ImageOps.exif_transpose(opened)
+        if im.mode in _WIDE_MODES:  # 16-bit / float: convert("RGB") would clip everything to white
+            t = to_image_tensor(im).permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8)
+            return Image.fromarray(t.numpy())
+        return im.convert("RGB")
 
 
 def _identity(image: Image.Image) -> Image.Image:

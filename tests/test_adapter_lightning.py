@@ -504,7 +504,7 @@ def test_lightly_style_pooled_backbone_and_indexed_dataset(photos: List[Any]) ->
     assert bank.refreshes == 1 and (bank.counts > 0).all()
 
     # a backbone whose forward pools by itself: nothing to strip, no feature map
-    vectors = make_callback(bank, photos, backbone=lambda m: (lambda x: m.trunk(x).mean((2, 3))))
+    vectors = make_callback(bank, photos, backbone=lambda m: lambda x: m.trunk(x).mean((2, 3)))
     module = TinySimCLR()
     with pytest.raises(ValueError, match="not feature maps"):
         make_trainer(max_epochs=2, callbacks=[vectors]).fit(module, make_loader(photos, bank))

@@ -179,3 +179,17 @@ def test_non_utf8_names_corrupt_checkpoint_and_unwritable_out(tmp_path: Path) ->
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     assert main([*argv, "--out", str(blocker / "sub")]) == 2
+
+
+def test_sixteen_bit_photo_is_rendered_not_blank(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    deep = (np.indices((96, 128)).sum(0) * 280).astype(np.uint16)  # a 16-bit gradient, 0 .. 62160
+    Image.fromarray(deep).save(images / "deep.png")
+    out = tmp_path / "out"
+    argv = ["--images", str(images), "--out", str(out), "--backbone", "resnet18", "--size", "128", "--no-progress"]
+    assert main(argv) == 0
+    with Image.open(out / "deep.png") as rendered:
+        left = np.asarray(rendered.convert("L"))[:, :128].astype(float)
+    expected = deep / 65535 * 255
+    assert np.abs(left - expected).max() <= 2  # the photo panel shows the gradient, not a white sheet
