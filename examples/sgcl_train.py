@@ -682,7 +682,8 @@ class Trainer:
         items = []
         for i in range(k):
             image = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())
-            items.append((f"image {i}", render_saliency(image, result.maps[i].cpu(), result.regions[i])))
+            picture = render_saliency(image, result.maps[i].cpu(), result.regions[i], max_boxes=8)  # the 8 best
+            items.append((f"image {i}", picture))
         contact_sheet(items, columns=2).save(self.out / "saliency" / name)
 
     # --- one step ---------------------------------------------------------------------------------
