@@ -45,23 +45,14 @@ from scipy.stats import spearmanr
 
 from sgcl_plugin import ChannelSumGenerator, FeatureMaps, SaliencyBank, SaliencyGenerator, SaliencyResult
 from sgcl_plugin.backbones import FeatureBackbone, efficientnet_lite0, resnet_backbone
-from sgcl_plugin.crops import SaliencyCropTransform
+from sgcl_plugin.metrics import SHOW_SHARE, box_iou, same_object_pair_rate
 from sgcl_plugin.refresh import SaliencyInput
 from sgcl_plugin.regions import Regions
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- saliency-quality:begin -->", "<!-- saliency-quality:end -->"
 MAX_REGIONS = 16  # what a SaliencyBank keeps per image by default
-SHOW = 0.3  # a crop shows an object covering at least this share of it (and more than any other)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU matrix of normalized xyxy boxes (n, 4) x (m, 4)."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter).clamp(min=1e-12)
+SHOW = SHOW_SHARE  # a crop shows an object covering at least this share of it (and more than any other)
 
 
 def scenes(num: int) -> List[Dict[str, object]]:
@@ -88,41 +79,18 @@ def scenes(num: int) -> List[Dict[str, object]]:
 # ------------------------------------------------------------------------------------- pairs
 
 
-def crop_shares(masks: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
-    """(n, k) share of each crop's pixels covered by each object (integral images)."""
-    k, H, W = masks.shape
-    ii = torch.zeros(k, H + 1, W + 1, dtype=torch.float64)
-    ii[:, 1:, 1:] = masks.double().cumsum(1).cumsum(2)
-    px = (crops.double() * torch.tensor([W, H, W, H])).round().long()
-    x0, y0 = px[:, 0].clamp(0, W - 1), px[:, 1].clamp(0, H - 1)
-    x1, y1 = torch.maximum(px[:, 2], x0 + 1).clamp(max=W), torch.maximum(px[:, 3], y0 + 1).clamp(max=H)
-    s = ii[:, y1, x1] - ii[:, y0, x1] - ii[:, y1, x0] + ii[:, y0, x0]
-    return (s / ((x1 - x0) * (y1 - y0)).double()).T
-
-
-def shown_object(shares: torch.Tensor) -> torch.Tensor:
-    v, i = shares.max(dim=1)
-    return torch.where(v >= SHOW, i, torch.full_like(i, -1))
-
-
 def pair_rate(
     items: List[Dict[str, object]], regions: Optional[List[Regions]], pairs: int, jitter: float = 0.0
 ) -> float:
-    """Same-object pair rate of ``pairs`` pairs per image, drawn as SaliencyCropTransform draws them
+    """Same-object pair rate (%) of ``pairs`` pairs per image, drawn as SaliencyCropTransform draws them
     from a SaliencyBank holding ``regions`` (None: an empty bank, i.e. random BYOL crops)."""
     bank = SaliencyBank(len(items), max_regions=MAX_REGIONS)
     if regions is not None:
         boxes, scores, counts = SaliencyResult(torch.zeros(0), list(regions), torch.zeros(0)).padded(MAX_REGIONS)
         bank.write(boxes, scores, counts, torch.tensor([r.fallback for r in regions]))
-    transform = SaliencyCropTransform(bank, num_regions=pairs, augment=False, box_jitter=jitter)
-    torch.manual_seed(0)
-    rates = []
-    for i, item in enumerate(items):
-        masks = item["masks"]
-        b1, b2, _, _ = transform.sample_boxes(i, tuple(masks.shape[1:]))  # type: ignore[union-attr]
-        a, b = shown_object(crop_shares(masks, b1)), shown_object(crop_shares(masks, b2))  # type: ignore[arg-type]
-        rates.append(((a == b) & (a >= 0)).double().mean().item())
-    return 100 * float(np.mean(rates))
+    masks = [it["masks"] for it in items]
+    rate, _ = same_object_pair_rate(bank, masks, pairs=pairs, box_jitter=jitter, share=SHOW)  # type: ignore[arg-type]
+    return 100 * rate
 
 
 # ------------------------------------------------------------------------------- metrics

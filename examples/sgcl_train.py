@@ -23,7 +23,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -56,6 +56,11 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--refresh-interval", type=int, default=2, help="epochs between saliency refreshes (never at epoch 0)"
     )
+    p.add_argument(
+        "--first-refresh", type=int, default=0,
+        help="epoch of the first refresh (0: --refresh-interval); a warm-up of random crops before it, as the "
+        "paper's first 100 epochs",
+    )  # fmt: skip
     p.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
     p.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
     p.add_argument(
@@ -86,12 +91,24 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=160, help="composed scene side in pixels")
     p.add_argument("--crop-size", type=int, default=64, help="region crop size (paper: 96)")
     p.add_argument(
-        "--baseline-crop-size", type=int, default=0, help="plain method's view size; 0: same pixels per image as SGCL"
+        "--object-scale", type=float, nargs=2, default=(0.15, 0.45), metavar=("LOW", "HIGH"),
+        help="composed scenes: object side as a fraction of the image side (training and evaluation scenes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--baseline-views", choices=("pairs", "pixels"), default="pairs",
+        help="the plain method's views: t random pairs at --crop-size (same resolution and pixels as SGCL), "
+        "or one pair of side crop-size * sqrt(t) (same pixels, a higher resolution than evaluated)",
+    )  # fmt: skip
+    p.add_argument(
+        "--baseline-crop-size", type=int, default=0, help="with --baseline-views pixels: the view size (0: automatic)"
     )
     # model and optimisation
     p.add_argument(
-        "--arch", default="resnet18", help="torchvision ResNet (random init) or efficientnet-lite0 (ImageNet)"
+        "--arch",
+        default="resnet18",
+        help="torchvision ResNet (random init), tiny-resnet (a small CPU testbed net) or efficientnet-lite0 (ImageNet)",
     )
+    p.add_argument("--width", type=int, default=16, help="--arch tiny-resnet: channels of its first stage")
     p.add_argument("--hidden-dim", type=int, default=1024)
     p.add_argument("--proj-dim", type=int, default=128)
     p.add_argument("--epochs", type=int, default=5)
@@ -155,6 +172,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         ("--num-neighbors", args.num_neighbors, 1), ("--workers", args.workers, 0), ("--min-area", args.min_area, 1),
         ("--eval-train", args.eval_train, 1), ("--eval-test", args.eval_test, 1), ("--eval-every", args.eval_every, 0),
         ("--stop-after-steps", args.stop_after_steps, 0), ("--pictures", args.pictures, 0),
+        ("--first-refresh", args.first_refresh, 0), ("--width", args.width, 1),
     ):  # fmt: skip
         if value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
@@ -202,10 +220,12 @@ class ImageTable(Dataset):
         return self.images[i]
 
 
-def composed_scene_table(num_images: int, size: int, seed: int) -> ImageTable:
+def composed_scene_table(
+    num_images: int, size: int, seed: int, object_scale: Sequence[float] = (0.15, 0.45)
+) -> ImageTable:
     from sgcl_plugin.scenes import ComposedScenes
 
-    scenes = ComposedScenes(num_images, image_size=size, seed=seed, split="train")
+    scenes = ComposedScenes(num_images, image_size=size, seed=seed, split="train", object_scale=tuple(object_scale))
     return ImageTable(
         torch.stack([(to_image_tensor(scenes[i]["image"]) * 255).round().byte() for i in range(len(scenes))])
     )
@@ -287,7 +307,9 @@ def imagenet_normalize(x: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=2)  # several runs in one process (benchmarks) build the sets once
-def scene_object_eval_sets(n_train: int, n_test: int, size: int, image_size: int) -> Dict[str, Tensor]:
+def scene_object_eval_sets(
+    n_train: int, n_test: int, size: int, image_size: int, object_scale: Tuple[float, float] = (0.15, 0.45)
+) -> Dict[str, Tensor]:
     """Objects cut from composed scenes by their true boxes (with context), resized to the crop size and
     normalized: train-split objects (other scenes than the pretraining ones) are the labelled set, objects
     of test-split scenes (Fashion-MNIST test items) are classified."""
@@ -295,7 +317,9 @@ def scene_object_eval_sets(n_train: int, n_test: int, size: int, image_size: int
 
     out = {}
     for split, n, seed in (("train", n_train, 1001), ("test", n_test, 1002)):
-        scenes = ComposedScenes(max(1, n // 2), image_size=image_size, seed=seed, split=split)  # >= 2 objects each
+        scenes = ComposedScenes(
+            max(1, n // 2), image_size=image_size, seed=seed, split=split, object_scale=object_scale
+        )  # >= 2 objects each
         x, y = object_crops(scenes, size, max_crops=n)
         out[f"{split}_x"], out[f"{split}_y"] = imagenet_normalize(x), y
     return out
@@ -341,11 +365,16 @@ class Renormalize(nn.Module):
 class SSLModel(nn.Module):
     """Backbone + projector (+ predictor and EMA target copies for BYOL)."""
 
-    def __init__(self, method: str, arch: str, hidden_dim: int, proj_dim: int) -> None:
+    def __init__(self, method: str, arch: str, hidden_dim: int, proj_dim: int, width: int = 16) -> None:
         super().__init__()
         import torchvision
 
-        if arch in ("efficientnet-lite0", "efficientnet_lite0"):
+        if arch == "tiny-resnet":
+            from sgcl_plugin.backbones import tiny_resnet
+
+            self.backbone = tiny_resnet(width)
+            self.feature_dim = 8 * width
+        elif arch in ("efficientnet-lite0", "efficientnet_lite0"):
             from sgcl_plugin.backbones import efficientnet_lite0
 
             lite = efficientnet_lite0(pretrained=True)
@@ -504,13 +533,14 @@ class Trainer:
         np.random.seed(args.seed)
 
         self.images = (
-            composed_scene_table(args.num_images, args.image_size, args.seed)
+            composed_scene_table(args.num_images, args.image_size, args.seed, args.object_scale)
             if args.data == "composed"
             else folder_table(args.data, args.image_size)
         )
         n = len(self.images)
         self.bank = SaliencyBank(n, max_regions=16)
-        if args.sgcl:
+        if args.sgcl or args.baseline_views == "pairs":
+            # SGCL's t region pairs, or the plain method's t random pairs: same resolution, same pixels
             t, size = args.num_regions, args.crop_size
         else:  # the plain method: one pair of random crops per image, as many pixels as SGCL's t pairs
             t = 1
@@ -542,7 +572,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
 
-        self.model = SSLModel(args.method, args.arch, args.hidden_dim, args.proj_dim).to(self.device)
+        self.model = SSLModel(args.method, args.arch, args.hidden_dim, args.proj_dim, args.width).to(self.device)
         self.online: nn.Module = self.model
         if self.world > 1:
             self.online = nn.parallel.DistributedDataParallel(self.model)
@@ -581,6 +611,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.refreshed_epoch = -1  # the epoch whose refresh is done (not redone after a resume)
         self.refresh_stats: List[Dict[str, float]] = []  # this process's refreshes, for reports
+        self._masks: Optional[List[Tensor]] = None  # object masks of the first scenes, for pair rates
         self.log_path = self.out / "log.csv"
         self.eval_sets: Optional[Dict[str, Tensor]] = None
         self.history: List[Dict[str, float]] = []  # accuracy vs epochs (--eval-every), main process only
@@ -642,7 +673,10 @@ class Trainer:
         """The upper bound of the paper's Table 7: every object's true box, score 1, never refreshed."""
         from sgcl_plugin.scenes import ComposedScenes
 
-        scenes = ComposedScenes(len(self.images), image_size=self.args.image_size, seed=self.args.seed, split="train")
+        scenes = ComposedScenes(
+            len(self.images), image_size=self.args.image_size, seed=self.args.seed, split="train",
+            object_scale=tuple(self.args.object_scale),
+        )  # fmt: skip
         R = self.bank.max_regions
         boxes, scores = torch.zeros(len(scenes), R, 4), torch.zeros(len(scenes), R)
         counts = torch.zeros(len(scenes), dtype=torch.int64)
@@ -657,15 +691,39 @@ class Trainer:
             self.saliency_backbone, self.images, self.bank, batch_size=32, saliency_size=self.args.saliency_size,
             device=self.device, progress=self.main and not self.args.no_progress,
         )  # fmt: skip
+        seconds = time.perf_counter() - t0
         stats = self.bank.stats()
-        self.refresh_stats.append({"epoch": float(self.epoch), "seconds": time.perf_counter() - t0, **stats})
+        rate = self.pair_rate()
+        if rate is not None:
+            stats["pair_rate"] = rate
+        self.refresh_stats.append({"epoch": float(self.epoch), "seconds": seconds, **stats})
         if self.main:
+            pairs = f", pairs showing one object {100 * rate:.1f}%" if rate is not None else ""
             print(
                 f"refresh {self.bank.refreshes} at epoch {self.epoch}: {stats['regions_per_image']:.2f} regions/image, "
-                f"{int(stats['fallback_images'])} whole-image fallbacks, mean score {stats['mean_score']:.3f}, "
-                f"{time.perf_counter() - t0:.1f} s"
+                f"{int(stats['fallback_images'])} whole-image fallbacks, mean score {stats['mean_score']:.3f}{pairs}, "
+                f"{seconds:.1f} s"
             )
             self.pictures(f"refresh_{self.bank.refreshes:02d}_epoch_{self.epoch:03d}.png")
+
+    def pair_rate(self, images: int = 256, pairs: int = 8) -> Optional[float]:
+        """On composed scenes: the share of training pairs (drawn as the crops are drawn, from the bank as it
+        is now: random crops before a refresh) whose two crops show the same object (sgcl_plugin.metrics)."""
+        if self.args.data != "composed" or not self.main:
+            return None
+        from sgcl_plugin.metrics import same_object_pair_rate
+
+        if self._masks is None:
+            from sgcl_plugin.scenes import ComposedScenes
+
+            scenes = ComposedScenes(
+                len(self.images), image_size=self.args.image_size, seed=self.args.seed, split="train",
+                object_scale=tuple(self.args.object_scale),
+            )  # fmt: skip
+            self._masks = [torch.from_numpy(scenes.compose(i)[1]) for i in range(min(images, len(scenes)))]
+        jitter = self.args.box_jitter if self.args.sgcl else 0.0
+        return same_object_pair_rate(self.bank, self._masks, pairs=pairs, indices=range(len(self._masks)),
+                                     box_jitter=jitter)[0]  # fmt: skip
 
     def pictures(self, name: str) -> None:
         from PIL import Image
@@ -735,6 +793,8 @@ class Trainer:
             elif args.resume != "auto":
                 raise FileNotFoundError(f"--resume {path}: no such checkpoint.")
         amp = args.amp and self.device.type == "cuda"
+        # What the pairs show before training (random crops, or the true boxes with --regions gt).
+        self.start_pair_rate = self.pair_rate()
         header = ["epoch", "step", "loss", "intra", "inter", "lr", "tau", "images_per_s", "seconds"]
         kept: List[List[str]] = []
         if self.main and self.global_step > 0 and self.log_path.exists():
@@ -751,7 +811,8 @@ class Trainer:
         if args.eval_every and self.global_step == 0 and not self.history:
             self.record_history()  # the starting point of the curves: the randomly initialised backbone
         while self.epoch < args.epochs:
-            scheduled = self.epoch > 0 and self.epoch % args.refresh_interval == 0
+            first = args.first_refresh or args.refresh_interval
+            scheduled = self.epoch >= first and (self.epoch - first) % args.refresh_interval == 0
             due = args.sgcl and args.regions != "gt" and (scheduled or (self.epoch == 0 and args.refresh_at_start))
             if due and self.refreshed_epoch != self.epoch:
                 self.refresh()
@@ -819,6 +880,7 @@ class Trainer:
         if log_file:
             log_file.close()
         result: Dict[str, Any] = {
+            "pair_rate_start": self.start_pair_rate,
             "history": self.history,
             "steps": float(self.global_step),
             "seconds_per_epoch": float(np.median(epoch_times)) if epoch_times else float("nan"),
@@ -863,7 +925,7 @@ class Trainer:
         if self.eval_sets is None:
             a = self.args
             self.eval_sets = (
-                scene_object_eval_sets(a.eval_train, a.eval_test, a.crop_size, a.image_size)
+                scene_object_eval_sets(a.eval_train, a.eval_test, a.crop_size, a.image_size, tuple(a.object_scale))
                 if a.eval_data == "objects"
                 else fashion_eval_sets(a.eval_train, a.eval_test, a.crop_size)
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -116,6 +117,49 @@ def efficientnet_lite0(pretrained: bool = True) -> FeatureBackbone:
         net = EfficientNet.from_name("efficientnet-lite0")
     return FeatureBackbone(
         net, channels=1280, stride=32, mean=(0.498,) * 3, std=(0.502,) * 3, forward_name="extract_features"
+    )
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (
+            nn.Sequential()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def tiny_resnet(width: int = 16) -> nn.Sequential:
+    """A small ResNet for CPU testbeds: a stride-2 3x3 stem and four stages of one basic block each
+    (widths ``width`` x 1, 2, 4, 8; strides 1, 2, 2, 2: the last map at stride 16).
+
+    About 10 MFLOPs per 32 px image at width 16: thousands of crops per second on two CPU cores,
+    so a pretraining run can take many steps. ``stage1`` .. ``stage4`` are named modules (stride 2,
+    4, 8, 16), so :class:`~sgcl_plugin.features.FeatureMaps` finds each stage.
+
+    Returns:
+        ``nn.Sequential`` mapping (B, 3, H, W) to (B, 8 * width, H / 16, W / 16).
+    """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}.")
+    w = width
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(nn.Conv2d(3, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)),
+            stage1=_BasicBlock(w, w, 1),
+            stage2=_BasicBlock(w, 2 * w, 2),
+            stage3=_BasicBlock(2 * w, 4 * w, 2),
+            stage4=_BasicBlock(4 * w, 8 * w, 2),
+        )
     )
 
 
