@@ -220,12 +220,18 @@ class ImageTable(Dataset):
         return self.images[i]
 
 
-def composed_scene_table(
-    num_images: int, size: int, seed: int, object_scale: Sequence[float] = (0.15, 0.45)
-) -> ImageTable:
+def training_scenes(args: argparse.Namespace) -> Any:
+    """The composed pretraining scenes of a run (the images, their true boxes and masks)."""
     from sgcl_plugin.scenes import ComposedScenes
 
-    scenes = ComposedScenes(num_images, image_size=size, seed=seed, split="train", object_scale=tuple(object_scale))
+    return ComposedScenes(
+        args.num_images, image_size=args.image_size, seed=args.seed, split="train",
+        object_scale=tuple(args.object_scale),
+    )  # fmt: skip
+
+
+def composed_scene_table(args: argparse.Namespace) -> ImageTable:
+    scenes = training_scenes(args)
     return ImageTable(
         torch.stack([(to_image_tensor(scenes[i]["image"]) * 255).round().byte() for i in range(len(scenes))])
     )
@@ -533,9 +539,7 @@ class Trainer:
         np.random.seed(args.seed)
 
         self.images = (
-            composed_scene_table(args.num_images, args.image_size, args.seed, args.object_scale)
-            if args.data == "composed"
-            else folder_table(args.data, args.image_size)
+            composed_scene_table(args) if args.data == "composed" else folder_table(args.data, args.image_size)
         )
         n = len(self.images)
         self.bank = SaliencyBank(n, max_regions=16)
@@ -671,12 +675,7 @@ class Trainer:
 
     def fill_bank_with_true_boxes(self) -> None:
         """The upper bound of the paper's Table 7: every object's true box, score 1, never refreshed."""
-        from sgcl_plugin.scenes import ComposedScenes
-
-        scenes = ComposedScenes(
-            len(self.images), image_size=self.args.image_size, seed=self.args.seed, split="train",
-            object_scale=tuple(self.args.object_scale),
-        )  # fmt: skip
+        scenes = training_scenes(self.args)
         R = self.bank.max_regions
         boxes, scores = torch.zeros(len(scenes), R, 4), torch.zeros(len(scenes), R)
         counts = torch.zeros(len(scenes), dtype=torch.int64)
@@ -714,12 +713,7 @@ class Trainer:
         from sgcl_plugin.metrics import same_object_pair_rate
 
         if self._masks is None:
-            from sgcl_plugin.scenes import ComposedScenes
-
-            scenes = ComposedScenes(
-                len(self.images), image_size=self.args.image_size, seed=self.args.seed, split="train",
-                object_scale=tuple(self.args.object_scale),
-            )  # fmt: skip
+            scenes = training_scenes(self.args)
             self._masks = [torch.from_numpy(scenes.compose(i)[1]) for i in range(min(images, len(scenes)))]
         jitter = self.args.box_jitter if self.args.sgcl else 0.0
         return same_object_pair_rate(self.bank, self._masks, pairs=pairs, indices=range(len(self._masks)),

@@ -99,14 +99,20 @@ def fiedler_eigh(W: Tensor) -> Tensor:
     return _finish(vecs[..., -2], d_isqrt)
 
 
+def _dense_top(W: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """The ``k`` eigenvectors of ``M = D^-1/2 W D^-1/2`` after the trivial top one, by dense ``eigh``:
+    (B, k, N) rows (2nd largest first) and their (B, k) eigenvalues."""
+    M, _ = normalized_affinity(W)
+    vals, vecs = torch.linalg.eigh(M)
+    return vecs[..., -k - 1 : -1].flip(-1).transpose(-1, -2), vals[..., -k - 1 : -1].flip(-1)
+
+
 def ncut_eigh(W: Tensor, num_vectors: int) -> Tuple[Tensor, Tensor]:
     """Dense reference for :func:`ncut_embedding`: the ``num_vectors`` non-trivial vectors of smallest
     eigenvalue, as (B, k, N) rows and (B, k) eigenvalues of ``(D - W) y = lambda D y``."""
-    M, d_isqrt = normalized_affinity(W.to(_work_dtype(W)))
-    vals, vecs = torch.linalg.eigh(M)
-    k = num_vectors
-    z = vecs[..., -k - 1 : -1].flip(-1).transpose(-1, -2)  # (B, k, N): 2nd largest of M first
-    return _finish(z, d_isqrt[:, None, :]), 1 - vals[..., -k - 1 : -1].flip(-1)
+    W = W.to(_work_dtype(W))
+    z, mu = _dense_top(W, num_vectors)
+    return _finish(z, W.sum(-1).rsqrt()[:, None, :]), 1 - mu
 
 
 def _orthonormalize(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tensor:
@@ -229,11 +235,9 @@ def _krylov(
     d_isqrt = W.sum(-1).rsqrt()
     B, N, _ = W.shape
     if N < KRYLOV_MIN_NODES or N <= k + 2:  # no room for a Krylov space: solve densely
-        M, _ = normalized_affinity(W)
-        vals, vecs = torch.linalg.eigh(M)
         if info is not None:
             info.update({"passes": 0, "restarted": 0, "dense_fallback": B})
-        return vecs[..., -k - 1 : -1].flip(-1).transpose(-1, -2), vals[..., -k - 1 : -1].flip(-1), d_isqrt
+        return (*_dense_top(W, k), d_isqrt)
     block_size = max(1, min(max(block_size, k), N - 1))
     steps = max(1, min(steps, (N - 1) // block_size))
     v1 = torch.nn.functional.normalize(d_isqrt.reciprocal(), dim=-1)
@@ -302,10 +306,7 @@ def _krylov_chunk(
     stats["passes"] = max(stats["passes"], passes)
     if todo.numel():
         stats["dense_fallback"] += int(todo.numel())
-        M, _ = normalized_affinity(W[todo])
-        vals, vecs = torch.linalg.eigh(M)
-        out[todo] = vecs[..., -k - 1 : -1].flip(-1).transpose(-1, -2)
-        mu[todo] = vals[..., -k - 1 : -1].flip(-1)
+        out[todo], mu[todo] = _dense_top(W[todo], k)
     return out, mu
 
 

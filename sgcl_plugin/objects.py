@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from sgcl_plugin.regions import Regions
+from sgcl_plugin.regions import Regions, border_mask
 
 __all__ = ["batched_kmeans", "component_labels", "object_regions", "objectness"]
 
@@ -162,9 +162,7 @@ def objectness(
     outer = F.normalize(around @ features, dim=-1)
     # A part with no ring (it covers the whole image) has nothing to stand out from: contrast 0.
     contrast = (1 - (inner * outer).sum(-1)) * (around.sum(-1) > 0)
-    frame = torch.zeros(h, w, device=masks.device)
-    frame[0], frame[-1], frame[:, 0], frame[:, -1] = 1.0, 1.0, 1.0, 1.0
-    border = (masks @ frame.flatten()) / safe
+    border = (masks @ border_mask(h, w, masks.device).float()) / safe
     score = mean_sal * contrast * (1 - border) * (area > 0)
     return score, mean_sal, contrast, border
 

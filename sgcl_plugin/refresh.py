@@ -57,9 +57,10 @@ def to_image_tensor(image: Any) -> Tensor:
         arr = image[:, :, None] if image.ndim == 2 else image
         if arr.ndim != 3:
             raise ValueError(f"Image arrays must be (H, W) or (H, W, C), got {image.shape}.")
-        if arr.dtype.byteorder == ">" or arr.dtype == np.uint16:  # torch has no big-endian / wide unsigned
+        if arr.dtype.byteorder == ">" or (arr.dtype.kind == "u" and arr.dtype.itemsize == 2):  # unsupported by torch
             arr = arr.astype(np.int32 if arr.dtype.kind in "ui" else np.float32)
-        t = _to_unit_range(torch.from_numpy(np.array(arr)).permute(2, 0, 1), uint16=image.dtype == np.uint16)
+        uint16 = image.dtype.kind == "u" and image.dtype.itemsize == 2  # either byte order
+        t = _to_unit_range(torch.from_numpy(np.array(arr)).permute(2, 0, 1), uint16=uint16)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     elif t.shape[0] == 4:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -30,6 +30,13 @@ class Regions:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+
+def border_mask(h: int, w: int, device: Optional[torch.device] = None) -> Tensor:
+    """(h * w,) bool: the cells of an h x w grid that touch the image border."""
+    m = torch.zeros(h, w, dtype=torch.bool, device=device)
+    m[0], m[-1], m[:, 0], m[:, -1] = True, True, True, True
+    return m.flatten()
 
 
 def _structure(connectivity: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sgcl_plugin.affinity import Affinity, cosine_affinity
 from sgcl_plugin.ncut import Solver, fiedler_vector, ncut_embedding
-from sgcl_plugin.regions import Regions, extract_regions
+from sgcl_plugin.regions import Regions, border_mask, extract_regions
 
 if TYPE_CHECKING:
     from sgcl_plugin.bank import SaliencyBank
@@ -19,12 +19,6 @@ SignRule = Literal["border", "argmax", "minority"]
 SIGN_RULES = ("border", "argmax", "minority")
 RegionMode = Literal["paper", "objects"]
 REGION_MODES = ("paper", "objects")
-
-
-def _border_mask(h: int, w: int, device: torch.device) -> Tensor:
-    m = torch.zeros(h, w, dtype=torch.bool, device=device)
-    m[0], m[-1], m[:, 0], m[:, -1] = True, True, True, True
-    return m.flatten()
 
 
 def orient(y: Tensor, h: int, w: int, rule: SignRule = "border") -> Tensor:
@@ -56,7 +50,7 @@ def orient(y: Tensor, h: int, w: int, rule: SignRule = "border") -> Tensor:
     elif rule == "minority":
         flip = pos.sum(1) * 2 > y.shape[1]
     else:
-        border = _border_mask(h, w, y.device)
+        border = border_mask(h, w, y.device)
         n_pos = pos.sum(1).clamp(min=1)
         n_neg = (~pos).sum(1).clamp(min=1)
         frac_pos = (pos & border).sum(1) / n_pos

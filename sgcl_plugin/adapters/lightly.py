@@ -51,7 +51,7 @@ from torch.utils.data import Dataset, IterableDataset, default_collate
 
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.crops import SaliencyCropTransform
-from sgcl_plugin.features import at_stride, check_feature_output, feature_map_backbone
+from sgcl_plugin.features import at_stride, feature_map_backbone
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 
@@ -734,17 +734,6 @@ class _Images(Dataset):
         return _split(self.dataset[index], index)[0]
 
 
-class _FeatureMaps(nn.Module):
-    """Runs the backbone for the refresh and checks that it returns feature maps with several cells."""
-
-    def __init__(self, backbone: Any) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x: Tensor) -> Tensor:
-        return check_feature_output(self.backbone(x), x)
-
-
 def _refresh_source(dataset: Any, bank: Any) -> Dataset:
     if bank is None:
         raise ValueError(
@@ -805,7 +794,7 @@ def refresh(
     if feature_stride is not None:
         module = getattr(backbone, "backbone", backbone)
         return generator.refresh(at_stride(module, feature_stride), images, bank, **kwargs)
-    return generator.refresh(_FeatureMaps(feature_map_backbone(backbone)), images, bank, **kwargs)
+    return generator.refresh(feature_map_backbone(backbone), images, bank, **kwargs)  # output checked there
 
 
 class SGCLRefresher:
