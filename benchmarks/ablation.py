@@ -43,17 +43,21 @@ def markers(config_name: str) -> Tuple[str, str]:
 
 # name -> (method, options, label). The full SGCL row uses the configuration's t and refresh interval.
 ROWS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
+    "untrained": ("byol", ("--no-sgcl", "--epochs", "0"), "untrained network (no step)"),
     "byol": ("byol", ("--no-sgcl",), "BYOL (random crops)"),
     "byol+crops": ("byol", ("--no-inter", "--no-scores"), "+ SGCL crops"),
     "byol+crops+inter": ("byol", ("--no-scores",), "+ inter-image loss"),
     "sgcl-byol": ("byol", (), "+ scores = SGCL-BYOL"),
     "simclr": ("simclr", ("--no-sgcl",), "SimCLR (random crops)"),
     "sgcl-simclr": ("simclr", (), "SGCL-SimCLR"),
+    "sgcl-paper": ("byol", ("--regions", "paper", "--saliency-stride", "32"), "SGCL, paper mode (bipartition)"),
     "heatmap": ("byol", ("--regions", "heatmap"), "regions from a ContrastiveCrop-style heat map"),
     "gt": ("byol", ("--regions", "gt"), "regions = ground-truth boxes (upper bound)"),
     "t1": ("byol", ("--num-regions", "1"), "t = 1"),
     "t2": ("byol", ("--num-regions", "2"), "t = 2"),
+    "t4": ("byol", ("--num-regions", "4"), "t = 4"),
     "interval-alt": ("byol", (), "refresh interval (alternative)"),  # options filled from the configuration
+    "warmup": ("byol", (), "first refresh after a warm-up"),  # options filled from the configuration
 }
 
 TABLES: List[Tuple[str, str, List[str]]] = [
@@ -61,14 +65,32 @@ TABLES: List[Tuple[str, str, List[str]]] = [
      ["byol", "byol+crops", "byol+crops+inter", "sgcl-byol"]),
     ("SimCLR (paper: VOC07 75.3 -> 78.5)", "", ["simclr", "sgcl-simclr"]),
     ("Where the regions come from (paper Table 7)", "Selective Search 80.3, SGCL 83.2, ground truth 84.7",
-     ["heatmap", "sgcl-byol", "gt"]),
+     ["byol", "heatmap", "sgcl-paper", "sgcl-byol", "gt"]),
     ("Region pairs per image t (paper Table 8)", "t = 1 / 2 / 4 / 8: 78.7 / 80.8 / 83.2 / 84.4",
-     ["t1", "t2", "sgcl-byol"]),
+     ["t1", "t2", "t4", "sgcl-byol"]),
     ("Refresh interval (paper Table 6)", "every 5 / 10 / 20 / 50 epochs: 83.3 / 83.2 / 83.0 / 82.7",
-     ["sgcl-byol", "interval-alt"]),
+     ["sgcl-byol", "interval-alt", "warmup"]),
 ]  # fmt: skip
 
 CONFIGS: Dict[str, Dict[str, Any]] = {
+    # The evidence testbed (issue 11; docs/RESULTS.md#testbed): cluttered composed scenes (4-8 objects of 0.25-0.45
+    # of the side, the regime in which random crops pair different objects), a small ResNet from random weights
+    # trained for 1,536 steps at 32 px, colour augmentations that leave no hue shortcut, SimCLR as the base method
+    # (BYOL does not beat the untrained network in this budget), refreshes from epoch 8 every 8 epochs.
+    # About 5 minutes a run on a 2-core CPU.
+    "testbed": {
+        "method": "simclr",
+        "options": ["--arch", "tiny-resnet", "--width", "16", "--image-size", "96", "--crop-size", "32",
+                    "--object-scale", "0.25", "0.45", "--objects", "4", "8", "--crop-scale", "0.2", "1",
+                    "--hue", "0.5", "--grayscale-p", "0.5", "--num-images", "2048", "--batch-size", "64",
+                    "--num-regions", "2", "--hidden-dim", "512", "--saliency-size", "192", "--epochs", "48",
+                    "--refresh-interval", "8", "--workers", "0", "--augment-on-device", "--pictures", "6"],
+        "interval_alt": 16,
+        "warmup": 16,
+        "rows": ["untrained", "byol", "gt", "sgcl-byol", "sgcl-paper", "heatmap", "t1", "t4", "warmup"],
+        "seeds": [0, 1, 2],
+        "summary": "evidence_summary.json",
+    },
     # about 85 minutes for 11 rows x 3 seeds on a 2-core CPU (24 steps per run: a miniature indeed). The
     # backbone starts from ImageNet weights (EfficientNet-Lite0, the one pretrained network available
     # offline) and SGCL refreshes before the first step: from random weights no CPU-sized run gets past
@@ -95,11 +117,17 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "interval_alt": 1,
         "seeds": [0],
     },
-    "smoke": {"options": ["--smoke", "--eval-every", "1"], "interval_alt": 2, "seeds": [0]},
+    "smoke": {"options": ["--smoke", "--eval-every", "1"], "interval_alt": 2, "warmup": 1, "seeds": [0]},
 }  # fmt: skip
 
 
 BASELINES = {"sgcl-simclr": "simclr"}  # the row each row is compared with; BYOL when not listed
+
+
+def method_label(label: str, config: Dict[str, Any]) -> str:
+    """A row's label with the configuration's base method named (SimCLR in the testbed)."""
+    method = {"byol": "BYOL", "simclr": "SimCLR", "nnclr": "NNCLR"}[config.get("method", "byol")]
+    return label.replace("BYOL", method)
 
 
 def start_weights(config: Dict[str, Any]) -> str:
@@ -118,9 +146,14 @@ def interval_label(config: Dict[str, Any], alternative: bool) -> str:
 
 def row_argv(name: str, config: Dict[str, Any], seed: int, out: Path, extra: Sequence[str]) -> List[str]:
     method, options, _ = ROWS[name]
+    if method == "byol":  # the configuration's base method (BYOL unless it names another)
+        method = config.get("method", "byol")
     argv = ["--method", method, *config["options"], *options, "--seed", str(seed), "--out", str(out), "--no-progress"]
     if name == "interval-alt":
         argv += ["--refresh-interval", str(config["interval_alt"])]
+    if name == "warmup":
+        warmup = config.get("warmup", 2 * sgcl_train.parse_args(config["options"]).refresh_interval)
+        argv += ["--first-refresh", str(warmup)]
     return [*argv, *extra]
 
 
@@ -205,6 +238,103 @@ def row_summary(runs: List[Dict[str, Any]], base: Optional[List[Dict[str, Any]]]
         d_lin = [r["linear"] - by_seed[int(r["seed"])]["linear"] for r in runs if int(r["seed"]) in by_seed]
         s["dknn"], s["dlin"] = signed(d_knn), signed(d_lin)
     return s
+
+
+def oracle_fraction(
+    runs: List[Dict[str, Any]], base: List[Dict[str, Any]], oracle: List[Dict[str, Any]], key: str
+) -> str:
+    """The share of the oracle's gain over the baseline that a row recovers: (row - base) / (gt - base), on
+    means over seeds; undefined ("-") where the oracle does not beat the baseline."""
+    if not runs or not base or not oracle:
+        return "-"
+    row, b, gt = (float(np.mean([r[key] for r in rs])) for rs in (runs, base, oracle))
+    if gt - b <= 0:
+        return "- (no oracle gain)"
+    return f"{100 * (row - b) / (gt - b):.0f}%"
+
+
+def pair_rates(runs: List[Dict[str, Any]]) -> str:
+    """Same-object pair rate of the row's training pairs before training and after each refresh (mean over
+    seeds, %): what its crops show, measured as they are drawn."""
+    start = [r["pair_rate_start"] for r in runs if r.get("pair_rate_start") is not None]
+    if not start:
+        return "-"
+    values = [float(np.mean(start))]
+    for i in range(min(len(r["refreshes"]) for r in runs)):
+        rates = [r["refreshes"][i].get("pair_rate") for r in runs]
+        if any(v is None for v in rates):
+            break
+        values.append(float(np.mean(rates)))
+    return " → ".join(f"{100 * v:.0f}" for v in values)
+
+
+def gate(grouped: Dict[str, List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+    """The testbed's validity gate (issue 11): ground-truth crops beat random-crop BYOL by more than 3 standard
+    deviations of the paired per-seed differences and by >= 2 points, on kNN and on the linear probe, over
+    >= 3 seeds; and trained BYOL beats the untrained network (mean over seeds, both probes)."""
+    byol, gt, untrained = grouped.get("byol", []), grouped.get("gt", []), grouped.get("untrained", [])
+    if not byol or not gt:
+        return None
+    by_seed = {int(r["seed"]): r for r in byol}
+    out: Dict[str, Any] = {"seeds": sorted(int(r["seed"]) for r in gt if int(r["seed"]) in by_seed)}
+    holds = len(out["seeds"]) >= 3
+    for key in ("knn", "linear"):
+        d = np.array([100 * (r[key] - by_seed[int(r["seed"])][key]) for r in gt if int(r["seed"]) in by_seed])
+        sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+        ok = bool(len(d) >= 3 and d.mean() >= 2.0 and d.mean() > 3 * sd)
+        out[f"gt_minus_byol_{key}"] = {"mean": float(d.mean()), "std": sd, "holds": ok}
+        holds = holds and ok
+        if untrained:
+            gain = 100 * (np.mean([r[key] for r in byol]) - np.mean([r[key] for r in untrained]))
+            out[f"byol_minus_untrained_{key}"] = float(gain)
+            holds = holds and gain > 0
+        else:
+            holds = False
+    out["holds"] = bool(holds)
+    return out
+
+
+def gate_lines(g: Optional[Dict[str, Any]], method: str = "BYOL") -> List[str]:
+    if g is None:
+        return []
+    parts = []
+    for key, name in (("knn", "kNN"), ("linear", "linear")):
+        d = g[f"gt_minus_byol_{key}"]
+        parts.append(f"{name} {d['mean']:+.1f} ± {d['std']:.1f} ({'holds' if d['holds'] else 'fails'})")
+    trained = [f"{g[k]:+.1f}" for k in ("byol_minus_untrained_knn", "byol_minus_untrained_linear") if k in g]
+    verdict = "**holds**" if g["holds"] else "**does not hold**"
+    untrained = (
+        f"{method} - untrained: kNN {trained[0]}, linear {trained[1]}" if len(trained) == 2 else "no untrained row"
+    )
+    text = (
+        f"**Validity gate** (ground-truth crops beat {method} by > 3 std of the paired differences and >= 2 points on "
+        f"both probes over >= 3 seeds, and {method} beats the untrained network): {verdict}. Ground truth - {method}, "
+        f"paired over seeds {g['seeds']}: {', '.join(parts)}; {untrained}."
+    )
+    return [text, ""]
+
+
+def evidence_summary(
+    grouped: Dict[str, List[Dict[str, Any]]], seeds: Sequence[int], config_name: str, method: str = "byol"
+) -> Dict[str, Any]:
+    """The machine-readable summary: accuracies in %, per seed in the order of ``seeds`` (None: not run). The row
+    ``byol`` is the base method's random-crop row (``method``: SimCLR in the testbed)."""
+
+    def per_seed(runs: List[Dict[str, Any]], key: str) -> List[Optional[float]]:
+        by_seed = {int(r["seed"]): r for r in runs}
+        return [round(100 * by_seed[s][key], 2) if s in by_seed else None for s in seeds]
+
+    untrained = grouped.get("untrained", [])
+    summary: Dict[str, Any] = {"config": config_name, "method": method, "seeds": list(seeds)}
+    if untrained:
+        summary["untrained"] = {k: round(100 * float(np.mean([r[k] for r in untrained])), 2) for k in ("knn", "linear")}
+    summary["rows"] = {
+        name: {"knn": per_seed(runs, "knn"), "linear": per_seed(runs, "linear")}
+        for name, runs in grouped.items()
+        if runs and name != "untrained"
+    }
+    summary["gate"] = gate(grouped)
+    return summary
 
 
 def refresh_summary(runs: List[Dict[str, Any]]) -> str:
@@ -309,7 +439,16 @@ def report(
         "is the refreshes' part of the whole run (evaluations included).",
         "",
     ]
-    if first is not None and first.get("history"):
+    untrained = grouped.get("untrained", [])
+    if untrained:
+        lines += [
+            f"The untrained network ({start_weights(config)}, no step): kNN "
+            f"{mean_std([r['knn'] for r in untrained], 100)}, "
+            f"linear {mean_std([r['linear'] for r in untrained], 100)}. "
+            "A row that ends below this number has lost object information in training.",
+            "",
+        ]
+    elif first is not None and first.get("history"):
         init = [r["history"][0] for runs in grouped.values() for r in runs if r.get("history")]
         init = [h for h in init if h["epoch"] == 0]
         if init:
@@ -319,8 +458,10 @@ def report(
                 "A row that ends below this number has lost object information in training.",
                 "",
             ]
+    lines += gate_lines(gate(grouped), method_label("BYOL", config))
     header = (
-        "| row | kNN | Δ kNN | linear | Δ linear | s / epoch | refresh share | regions / image, top box area | seeds |"
+        "| row | kNN | Δ kNN | linear | Δ linear | of oracle gain (kNN / linear) | same-object pairs, % "
+        "(start → refreshes) | s / epoch | refresh share | regions / image, top box area | seeds |"
     )
     for title, paper, names in TABLES:
         names = [n for n in names if grouped.get(n)]
@@ -329,20 +470,27 @@ def report(
         lines += [f"### {title}", ""]
         if paper:
             lines += [f"Paper (COCO, VOC07 mAP): {paper}.", ""]
-        lines += [header, "|---|---|---|---|---|---|---|---|---|"]
+        lines += [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n in names:
             reference = grouped.get(BASELINES.get(n, "byol")) if n not in ("byol", "simclr") else None
             s = row_summary(grouped[n], reference)
-            label = ROWS[n][2]
+            oracle = "-"
+            if reference and n != "gt" and BASELINES.get(n, "byol") == "byol" and grouped.get("gt"):
+                oracle = " / ".join(oracle_fraction(grouped[n], reference, grouped["gt"], k) for k in ("knn", "linear"))
+            label = method_label(ROWS[n][2], config)
             if n == "interval-alt" or (n == "sgcl-byol" and title.startswith("Refresh")):
                 label = interval_label(config, n == "interval-alt")
             elif n == "sgcl-byol" and title.startswith("Where"):
-                label = "SGCL's Ncut regions = SGCL-BYOL"
+                label = "SGCL, objects mode (k-way Ncut) = SGCL-BYOL"
+            elif n == "warmup":
+                a = sgcl_train.parse_args(row_argv(n, config, seeds[0], out, []))
+                label = f"first refresh after a warm-up of {a.first_refresh} epochs"
             elif n == "sgcl-byol" and title.startswith("Region pairs"):
                 label = f"t = {sgcl_train.parse_args(config['options']).num_regions} = SGCL-BYOL"
             lines.append(
-                f"| {label} | {s['knn']} | {s.get('dknn', '-')} | {s['linear']} | {s.get('dlin', '-')} | "
-                f"{s['epoch']} | {s['refresh']} | {refresh_summary(grouped[n])} | {s['seeds']} |"
+                f"| {label} | {s['knn']} | {s.get('dknn', '-')} | {s['linear']} | {s.get('dlin', '-')} | {oracle} | "
+                f"{pair_rates(grouped[n])} | {s['epoch']} | {s['refresh']} | {refresh_summary(grouped[n])} | "
+                f"{s['seeds']} |"
             )
         lines.append("")
     if images is not None:
@@ -373,9 +521,11 @@ def write_block(doc: Path, block: str, config_name: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=("cpu", "gpu", "scratch"), default="cpu")
+    parser.add_argument("--config", choices=("testbed", "cpu", "gpu", "scratch"), default="testbed")
     parser.add_argument("--smoke", action="store_true", help="every row once on tiny data, report to --out only")
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    parser.add_argument(
+        "--rows", default="", help="comma-separated rows (default: the configuration's, or all): " + ", ".join(ROWS)
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the configuration's")
     parser.add_argument("--out", default="", help="default: runs/ablation_<config>")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "RESULTS.md"))
@@ -392,7 +542,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     args = parser.parse_args(argv)
     config_name = "smoke" if args.smoke else args.config
     config = CONFIGS[config_name]
-    rows = [r for r in args.rows.split(",") if r]
+    rows = [r for r in args.rows.split(",") if r] or list(config.get("rows", ROWS))
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown row(s) {unknown}; choose from {', '.join(ROWS)}")
@@ -407,6 +557,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     block = report(results, rows, seeds, config_name, config, command, images, out)
     print(block)
     (out / "report.md").write_text(block + "\n")
+    grouped = {n: [{**results[run_key(n, sd)], "seed": sd} for sd in seeds if run_key(n, sd) in results] for n in rows}
+    summary = evidence_summary(grouped, seeds, config_name, config.get("method", "byol"))
+    (out / "evidence_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if write_docs and config.get("summary"):
+        path = ROOT / "docs" / "data" / config["summary"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {path}")
     if write_docs:
         write_block(Path(args.doc), block, config_name)
         print(f"wrote {args.doc}")

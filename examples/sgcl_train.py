@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sgcl_plugin import ChannelSumGenerator, FeatureMaps, SaliencyBank, SaliencyGenerator
-from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform
+from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
 from sgcl_plugin.evaluation import embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
@@ -95,6 +95,16 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
         help="composed scenes: object side as a fraction of the image side (training and evaluation scenes)",
     )  # fmt: skip
     p.add_argument(
+        "--objects", type=int, nargs=2, default=(2, 6), metavar=("MIN", "MAX"),
+        help="composed scenes: objects per scene (training and evaluation scenes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LOW", "HIGH"),
+        help="crop area as a fraction of the region's (random crops: of the image's) area",
+    )  # fmt: skip
+    p.add_argument("--hue", type=float, default=0.1, help="view augmentation: hue jitter (BYOL 0.1; 0.5: any hue)")
+    p.add_argument("--grayscale-p", type=float, default=0.2, help="view augmentation: grayscale probability")
+    p.add_argument(
         "--baseline-views", choices=("pairs", "pixels"), default="pairs",
         help="the plain method's views: t random pairs at --crop-size (same resolution and pixels as SGCL), "
         "or one pair of side crop-size * sqrt(t) (same pixels, a higher resolution than evaluated)",
@@ -131,8 +141,9 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=50, help="steps between checkpoints (and at each epoch end)")
     p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if killed (no save) after this many steps")
     p.add_argument(
-        "--eval-data", choices=("objects", "fashion"), default="objects",
-        help="classify objects cut from composed scenes by their true boxes, or isolated Fashion-MNIST items",
+        "--eval-data", choices=("objects", "isolated", "fashion"), default="objects",
+        help="classify objects cut from composed scenes by their true boxes (with context; 'isolated': the object "
+        "alone on grey), or Fashion-MNIST items",
     )  # fmt: skip
     p.add_argument("--eval-train", type=int, default=2000, help="labelled objects (train split) for kNN / probe")
     p.add_argument("--eval-test", type=int, default=1000, help="objects to classify (Fashion-MNIST test split)")
@@ -145,6 +156,8 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     return p
 
+
+EVAL_NAMES = {"objects": "scene", "isolated": "isolated scene", "fashion": "Fashion-MNIST"}
 
 SMOKE = dict(
     num_images=16, image_size=96, crop_size=32, saliency_size=128, epochs=2, batch_size=8, refresh_interval=1,
@@ -181,6 +194,14 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         if not (math.isfinite(value) and value >= 0) or (flag in ("--lr", "--temperature") and value == 0):
             parser.error(f"{flag} must be a finite number {'> 0' if flag in ('--lr', '--temperature') else '>= 0'}, "
                          f"got {value}")  # fmt: skip
+    lo, hi = args.objects
+    if not 1 <= lo <= hi:
+        parser.error(f"--objects needs 1 <= MIN <= MAX, got {lo} {hi}")
+    lo, hi = args.crop_scale
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        parser.error(f"--crop-scale needs 0 < LOW <= HIGH, got {lo} {hi}")
+    if not 0.0 <= args.hue <= 0.5 or not 0.0 <= args.grayscale_p <= 1.0:
+        parser.error(f"--hue must be in [0, 0.5] and --grayscale-p in [0, 1], got {args.hue} and {args.grayscale_p}")
     if not 0.0 <= args.ema <= 1.0:
         parser.error(f"--ema must be in [0, 1], got {args.ema}")
     # The refresh needs a feature grid of at least 2 x 2 cells (3 for the objects mode) at its stride.
@@ -226,7 +247,7 @@ def training_scenes(args: argparse.Namespace) -> Any:
 
     return ComposedScenes(
         args.num_images, image_size=args.image_size, seed=args.seed, split="train",
-        object_scale=tuple(args.object_scale),
+        object_scale=tuple(args.object_scale), min_objects=args.objects[0], max_objects=args.objects[1],
     )  # fmt: skip
 
 
@@ -314,19 +335,26 @@ def imagenet_normalize(x: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=2)  # several runs in one process (benchmarks) build the sets once
 def scene_object_eval_sets(
-    n_train: int, n_test: int, size: int, image_size: int, object_scale: Tuple[float, float] = (0.15, 0.45)
+    n_train: int,
+    n_test: int,
+    size: int,
+    image_size: int,
+    object_scale: Tuple[float, float] = (0.15, 0.45),
+    objects: Tuple[int, int] = (2, 6),
+    isolate: bool = False,
 ) -> Dict[str, Tensor]:
-    """Objects cut from composed scenes by their true boxes (with context), resized to the crop size and
-    normalized: train-split objects (other scenes than the pretraining ones) are the labelled set, objects
-    of test-split scenes (Fashion-MNIST test items) are classified."""
+    """Objects cut from composed scenes by their true boxes (with context, or alone on grey), resized to the
+    crop size and normalized: train-split objects (other scenes than the pretraining ones) are the labelled
+    set, objects of test-split scenes (Fashion-MNIST test items) are classified."""
     from sgcl_plugin.scenes import ComposedScenes, object_crops
 
     out = {}
     for split, n, seed in (("train", n_train, 1001), ("test", n_test, 1002)):
         scenes = ComposedScenes(
-            max(1, n // 2), image_size=image_size, seed=seed, split=split, object_scale=object_scale
-        )  # >= 2 objects each
-        x, y = object_crops(scenes, size, max_crops=n)
+            max(1, n // objects[0]), image_size=image_size, seed=seed, split=split, object_scale=object_scale,
+            min_objects=objects[0], max_objects=objects[1],
+        )  # fmt: skip
+        x, y = object_crops(scenes, size, max_crops=n, isolate=isolate)
         out[f"{split}_x"], out[f"{split}_y"] = imagenet_normalize(x), y
     return out
 
@@ -552,15 +580,18 @@ class Trainer:
         self.pairs_per_image = t
         # Crops always come from the CPU workers; the view augmentations run there too, or batched on
         # the training device with kornia (--augment-on-device).
+        colour = {"hue": args.hue, "grayscale_p": args.grayscale_p}
         self.crop = SaliencyCropTransform(
             self.bank, num_regions=t, size=size, augment=not args.augment_on_device,
             before_refresh=args.before_refresh, box_jitter=args.box_jitter if args.sgcl else 0.0,
+            scale=tuple(args.crop_scale),
+            view_transforms=None if args.augment_on_device else byol_view_transforms(size, **colour),
         )  # fmt: skip
         self.device_views: Optional[List[nn.Module]] = None
         if args.augment_on_device:
             from sgcl_plugin.crops import BatchViewAugment
 
-            self.device_views = [BatchViewAugment(view=v, size=size).to(self.device) for v in (1, 2)]
+            self.device_views = [BatchViewAugment(view=v, size=size, **colour).to(self.device) for v in (1, 2)]
         self.items = SeededItems(SaliencyCropDataset(self.images, self.crop), args.seed)
         self.sampler = EpochSampler(n, args.batch_size, args.seed, self.rank, self.world)
         self.steps_per_epoch = len(self.sampler) // args.batch_size
@@ -717,7 +748,7 @@ class Trainer:
             self._masks = [torch.from_numpy(scenes.compose(i)[1]) for i in range(min(images, len(scenes)))]
         jitter = self.args.box_jitter if self.args.sgcl else 0.0
         return same_object_pair_rate(self.bank, self._masks, pairs=pairs, indices=range(len(self._masks)),
-                                     box_jitter=jitter)[0]  # fmt: skip
+                                     box_jitter=jitter, scale=tuple(self.args.crop_scale))[0]  # fmt: skip
 
     def pictures(self, name: str) -> None:
         from PIL import Image
@@ -889,10 +920,10 @@ class Trainer:
             if not args.no_eval:
                 accuracies = self.evaluate()
                 result.update(accuracies)
-                if args.eval_every:
-                    self.add_history(accuracies)
+                if args.eval_every and not (self.history and self.history[-1]["epoch"] == self.epoch):
+                    self.add_history(accuracies)  # (--epochs 0: the starting point is already the last)
                 print(
-                    f"kNN top-1 on {'scene' if args.eval_data == 'objects' else 'Fashion-MNIST'} test objects: "
+                    f"kNN top-1 on {EVAL_NAMES[args.eval_data]} test objects: "
                     f"{100 * result['knn']:.2f}%  "
                     f"(linear probe {100 * result['linear']:.2f}%)"
                 )
@@ -919,8 +950,16 @@ class Trainer:
         if self.eval_sets is None:
             a = self.args
             self.eval_sets = (
-                scene_object_eval_sets(a.eval_train, a.eval_test, a.crop_size, a.image_size, tuple(a.object_scale))
-                if a.eval_data == "objects"
+                scene_object_eval_sets(
+                    a.eval_train,
+                    a.eval_test,
+                    a.crop_size,
+                    a.image_size,
+                    tuple(a.object_scale),
+                    tuple(a.objects),
+                    isolate=a.eval_data == "isolated",
+                )
+                if a.eval_data in ("objects", "isolated")
                 else fashion_eval_sets(a.eval_train, a.eval_test, a.crop_size)
             )
         sets = self.eval_sets

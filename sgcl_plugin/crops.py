@@ -67,6 +67,14 @@ def _check_range(name: str, value: Sequence[float]) -> Tuple[float, float]:
     return lo, hi
 
 
+def _colour_jitter(hue: float, grayscale_p: float) -> Tuple[Tuple[float, float, float, float], float]:
+    """BYOL's jitter with another hue strength, and the grayscale probability, checked."""
+    for name, value, high in (("hue", hue, 0.5), ("grayscale_p", grayscale_p, 1.0)):
+        if isinstance(value, bool) or not (isinstance(value, numbers.Real) and 0.0 <= value <= high):
+            raise ValueError(f"{name} must be a number in [0, {high}], got {value!r}.")
+    return (*_JITTER[:3], float(hue)), float(grayscale_p)
+
+
 def _check_image_size(image_size: Sequence[int]) -> Tuple[int, int]:
     try:
         H, W = (int(v) for v in image_size)
@@ -417,6 +425,8 @@ def byol_view_transforms(
     size: int = 96,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    hue: float = _JITTER[3],
+    grayscale_p: float = _GRAYSCALE_P,
 ) -> Tuple[ViewTransform, ViewTransform]:
     """BYOL's two view augmentations, for (3, size, size) float crops in [0, 1].
 
@@ -429,6 +439,9 @@ def byol_view_transforms(
         size: Side of the crops (sets the blur kernel).
         mean: Per-channel normalization mean.
         std: Per-channel normalization std.
+        hue: Hue jitter (BYOL: 0.1; 0.5 draws any hue). Stronger than BYOL's where the colour of an
+            object says nothing of its class but identifies it (the composed scenes' random hues).
+        grayscale_p: Probability of the grayscale step (BYOL: 0.2).
 
     Returns:
         ``(view1, view2)``: ``torchvision.transforms.v2`` pipelines on tensors.
@@ -442,12 +455,13 @@ def byol_view_transforms(
 
     size = _check_size(size)
     kernel = _blur_kernel(size)
+    jitter, gray_p = _colour_jitter(hue, grayscale_p)
 
     def pipeline(blur_p: float, solarize_p: float) -> ViewTransform:
         steps = [
             v2.RandomHorizontalFlip(p=_FLIP_P),
-            v2.RandomApply([v2.ColorJitter(*_JITTER)], p=_JITTER_P),
-            v2.RandomGrayscale(p=_GRAYSCALE_P),
+            v2.RandomApply([v2.ColorJitter(*jitter)], p=_JITTER_P),
+            v2.RandomGrayscale(p=gray_p),
         ]
         blur = v2.GaussianBlur(kernel, sigma=_BLUR_SIGMA)
         steps.append(blur if blur_p >= 1.0 else v2.RandomApply([blur], p=blur_p))
@@ -471,6 +485,8 @@ class BatchViewAugment(torch.nn.Module):
         size: Side of the crops (sets the blur kernel, as on the CPU path).
         mean: Per-channel normalization mean.
         std: Per-channel normalization std.
+        hue: Hue jitter, as in :func:`byol_view_transforms`.
+        grayscale_p: Probability of the grayscale step, as in :func:`byol_view_transforms`.
 
     Raises:
         ImportError: kornia is not installed.
@@ -488,8 +504,11 @@ class BatchViewAugment(torch.nn.Module):
         size: int = 96,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        hue: float = _JITTER[3],
+        grayscale_p: float = _GRAYSCALE_P,
     ) -> None:
         super().__init__()
+        jitter, gray_p = _colour_jitter(hue, grayscale_p)
         try:
             import kornia.augmentation as K
         except ImportError as err:
@@ -504,8 +523,8 @@ class BatchViewAugment(torch.nn.Module):
         steps = [
             K.RandomHorizontalFlip(p=_FLIP_P),
             # kornia's ColorJitter uses torchvision's formulas (ColorJiggle does not).
-            K.ColorJitter(*_JITTER, p=_JITTER_P),
-            K.RandomGrayscale(p=_GRAYSCALE_P),
+            K.ColorJitter(*jitter, p=_JITTER_P),
+            K.RandomGrayscale(p=gray_p),
             K.RandomGaussianBlur(_blur_kernel(self.size), _BLUR_SIGMA, p=blur_p),
         ]
         if solarize_p > 0:

@@ -60,6 +60,7 @@ def same_object_pair_rate(
     seed: int = 0,
     box_jitter: float = 0.0,
     share: float = SHOW_SHARE,
+    scale: Sequence[float] = (0.08, 1.0),
 ) -> Tuple[float, List[float]]:
     """The share of positive pairs whose two crops show the same ground-truth object.
 
@@ -76,6 +77,7 @@ def same_object_pair_rate(
         seed: Seed of the draws.
         box_jitter: ``SaliencyCropTransform``'s box jitter.
         share: See :func:`shown_object`.
+        scale: ``SaliencyCropTransform``'s crop scale.
 
     Returns:
         ``(rate, per_image)``: the mean share in [0, 1] and each image's share.
@@ -85,7 +87,7 @@ def same_object_pair_rate(
     rows = list(range(len(bank))) if indices is None else [int(i) for i in indices]
     if len(rows) != len(masks):
         raise ValueError(f"Got masks for {len(masks)} images but {len(rows)} bank rows.")
-    transform = SaliencyCropTransform(bank, num_regions=pairs, augment=False, box_jitter=box_jitter)
+    transform = SaliencyCropTransform(bank, num_regions=pairs, augment=False, box_jitter=box_jitter, scale=scale)
     per_image: List[float] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

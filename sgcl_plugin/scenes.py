@@ -343,8 +343,24 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     return boxes
 
 
+def _isolated(image: np.ndarray, mask: np.ndarray, window: Tuple[int, int, int, int]) -> Image.Image:
+    """The window (x0, y0, x1, y1, may reach outside) of ``image`` with every pixel off ``mask`` grey."""
+    x0, y0, x1, y1 = window
+    H, W = mask.shape
+    out = np.full((y1 - y0, x1 - x0, 3), 127, dtype=np.uint8)
+    ya, yb, xa, xb = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+    if ya < yb and xa < xb:
+        keep = mask[ya:yb, xa:xb]
+        out[ya - y0 : yb - y0, xa - x0 : xb - x0][keep] = image[ya:yb, xa:xb][keep]
+    return Image.fromarray(out)
+
+
 def object_crops(
-    scenes: ComposedScenes, size: int, context: float = 0.25, max_crops: Optional[int] = None
+    scenes: ComposedScenes,
+    size: int,
+    context: float = 0.25,
+    max_crops: Optional[int] = None,
+    isolate: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Every object of some composed scenes, cut out by its true box, as a classification set.
 
@@ -357,6 +373,8 @@ def object_crops(
         size: Side of the returned crops in pixels.
         context: Margin added around the square box, as a fraction of its side.
         max_crops: Stop after this many crops (``None``: all objects of all scenes).
+        isolate: Show the object alone: every pixel outside its visible mask (background, other
+            objects, outside the image) is mid-grey, so a probe reads the object and nothing else.
 
     Returns:
         ``(crops, labels)``: float (n, 3, size, size) in [0, 1] and int64 (n,) Fashion-MNIST labels.
@@ -374,14 +392,18 @@ def object_crops(
     for i in range(len(scenes)):
         image, masks, object_labels = scenes.compose(i)
         pil = Image.fromarray(image)
-        for box, label in zip(masks_to_boxes(torch.from_numpy(masks)).tolist(), object_labels.tolist()):
+        boxes = masks_to_boxes(torch.from_numpy(masks)).tolist()
+        for mask, box, label in zip(masks, boxes, object_labels.tolist()):
             x0, y0, x1, y1 = (v * S for v in box)
             if x1 <= x0 or y1 <= y0:
                 continue
             half = max(x1 - x0, y1 - y0) * (1 + context) / 2
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
             window = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
-            crop = pil.crop(window).resize((size, size), Image.Resampling.BILINEAR)
+            if isolate:
+                crop = _isolated(image, mask, window).resize((size, size), Image.Resampling.BILINEAR)
+            else:
+                crop = pil.crop(window).resize((size, size), Image.Resampling.BILINEAR)
             crops.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1))
             labels.append(int(label))
         if max_crops is not None and len(crops) >= max_crops:

@@ -27,12 +27,23 @@ def test_smoke_runs_every_row_and_writes_the_report(tmp_path, capsys) -> None:
     assert set(kept) == set(results)
     for key, r in kept.items():
         assert 0.0 <= r["knn"] <= 1.0 and 0.0 <= r["linear"] <= 1.0, key
+        if key == "untrained/seed0":  # --epochs 0: evaluated once, no step
+            assert [h["epoch"] for h in r["history"]] == [0.0] and r["steps"] == 0
+            continue
         assert [h["epoch"] for h in r["history"]] == [0.0, 1.0, 2.0], key
         assert r["total_seconds"] > 0 and r["seconds_per_epoch"] > 0
     # the row options reach the runs: no refresh for the baselines and ground-truth boxes, t pairs per image
     assert kept["byol/seed0"]["refreshes"] == [] and kept["gt/seed0"]["refreshes"] == []
     assert len(kept["sgcl-byol/seed0"]["refreshes"]) == 1
     assert "--num-regions" in kept["t1/seed0"]["argv"] and "--no-inter" in kept["byol+crops/seed0"]["argv"]
+    assert "--first-refresh" in kept["warmup/seed0"]["argv"] and len(kept["sgcl-paper/seed0"]["refreshes"]) == 1
+    # pair rates: before training (random crops) and at each refresh, for every row on composed scenes
+    assert kept["sgcl-byol/seed0"]["refreshes"][0]["pair_rate"] >= 0 and kept["byol/seed0"]["pair_rate_start"] >= 0
+    summary = json.loads((out / "evidence_summary.json").read_text())
+    assert summary["seeds"] == [0] and set(summary["rows"]) == set(ablation.ROWS) - {"untrained"}
+    assert summary["untrained"]["knn"] == pytest.approx(100 * kept["untrained/seed0"]["knn"], abs=0.01)
+    assert summary["rows"]["gt"]["linear"] == [pytest.approx(100 * kept["gt/seed0"]["linear"], abs=0.01)]
+    assert summary["gate"]["holds"] is False  # one seed can never pass a gate that needs three
     # same seed, same starting weights and evaluation sets: every row starts from the same accuracy
     start = {r["history"][0]["knn"] for r in kept.values()}
     assert len({round(v, 6) for v in start}) == 1
@@ -61,3 +72,28 @@ def test_smoke_runs_every_row_and_writes_the_report(tmp_path, capsys) -> None:
 def test_unknown_row_is_refused(tmp_path) -> None:
     with pytest.raises(SystemExit):
         ablation.main(["--smoke", "--rows", "byol,nonsense", "--out", str(tmp_path)])
+
+
+def run(seed: int, knn: float, linear: float) -> dict:
+    return {"seed": seed, "knn": knn, "linear": linear}
+
+
+def test_gate_and_oracle_fraction_by_hand() -> None:
+    byol = [run(s, 0.30 + 0.01 * s, 0.40) for s in range(3)]
+    gt = [run(s, 0.35 + 0.01 * s + 0.002 * s, 0.45 + 0.001 * s) for s in range(3)]  # +5.0/+5.2/+5.4, +5.0/+5.1/+5.2
+    untrained = [run(0, 0.25, 0.35)]
+    g = ablation.gate({"byol": byol, "gt": gt, "untrained": untrained})
+    assert g["holds"] and g["seeds"] == [0, 1, 2]
+    assert g["gt_minus_byol_knn"]["mean"] == pytest.approx(5.2) and g["gt_minus_byol_knn"]["std"] == pytest.approx(0.2)
+    assert g["byol_minus_untrained_linear"] == pytest.approx(5.0)
+    noisy = [run(s, 0.35 + 0.01 * s + (0.06 if s == 2 else 0.0), 0.45) for s in range(3)]  # +5, +5, +11: 3 std > mean
+    assert not ablation.gate({"byol": byol, "gt": noisy, "untrained": untrained})["holds"]
+    small = [run(s, 0.31 + 0.01 * s, 0.45) for s in range(3)]  # +1 point on kNN: under the 2-point floor
+    assert not ablation.gate({"byol": byol, "gt": small, "untrained": untrained})["holds"]
+    assert not ablation.gate({"byol": byol, "gt": gt, "untrained": [run(0, 0.5, 0.5)]})["holds"]  # BYOL < untrained
+    assert not ablation.gate({"byol": byol[:2], "gt": gt[:2], "untrained": untrained})["holds"]  # two seeds
+    # a row halfway between BYOL and the oracle recovers half its gain; no oracle gain: undefined
+    half = [run(s, (b["knn"] + o["knn"]) / 2, 0.40) for s, b, o in zip(range(3), byol, gt)]
+    assert ablation.oracle_fraction(half, byol, gt, "knn") == "50%"
+    assert ablation.oracle_fraction(half, byol, gt, "linear") == "0%"
+    assert ablation.oracle_fraction(half, gt, byol, "knn").startswith("- (no oracle gain)")

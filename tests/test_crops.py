@@ -575,3 +575,33 @@ def test_before_refresh_regions_pairs_share_a_random_region() -> None:
     assert 0.15 < regions < 0.65 * crops, (crops, regions)
     with pytest.raises(ValueError, match="before_refresh"):
         SaliencyCropTransform(bank, before_refresh="random")
+
+
+def test_view_colour_strength_options() -> None:
+    """hue / grayscale_p reach both paths: at hue 0.5 a coloured crop's hue is spread over the circle,
+    at grayscale_p 1 every view is grey; bad values are refused."""
+    torch.manual_seed(0)
+    red = torch.zeros(300, 3, 16, 16)
+    red[:, 0] = 0.9
+    red[:, 1:] = 0.1
+
+    def hue_spread(views: torch.Tensor) -> float:  # share of views whose dominant channel is not red
+        x = unnormalize(views).mean(dim=(2, 3))
+        return float((x.argmax(1) != 0).float().mean())
+
+    weak, _ = byol_view_transforms(16, grayscale_p=0.0)
+    strong, _ = byol_view_transforms(16, hue=0.5, grayscale_p=0.0)
+    assert hue_spread(cpu_views(weak, red)) < 0.05 < 0.4 < hue_spread(cpu_views(strong, red))
+    grey, _ = byol_view_transforms(16, grayscale_p=1.0)
+    g = unnormalize(cpu_views(grey, red[:20]))
+    assert (g[:, 0] - g[:, 1]).abs().max() < 1e-3
+    if kornia_available():
+        b = BatchViewAugment(1, 16, hue=0.5, grayscale_p=0.0)
+        assert hue_spread(b(red)) > 0.4
+        assert hue_spread(BatchViewAugment(1, 16, grayscale_p=0.0)(red)) < 0.05
+    for bad in ({"hue": 0.6}, {"hue": -0.1}, {"grayscale_p": 1.5}, {"hue": True}):
+        with pytest.raises(ValueError, match="hue|grayscale_p"):
+            byol_view_transforms(16, **bad)
+        if kornia_available():
+            with pytest.raises(ValueError, match="hue|grayscale_p"):
+                BatchViewAugment(1, 16, **bad)

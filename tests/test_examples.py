@@ -58,6 +58,31 @@ def test_literal_paper_readings(tmp_path) -> None:
         sgcl_train.parse_args(["--box-jitter", "-1"])
 
 
+def test_testbed_options(tmp_path) -> None:
+    """--objects, --crop-scale, --hue, --grayscale-p and --eval-data isolated reach the scenes, the crops and
+    the pair rate; bad values are refused."""
+    common = ["--smoke", "--no-progress", "--stop-after-steps", "1", "--objects", "1", "2", "--hue", "0.5"]
+    rates = {}
+    for scale in ((0.9, 1.0), (0.05, 0.1)):
+        out = tmp_path / f"scale{scale[0]}"
+        argv = [*common, "--no-eval", "--crop-scale", *map(str, scale), "--grayscale-p", "0.5", "--out", str(out)]
+        rates[scale] = sgcl_train.main(argv, method="byol")["pair_rate_start"]
+    # near-whole-image random crops never show one small object over 30% of the crop; small crops do
+    assert rates[(0.9, 1.0)] == 0.0 < rates[(0.05, 0.1)]
+    a = sgcl_train.parse_args(["--smoke", "--objects", "1", "2", "--eval-data", "isolated"])
+    sets = sgcl_train.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (1, 2), True)
+    ctx = sgcl_train.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (1, 2), False)
+    assert sets["train_x"].shape == ctx["train_x"].shape and torch.equal(sets["train_y"], ctx["train_y"])
+    corner = lambda x: x[:, :, 0, 0].std(dim=0).max()  # noqa: E731  # spread over objects, per channel
+    assert corner(sets["train_x"]) < 1e-5 < 0.1 < corner(ctx["train_x"])  # grey corners only
+    result = sgcl_train.main(["--smoke", "--no-progress", "--epochs", "0", "--eval-data", "isolated",
+                              "--objects", "1", "2", "--out", str(tmp_path / "iso")])  # fmt: skip
+    assert 0.0 <= result["knn"] <= 1.0
+    for bad in (["--objects", "3", "2"], ["--crop-scale", "0", "1"], ["--hue", "0.7"], ["--grayscale-p", "2"]):
+        with pytest.raises(SystemExit):
+            sgcl_train.parse_args(bad)
+
+
 def test_killed_run_resumes_exactly(tmp_path) -> None:
     common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "3", "--ckpt-every", "2"]
     full = tmp_path / "full"

@@ -182,3 +182,24 @@ def test_object_crops_bad_input() -> None:
         object_crops(ComposedScenes(0, image_size=96), size=32)
     with pytest.raises(ValueError, match="size"):
         object_crops(ComposedScenes(2, image_size=96), size=0)
+
+
+def test_object_crops_isolated_show_the_object_alone_on_grey() -> None:
+    scenes = ComposedScenes(4, image_size=96, seed=3, split="test", object_scale=(0.2, 0.3))
+    x, y = object_crops(scenes, size=48, context=0.25, isolate=True)
+    ctx, y2 = object_crops(scenes, size=48, context=0.25)
+    assert torch.equal(y, y2) and x.shape == ctx.shape
+    # the border ring of an isolated crop (context, never the object) is exactly mid-grey everywhere;
+    # with context it shows the textured background, which is not
+    ring = torch.ones(48, 48, dtype=torch.bool)
+    ring[3:-3, 3:-3] = False
+    grey = 127 / 255
+    assert torch.allclose(x[:, :, ring], torch.full_like(x[:, :, ring], grey), atol=1e-6)
+    assert (ctx[:, :, ring] - grey).abs().amax() > 0.1
+    # the object's own pixels are kept: the last pasted object (never occluded) keeps its colour
+    item = scenes[0]
+    k = len(item["labels"]) - 1
+    obj = np.asarray(item["image"])[item["masks"][k].numpy()]
+    crop = (x[k].permute(1, 2, 0).numpy() * 255).reshape(-1, 3)
+    kept = crop[np.abs(crop - 127).max(1) > 8]
+    assert np.abs(np.median(kept, 0) - np.median(obj, 0)).max() < 40
