@@ -26,9 +26,10 @@ data:
 		|| echo "note: could not install dataset-fashion-mnist with apt-get"; \
 	fi
 
-# Main job: a short SGCL-BYOL pretraining on composed scenes (refreshes with pictures, kNN at the end).
+# Main job: SimCLR and SGCL-SimCLR side by side on the evidence testbed, short version (~6-8 min on 2 cores):
+# the untrained reference, both accuracies, same-object pair rates, saliency and pair pictures in runs/demo.
 demo: $(STAMP) data
-	$(PY) examples/byol.py --out runs/demo
+	$(PY) examples/demo.py --out runs/demo
 
 # Saliency maps and regions of the bundled real photos with a pretrained backbone: paper and objects mode.
 saliency: $(STAMP)
@@ -43,7 +44,7 @@ bench: $(STAMP) data
 evidence: $(STAMP) data
 	$(PY) benchmarks/sgcl_vs_baseline.py
 
-# The pretraining ablation (paper Tables 4, 6, 7, 8 in miniature): ~1.5-2 h on a 2-core CPU, resumable.
+# The evidence testbed's ablation (docs/RESULTS.md#testbed): ~2 h on a 2-core CPU, resumable.
 ablation: $(STAMP) data
 	$(PY) benchmarks/ablation.py
 

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sgcl_plugin.precision import full_precision
+
 Affinity = Literal["clamp", "binary"]
 AFFINITIES = ("clamp", "binary")
 
@@ -65,6 +67,7 @@ def tokens_to_map(tokens: Tensor, h: int, w: int, num_prefix_tokens: int = 0) ->
     return tokens[:, num_prefix_tokens:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
 
+@full_precision
 def cosine_affinity(
     features: Tensor,
     mode: Affinity = "clamp",

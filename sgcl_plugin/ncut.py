@@ -18,6 +18,8 @@ from typing import Dict, Literal, Optional, Tuple
 import torch
 from torch import Tensor
 
+from sgcl_plugin.precision import full_precision
+
 Solver = Literal["auto", "eigh", "krylov", "cupy"]
 SOLVERS = ("auto", "eigh", "krylov", "cupy")
 
@@ -310,6 +312,7 @@ def _krylov_chunk(
     return out, mu
 
 
+@full_precision
 def ncut_embedding(
     W: Tensor,
     num_vectors: int = 4,
@@ -395,6 +398,7 @@ def resolve_solver(solver: str, W: Tensor) -> str:
     return "eigh" if W.shape[-1] <= DENSE_MAX_NODES else "krylov"
 
 
+@full_precision
 def fiedler_vector(W: Tensor, solver: Solver = "auto", validate: bool = True) -> Tensor:
     """Fiedler vectors of a batch of affinity graphs (the normalized cut of SGCL Eq. 2-3).
 

@@ -278,19 +278,39 @@ def refresh_bank(
     counts = torch.cat(local_counts) if local_counts else torch.zeros(0, dtype=torch.int64)
     fb = torch.cat(local_fb) if local_fb else torch.zeros(0, dtype=torch.bool)
     if use_dist:
-        idx, boxes, scores, counts, fb = _gather_by_index(idx, boxes, scores, counts, fb, n, world)
+        comm = comm_device(str(dist.get_backend()), device)
+        idx, boxes, scores, counts, fb = _gather_by_index(idx, boxes, scores, counts, fb, n, world, comm)
     bank.write(boxes, scores, counts, fb, index=idx)
     bank.mark_refreshed()
     return bank
 
 
+def comm_device(backend: str, device: torch.device) -> torch.device:
+    """Where the refresh's all-gather tensors live for a process group's backend.
+
+    A group that can move CPU tensors (``gloo``, or a mixed ``"cpu:gloo,cuda:nccl"`` group) gathers on
+    the CPU; an NCCL-only group needs CUDA tensors, on the device the refresh ran on (each rank its own
+    GPU), or the current CUDA device when the refresh ran on the CPU.
+    """
+    if "nccl" not in backend or "gloo" in backend or "mpi" in backend:
+        return torch.device("cpu")
+    if device.type == "cuda":
+        return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def _gather_by_index(
-    idx: Tensor, boxes: Tensor, scores: Tensor, counts: Tensor, fb: Tensor, n: int, world: int
+    idx: Tensor,
+    boxes: Tensor,
+    scores: Tensor,
+    counts: Tensor,
+    fb: Tensor,
+    n: int,
+    world: int,
+    comm: torch.device = torch.device("cpu"),
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """All-gathers the shards of every rank, padded to equal length; drops the padding (index -1)."""
     per_rank = math.ceil(n / world)
-    backend = dist.get_backend()
-    comm_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
     pad = per_rank - idx.numel()
     R = boxes.shape[1]
     # One float table per rank: [index, count, fallback, scores (R), boxes (4R)]; indices < 2^24 are
@@ -306,7 +326,7 @@ def _gather_by_index(
         ],
         dim=1,
     )
-    table = torch.cat([table, torch.full((pad, table.shape[1]), -1.0, dtype=dtype)]).to(comm_device)
+    table = torch.cat([table, torch.full((pad, table.shape[1]), -1.0, dtype=dtype)]).to(comm)
     gathered = [torch.empty_like(table) for _ in range(world)]
     dist.all_gather(gathered, table)
     full = torch.cat(gathered).cpu()

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from sgcl_plugin.affinity import Affinity, cosine_affinity
 from sgcl_plugin.ncut import Solver, fiedler_vector, ncut_embedding
+from sgcl_plugin.precision import full_precision
 from sgcl_plugin.regions import Regions, border_mask, extract_regions
 
 if TYPE_CHECKING:
@@ -219,8 +220,10 @@ class SaliencyGenerator:
         y = torch.where(flat_graphs(W)[:, None], torch.zeros_like(y), y)
         return y, normalize_maps(y).reshape(B, h, w).float()
 
+    @full_precision
     def __call__(self, features: Tensor) -> SaliencyResult:
-        """Saliency maps and scored regions of a batch of feature maps (B, C, h, w)."""
+        """Saliency maps and scored regions of a batch of feature maps (B, C, h, w), in float32 (float64
+        features stay float64) whatever autocast is active."""
         if self.regions == "objects":
             return self._objects(features)
         y, maps = self.saliency_maps(features)

@@ -164,6 +164,63 @@ def render_saliency(
     return canvas
 
 
+def render_pairs(
+    image: Image.Image,
+    views1: Tensor,
+    views2: Tensor,
+    labels: Optional[Sequence[str]] = None,
+    scale: int = 4,
+) -> Image.Image:
+    """The positive pairs of one image: both crops of pair ``i`` drawn in colour ``i`` (view 1 solid, view 2
+    dashed), optionally labelled (e.g. whether the pair shows one object).
+
+    Args:
+        image: The training image (shown enlarged by ``scale``, nearest-neighbour, so small scenes stay sharp).
+        views1: (t, 4) view-1 crop boxes of the t pairs, normalized ``x0, y0, x1, y1``.
+        views2: (t, 4) view-2 crop boxes.
+        labels: Per pair, a short text drawn on view 1 (e.g. "same object", from
+            :func:`sgcl_plugin.metrics.shown_object`).
+        scale: Enlargement factor of the image.
+
+    Returns:
+        RGB image of the enlarged size.
+    """
+    if views1.shape != views2.shape or views1.ndim != 2 or views1.shape[-1] != 4:
+        raise ValueError(f"Need two (t, 4) box tensors, got {tuple(views1.shape)} and {tuple(views2.shape)}.")
+    if labels is not None and len(labels) != len(views1):
+        raise ValueError(f"labels has {len(labels)} entries for {len(views1)} pairs.")
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}.")
+    rgb = image.convert("RGB")
+    rgb = rgb.resize((rgb.width * scale, rgb.height * scale), Image.Resampling.NEAREST)
+    W, H = rgb.size
+    draw = ImageDraw.Draw(rgb)
+    line = max(2, round(min(W, H) / 150))
+    font = _font(max(12, round(min(W, H) / 16)))
+    for i in range(len(views1)):
+        color = BOX_COLORS[i % len(BOX_COLORS)]
+        for j, box in enumerate((views1[i], views2[i])):
+            left, top, right, bottom = box_to_pixels(box.tolist(), W, H)
+            if j == 0:
+                draw.rectangle((left, top, right, bottom), outline=color, width=line)
+                continue
+            dash = 3 * line  # view 2: a dashed outline
+            for x in range(left, right, 2 * dash):
+                draw.line((x, top, min(x + dash, right), top), fill=color, width=line)
+                draw.line((x, bottom, min(x + dash, right), bottom), fill=color, width=line)
+            for y in range(top, bottom, 2 * dash):
+                draw.line((left, y, left, min(y + dash, bottom)), fill=color, width=line)
+                draw.line((right, y, right, min(y + dash, bottom)), fill=color, width=line)
+        if labels is not None:
+            left, top, _, _ = box_to_pixels(views1[i].tolist(), W, H)
+            label = str(labels[i])
+            tw, th = _text_size(draw, label, font)
+            tx, ty = min(left + line, max(W - tw - 4, 0)), min(top + line, max(H - th - 4, 0))
+            draw.rectangle((tx, ty, tx + tw + 4, ty + th + 4), fill=color)
+            draw.text((tx + 2, ty + 2), label, fill=(0, 0, 0), font=font)
+    return rgb
+
+
 def contact_sheet(
     images: Sequence[Tuple[str, Image.Image]],
     columns: int = 2,

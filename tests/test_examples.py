@@ -328,3 +328,66 @@ def test_pretrained_backbone_refreshes_before_the_first_step(tmp_path) -> None:
         torch.testing.assert_close(
             model.backbone.eval()(normalized), reference((x - 0.498) / 0.502), atol=1e-4, rtol=1e-4
         )
+
+
+def test_demo_runs_both_methods_and_draws_the_pairs(tmp_path, capsys) -> None:
+    import demo
+
+    argv = ["--out", str(tmp_path), "--epochs", "2", "--num-images", "128", "--refresh-interval", "1",
+            "--eval-train", "100", "--eval-test", "60", "--no-progress"]  # fmt: skip
+    runs = demo.main(argv)
+    plain, sgcl = runs["plain"], runs["sgcl"]
+    assert plain["refreshes"] == [] and len(sgcl["refreshes"]) == 1
+    # both runs start from the same network on the same evaluation sets: one untrained reference
+    assert plain["history"][0]["knn"] == sgcl["history"][0]["knn"]
+    # SGCL's regions pair the same object far more often than random crops of these cluttered scenes
+    assert sgcl["refreshes"][0]["pair_rate"] > plain["pair_rate_start"] + 0.1
+    assert (tmp_path / "pairs.png").stat().st_size > 10_000
+    assert list((tmp_path / "sgcl" / "saliency").glob("refresh_01_*.png"))
+    text = capsys.readouterr().out
+    assert "untrained network" in text and "SGCL, refresh by refresh" in text
+
+
+def test_device_augmentations_differ_by_rank_and_repeat_by_step(tmp_path) -> None:
+    """--augment-on-device: the views' randomness is a function of (seed, rank, step): ranks draw different
+    augmentations (one seed for all ranks made them identical), a resumed step draws the same ones, and the
+    global random state is not consumed."""
+    pytest.importorskip("kornia")
+    args = sgcl_train.parse_args(["--smoke", "--no-eval", "--augment-on-device", "--out", str(tmp_path)])
+    trainer = sgcl_train.Trainer(args)
+    crops = torch.rand(16, 3, args.crop_size, args.crop_size, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    a1, a2 = trainer.augment_views(crops, crops)
+    b1, b2 = trainer.augment_views(crops, crops)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)  # same (seed, rank, step): the same views
+    assert not torch.equal(a1, a2)  # view 1 and view 2 differ
+    trainer.rank = 1
+    c1, _ = trainer.augment_views(crops, crops)
+    assert not torch.equal(a1, c1)
+    trainer.rank, trainer.global_step = 0, 1
+    d1, _ = trainer.augment_views(crops, crops)
+    assert not torch.equal(a1, d1)
+
+
+def test_seeded_items_leave_the_cuda_generators_alone() -> None:
+    """SeededItems seeds the CPU generator per item; torch.manual_seed also reseeded every CUDA generator
+    of the main process (with --workers 0) and fork_rng(devices=[]) did not restore them."""
+    seen = []
+
+    class Probe(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> float:
+            seen.append(torch.initial_seed())
+            return float(torch.rand(()))
+
+    items = sgcl_train.SeededItems(Probe(), seed=3)
+    assert items[2] == items[2] and items[1] != items[2]  # per-item randomness, repeatable
+    assert len(set(seen)) == 2
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(123)
+        before = torch.cuda.get_rng_state()
+        items[0]
+        assert torch.equal(torch.cuda.get_rng_state(), before)

@@ -132,3 +132,18 @@ def test_distributed_refresh_equals_single_process(tmp_path, n: int) -> None:
         for key in ("boxes", "scores", "counts", "fallback"):
             torch.testing.assert_close(state[key], getattr(single, key), msg=f"rank {rank}: {key} differs")
     assert (single.counts > 0).all()
+
+
+def test_all_gather_device_follows_the_backend() -> None:
+    """The refresh's all-gather: CPU tensors where the group can move them (gloo, a mixed group); CUDA tensors on
+    the refresh's own device for an NCCL-only group (was: always cuda:current_device, and only for 'nccl')."""
+    from sgcl_plugin.refresh import comm_device
+
+    cpu = torch.device("cpu")
+    assert comm_device("gloo", cpu) == cpu
+    assert comm_device("cpu:gloo,cuda:nccl", torch.device("cuda", 1)) == cpu
+    assert comm_device("nccl", torch.device("cuda", 3)) == torch.device("cuda", 3)
+    assert comm_device("cuda:nccl", torch.device("cuda", 2)) == torch.device("cuda", 2)
+    if torch.cuda.is_available():
+        current = torch.device("cuda", torch.cuda.current_device())
+        assert comm_device("nccl", cpu) == current and comm_device("nccl", torch.device("cuda")) == current

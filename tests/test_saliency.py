@@ -239,3 +239,44 @@ def test_scores_are_eq5_on_the_raw_fiedler_vector() -> None:
     lo, hi = Y.min(), Y.max()
     inflated = sorted(((max(Y[p] for p in c) - lo) / (hi - lo) for c in comps), reverse=True)
     assert all(i > e + 1e-3 for i, e in zip(inflated[1:], expected[1:]))
+
+
+AUTOCAST_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", AUTOCAST_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_saliency_runs_in_full_precision_under_autocast(device: str, dtype: torch.dtype) -> None:
+    """Inside autocast (a bf16-mixed training step) the Krylov solver used to fail on mixed dtypes and the
+    affinity came out in half precision; the saliency stage now ignores autocast: same results, float32."""
+    from sgcl_plugin.affinity import cosine_affinity
+    from sgcl_plugin.ncut import fiedler_vector, ncut_embedding
+
+    if device == "cpu" and dtype == torch.float16:
+        pytest.skip("CPU autocast runs bfloat16")
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(4, 32, 14, 14, generator=g)
+    f[:, :8, 3:8, 4:10] += 3.0  # one object-like block
+    f = f.to(device)
+    W = cosine_affinity(f)
+    for mode in ("paper", "objects"):
+        for solver in ("krylov", "eigh"):
+            gen = SaliencyGenerator(regions=mode, solver=solver)
+            ref = gen(f)
+            with torch.autocast(device, dtype=dtype):
+                out = gen(f.to(dtype))  # a half-precision backbone output, too
+                assert torch.is_autocast_enabled(device)  # switched off only inside the saliency stage
+            assert out.maps.dtype == torch.float32 and out.fiedler.dtype == torch.float32
+            # the features were rounded to half precision: the maps move by that rounding only
+            assert (out.maps - ref.maps).abs().max() < 0.05, (mode, solver)
+            with torch.autocast(device, dtype=dtype):
+                same = gen(f)
+            torch.testing.assert_close(same.maps, ref.maps, rtol=0, atol=0)  # float32 input: identical
+            for a, b in zip(same.regions, ref.regions):
+                torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=0)
+    with torch.autocast(device, dtype=dtype):
+        assert cosine_affinity(f).dtype == torch.float32
+        y = fiedler_vector(W, solver="krylov")
+        Y, mu = ncut_embedding(W, num_vectors=3, solver="krylov")
+    assert y.dtype == Y.dtype == mu.dtype == torch.float32
+    torch.testing.assert_close(y.abs(), fiedler_vector(W, solver="krylov").abs(), rtol=0, atol=0)

