@@ -478,9 +478,13 @@ def _all_gather_rows(x: Tensor) -> Tensor:
     """Concatenates the rows of ``x`` from all ranks (rank order); row counts may differ."""
     import torch.distributed as dist
 
+    from sgcl_plugin.distributed import comm_device
+
     world = dist.get_world_size()
     if world == 1:
         return x
+    home = x.device  # an NCCL group needs CUDA tensors even for a queue kept on the CPU
+    x = x.to(comm_device(str(dist.get_backend()), x.device))
     count = torch.tensor([x.shape[0]], device=x.device)
     counts = [torch.zeros_like(count) for _ in range(world)]
     dist.all_gather(counts, count)
@@ -489,7 +493,7 @@ def _all_gather_rows(x: Tensor) -> Tensor:
     padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0).to(home)
 
 
 class InterImageLoss(nn.Module):

@@ -246,7 +246,8 @@ def _krylov(
     if generator is None:
         generator = torch.Generator(device="cpu").manual_seed(0)
     # One start block for every graph: an image's answer does not depend on its place in the batch.
-    X0 = torch.randn(1, block_size, N, generator=generator, dtype=dtype).to(W.device).expand(B, -1, -1)
+    X0 = torch.randn(1, block_size, N, generator=generator, dtype=dtype, device=generator.device)
+    X0 = X0.to(W.device).expand(B, -1, -1)  # a generator on any device (a CUDA one draws on the GPU)
     if chunk_size is None:
         # CPU: about 40 MB of W per chunk (measured on a 2-core machine: 64 graphs of 400 nodes, 16 of
         # 784, 4 of 1600 are the fastest); a GPU takes the whole batch.
@@ -367,11 +368,47 @@ def ncut_embedding(
     return _finish(z, d_isqrt[:, None, :]), 1 - mu
 
 
+CUPY_CHUNK_ELEMENTS = 2**26
+"""cupy solves at most this many entries of ``M`` per call (cuSOLVER's batched workspace size is an int)."""
+
+
+def check_cuda_versions(cupy_runtime: int, torch_cuda: Optional[str]) -> None:
+    """Refuses a cupy built for another CUDA major version than torch's (its first ``eigh`` would fail to load
+    the CUDA libraries, far from any hint of why).
+
+    Args:
+        cupy_runtime: ``cupy.cuda.runtime.runtimeGetVersion()`` (e.g. 12040 for CUDA 12.4).
+        torch_cuda: ``torch.version.cuda`` (e.g. ``"13.0"``; None for a CPU build of torch).
+
+    Raises:
+        RuntimeError: the major versions differ, naming the cupy wheel to install.
+    """
+    if torch_cuda is None:
+        raise RuntimeError("solver='cupy' needs a CUDA build of torch (torch.version.cuda is None).")
+    cupy_major, torch_major = int(cupy_runtime) // 1000, int(str(torch_cuda).split(".")[0])
+    if cupy_major != torch_major:
+        raise RuntimeError(
+            f"cupy is built for CUDA {cupy_major} but torch for CUDA {torch_cuda}: install the matching wheel "
+            f"(pip install cupy-cuda{torch_major}x; the sgcl_plugin[cupy] extra installs cupy-cuda13x)."
+        )
+
+
+def _bad_eigenpairs(M: Tensor, z: Tensor, lam: Tensor, tol: float) -> Tensor:
+    """(B,) True where ``z`` is not a unit eigenvector of ``M`` with eigenvalue ``lam`` to ``tol``."""
+    residual = (M @ z[..., None]).squeeze(-1) - lam[:, None] * z
+    return ~(torch.isfinite(residual).all(-1) & (residual.norm(dim=-1) <= tol) & ((z.norm(dim=-1) - 1).abs() <= tol))
+
+
 def fiedler_cupy(W: Tensor) -> Tensor:
     """Dense batched eigensolver on the GPU through cupy (``cupy.linalg.eigh``).
 
+    The batch is solved in chunks of at most :data:`CUPY_CHUNK_ELEMENTS` entries, and every answer is
+    checked (cuSOLVER's batched Jacobi routine does not report non-convergence unless asked): a graph
+    whose eigenpair residual exceeds 1e-3 is solved again with ``torch.linalg.eigh``.
+
     Raises:
         ImportError: cupy is not installed (``pip install sgcl_plugin[cupy]``).
+        RuntimeError: cupy and torch are built for different CUDA major versions.
         ValueError: ``W`` is not a CUDA tensor.
     """
     try:
@@ -382,10 +419,21 @@ def fiedler_cupy(W: Tensor) -> Tensor:
         ) from err
     if W.device.type != "cuda":
         raise ValueError(f"solver='cupy' needs W on a CUDA device, got device '{W.device}'.")
+    check_cuda_versions(cupy.cuda.runtime.runtimeGetVersion(), torch.version.cuda)
     M, d_isqrt = normalized_affinity(W.to(_work_dtype(W)))
+    B, N, _ = M.shape
+    z = torch.empty(B, N, dtype=M.dtype, device=M.device)
+    lam = torch.empty(B, dtype=M.dtype, device=M.device)
+    step = max(1, CUPY_CHUNK_ELEMENTS // (N * N))
     with cupy.cuda.Device(M.device.index or 0):
-        _, vecs = cupy.linalg.eigh(cupy.from_dlpack(M.contiguous()))
-        z = torch.from_dlpack(vecs[..., -2].copy())
+        for lo in range(0, B, step):
+            vals, vecs = cupy.linalg.eigh(cupy.from_dlpack(M[lo : lo + step].contiguous()))
+            z[lo : lo + step] = torch.from_dlpack(vecs[..., -2].copy())
+            lam[lo : lo + step] = torch.from_dlpack(vals[..., -2].copy())
+    bad = _bad_eigenpairs(M, z, lam, 1e-3)
+    if bool(bad.any()):
+        vals, vecs = torch.linalg.eigh(M[bad])
+        z[bad] = vecs[..., -2]
     return _finish(z, d_isqrt)
 
 

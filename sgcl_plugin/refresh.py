@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.distributed import comm_device
 from sgcl_plugin.features import check_feature_output
 
 if TYPE_CHECKING:
@@ -285,20 +286,6 @@ def refresh_bank(
     return bank
 
 
-def comm_device(backend: str, device: torch.device) -> torch.device:
-    """Where the refresh's all-gather tensors live for a process group's backend.
-
-    A group that can move CPU tensors (``gloo``, or a mixed ``"cpu:gloo,cuda:nccl"`` group) gathers on
-    the CPU; an NCCL-only group needs CUDA tensors, on the device the refresh ran on (each rank its own
-    GPU), or the current CUDA device when the refresh ran on the CPU.
-    """
-    if "nccl" not in backend or "gloo" in backend or "mpi" in backend:
-        return torch.device("cpu")
-    if device.type == "cuda":
-        return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cuda", torch.cuda.current_device())
-
-
 def _gather_by_index(
     idx: Tensor,
     boxes: Tensor,
@@ -307,7 +294,7 @@ def _gather_by_index(
     fb: Tensor,
     n: int,
     world: int,
-    comm: torch.device = torch.device("cpu"),
+    comm: Optional[torch.device] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """All-gathers the shards of every rank, padded to equal length; drops the padding (index -1)."""
     per_rank = math.ceil(n / world)
@@ -326,7 +313,7 @@ def _gather_by_index(
         ],
         dim=1,
     )
-    table = torch.cat([table, torch.full((pad, table.shape[1]), -1.0, dtype=dtype)]).to(comm)
+    table = torch.cat([table, torch.full((pad, table.shape[1]), -1.0, dtype=dtype)]).to(comm or "cpu")
     gathered = [torch.empty_like(table) for _ in range(world)]
     dist.all_gather(gathered, table)
     full = torch.cat(gathered).cpu()

@@ -57,3 +57,45 @@ def test_bad_input() -> None:
         knn_predict(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(1, 2), 2)
     with pytest.raises(ValueError, match="non-empty"):
         knn_predict(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), torch.zeros(1, 2), 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluation_on_cuda_matches_the_cpu() -> None:
+    """Features on the GPU, labels on the CPU (how a training loop hands them over): same answers as on the CPU,
+    no device-mismatch error; embed() follows the model's device by default."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 2
+    y_train, y_test = torch.randint(0, 3, (200,), generator=g), torch.randint(0, 3, (80,), generator=g)
+    x_train = centres[y_train] + torch.randn(200, 16, generator=g)
+    x_test = centres[y_test] + torch.randn(80, 16, generator=g)
+    cpu = knn_accuracy(x_train, y_train, x_test, y_test), linear_probe_accuracy(x_train, y_train, x_test, y_test)
+    gpu = (
+        knn_accuracy(x_train.cuda(), y_train, x_test.cuda(), y_test),
+        linear_probe_accuracy(x_train.cuda(), y_train, x_test.cuda(), y_test),
+    )
+    assert gpu[0] == cpu[0] and abs(gpu[1] - cpu[1]) <= 0.02
+    model = torch.nn.Conv2d(3, 4, 3).cuda()
+    f = embed(model, torch.randn(5, 3, 8, 8))
+    assert f.device.type == "cpu" and f.shape == (5, 4)
+
+
+def test_embed_uses_the_model_device_by_default() -> None:
+    seen = []
+
+    class OnMeta(torch.nn.Module):  # parameters on another device than the CPU (here: meta)
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.device.type)
+            return torch.ones(x.shape[0], 2, 1, 1)
+
+    assert embed(OnMeta(), torch.randn(2, 3, 8, 8)).shape == (2, 2)
+    assert seen == ["meta"]  # the batch went to the model's device (it used to go to the CPU)
+
+    def callable_model(x: torch.Tensor) -> torch.Tensor:  # a parameterless callable: the CPU
+        seen.append(x.device.type)
+        return x.mean(dim=1, keepdim=True)
+
+    assert embed(callable_model, torch.randn(2, 3, 8, 8)).shape == (2, 1) and seen[-1] == "cpu"

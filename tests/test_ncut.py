@@ -202,3 +202,36 @@ def test_cuda_matches_scipy(solver: str) -> None:  # pragma: no cover - GPU only
     y = fiedler_vector(W.float().cuda(), solver=solver)
     assert y.is_cuda
     assert abs_cos(y.cpu(), scipy_fiedler(W)).min() > 0.999
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_krylov_takes_a_generator_on_the_graphs_device(device: str) -> None:
+    """fiedler_krylov(generator=...) with a generator on the graphs' device (a CUDA generator used to raise:
+    the start block was drawn on the CPU with it); the answer matches the dense reference."""
+    W = feature_graph(2, 60, 16, seed=3)
+    ref = scipy_fiedler(W)
+    g = torch.Generator(device=device).manual_seed(5)
+    y = fiedler_krylov(W.to(device), generator=g)
+    assert y.device.type == device
+    assert abs_cos(y.cpu(), ref).min() > 0.999
+
+
+def test_cupy_guards_without_a_gpu() -> None:
+    """The cupy solver's guards, checked where they can be without cupy: the CUDA version check (cupy for
+    CUDA 12 under a CUDA 13 torch failed deep inside the first eigh) and the eigenpair check that catches
+    cuSOLVER's silent non-convergence."""
+    from sgcl_plugin.ncut import _bad_eigenpairs, check_cuda_versions, normalized_affinity
+
+    check_cuda_versions(13000, "13.0")
+    check_cuda_versions(12040, "12.6")
+    with pytest.raises(RuntimeError, match="cupy-cuda13x"):
+        check_cuda_versions(12040, "13.0")
+    with pytest.raises(RuntimeError, match="CUDA build of torch"):
+        check_cuda_versions(13000, None)
+    M, _ = normalized_affinity(feature_graph(3, 30, 8, seed=1))
+    vals, vecs = torch.linalg.eigh(M)
+    z, lam = vecs[..., -2].clone(), vals[..., -2].clone()
+    assert not _bad_eigenpairs(M, z, lam, 1e-6).any()
+    z[1] = torch.nn.functional.normalize(z[1] + 0.1 * vecs[1, :, 0], dim=0)  # a wrong vector, still unit
+    z[2, 0] = float("nan")
+    assert _bad_eigenpairs(M, z, lam, 1e-3).tolist() == [False, True, True]

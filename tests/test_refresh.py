@@ -137,7 +137,7 @@ def test_distributed_refresh_equals_single_process(tmp_path, n: int) -> None:
 def test_all_gather_device_follows_the_backend() -> None:
     """The refresh's all-gather: CPU tensors where the group can move them (gloo, a mixed group); CUDA tensors on
     the refresh's own device for an NCCL-only group (was: always cuda:current_device, and only for 'nccl')."""
-    from sgcl_plugin.refresh import comm_device
+    from sgcl_plugin.distributed import comm_device
 
     cpu = torch.device("cpu")
     assert comm_device("gloo", cpu) == cpu

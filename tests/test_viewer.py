@@ -10,7 +10,15 @@ import torch
 from PIL import Image
 
 from sgcl_plugin import Regions, extract_regions
-from sgcl_plugin.viewer import BOX_COLORS, box_to_pixels, contact_sheet, heat_colormap, main, render_pairs, render_saliency
+from sgcl_plugin.viewer import (
+    BOX_COLORS,
+    box_to_pixels,
+    contact_sheet,
+    heat_colormap,
+    main,
+    render_pairs,
+    render_saliency,
+)
 
 pytest.importorskip("skimage.data")
 pytest.importorskip("imgviz")
