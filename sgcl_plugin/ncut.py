@@ -27,6 +27,11 @@ SOLVERS = ("auto", "eigh", "krylov", "cupy")
 # project's 2-core CPU, see docs/benchmarks.md) and the Krylov space would be most of R^N anyway.
 DENSE_MAX_NODES = 96
 
+# "auto" per device type: the CPU value is measured; on CUDA, torch's batched eigh uses cuSOLVER's
+# batched Jacobi only up to 32 x 32 and solves larger matrices one by one, while the Krylov solver is
+# batched matrix products. Provisional until benchmarks/gpu_smoke.py has run on a GPU (docs/benchmarks.md).
+DENSE_MAX_NODES_BY_DEVICE = {"cpu": DENSE_MAX_NODES, "cuda": 32}
+
 # Graphs smaller than this are solved densely even when the Krylov solver is asked for.
 KRYLOV_MIN_NODES = 16
 
@@ -443,7 +448,8 @@ def resolve_solver(solver: str, W: Tensor) -> str:
         raise ValueError(f"Unknown solver '{solver}'; choose one of {SOLVERS}.")
     if solver != "auto":
         return solver
-    return "eigh" if W.shape[-1] <= DENSE_MAX_NODES else "krylov"
+    limit = DENSE_MAX_NODES_BY_DEVICE.get(W.device.type, DENSE_MAX_NODES)
+    return "eigh" if W.shape[-1] <= limit else "krylov"
 
 
 @full_precision
@@ -458,7 +464,8 @@ def fiedler_vector(W: Tensor, solver: Solver = "auto", validate: bool = True) ->
             positive sum.
         solver: ``"eigh"`` (dense batched ``torch.linalg.eigh``, the reference), ``"krylov"`` (the
             fast deflated block Krylov solver), ``"cupy"`` (dense, GPU only, needs cupy) or
-            ``"auto"`` (``"eigh"`` for small graphs, ``"krylov"`` otherwise).
+            ``"auto"`` (``"eigh"`` for small graphs, ``"krylov"`` otherwise; the size limit depends on
+            the device type: :data:`DENSE_MAX_NODES_BY_DEVICE`).
         validate: Check the input (symmetry, sign, finiteness) first.
 
     Returns:

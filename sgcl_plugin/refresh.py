@@ -150,9 +150,19 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 
 def _default_device(model: Any) -> torch.device:
+    """The device of the model's first parameter or buffer; a bound method or ``functools.partial`` of a module
+    counts as that module (e.g. ``backbone.forward_features``); the CPU for any other callable."""
+    if not isinstance(model, torch.nn.Module):
+        for attribute in ("__self__", "func"):  # a bound method; a functools.partial of a module
+            owner = getattr(model, attribute, None)
+            if isinstance(owner, torch.nn.Module):
+                model = owner
+                break
     if isinstance(model, torch.nn.Module):
         for p in model.parameters():
             return p.device
+        for b in model.buffers():
+            return b.device
     return torch.device("cpu")
 
 

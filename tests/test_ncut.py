@@ -150,6 +150,13 @@ def test_batch_results_equal_one_by_one() -> None:
 def test_auto_picks_dense_for_small_graphs_and_krylov_for_large() -> None:
     assert resolve_solver("auto", torch.zeros(1, DENSE_MAX_NODES, DENSE_MAX_NODES)) == "eigh"
     assert resolve_solver("auto", torch.zeros(1, 400, 400)) == "krylov"
+    # per device type: on CUDA torch's batched eigh is batched only up to 32 x 32
+    assert resolve_solver("auto", torch.zeros(1, 64, 64, device="meta")) == "eigh"  # unknown type: the CPU rule
+    from sgcl_plugin.ncut import DENSE_MAX_NODES_BY_DEVICE
+
+    assert DENSE_MAX_NODES_BY_DEVICE["cuda"] < 64 <= DENSE_MAX_NODES_BY_DEVICE["cpu"]
+    if torch.cuda.is_available():
+        assert resolve_solver("auto", torch.zeros(1, 64, 64, device="cuda")) == "krylov"
 
 
 def test_two_node_graph() -> None:

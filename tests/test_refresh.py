@@ -147,3 +147,23 @@ def test_all_gather_device_follows_the_backend() -> None:
     if torch.cuda.is_available():
         current = torch.device("cuda", torch.cuda.current_device())
         assert comm_device("nccl", cpu) == current and comm_device("nccl", torch.device("cuda")) == current
+
+
+def test_default_device_reads_through_bound_methods() -> None:
+    """A bound method of a module (backbone.forward_features) runs on the module's device (it ran on the CPU)."""
+    from sgcl_plugin.refresh import _default_device
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    net = Net()
+    assert _default_device(net) == torch.device("meta")
+    assert _default_device(net.features) == torch.device("meta")
+    assert _default_device(lambda x: x) == torch.device("cpu")
+    only_buffers = torch.nn.BatchNorm2d(3, affine=False).to("meta")
+    assert _default_device(only_buffers) == torch.device("meta")
