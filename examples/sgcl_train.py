@@ -907,15 +907,18 @@ class Trainer:
                 steps_timed += 1
                 dt = time.perf_counter() - t0
                 ips = args.batch_size * self.world / dt
-                if log:
-                    inter = out["inter"].item() if "inter" in out else 0.0
-                    values = (out["loss"].item(), out["intra"].item(), inter)
+                values = None
+                if log or bar is not None:  # one host sync for the three numbers, not three
+                    zero = out["loss"].detach().new_zeros(())
+                    parts = [out["loss"].detach(), out["intra"].detach(), out.get("inter", zero).detach()]
+                    values = torch.stack([p.float() for p in parts]).tolist()
+                if log and values is not None:
                     row = [self.epoch, self.global_step, *(f"{v:.5f}" for v in values)]
                     log.writerow([*row, f"{lr:.6g}", f"{tau:.6f}", f"{ips:.1f}", f"{dt:.3f}"])
                     log_file.flush()  # type: ignore[union-attr]  # a kill keeps every row written
-                if bar is not None:
+                if bar is not None and values is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{out['loss'].item():.3f}", img_s=f"{ips:.1f}")
+                    bar.set_postfix(loss=f"{values[0]:.3f}", img_s=f"{ips:.1f}")
                 if self.step_in_epoch == self.steps_per_epoch:
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0
                     if args.eval_every and self.epoch % args.eval_every == 0 and self.epoch < args.epochs:

@@ -239,7 +239,11 @@ def refresh_bank(
 
     indices = _shard(n, rank, world)
     loader = DataLoader(
-        _Indexed(dataset, indices, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        _Indexed(dataset, indices, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",  # with non_blocking copies below: transfers overlap the forward
     )
     R = bank.max_regions
     local_idx, local_boxes, local_scores, local_counts, local_fb = [], [], [], [], []
