@@ -54,6 +54,11 @@ ROWS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "sgcl-paper": ("byol", ("--regions", "paper", "--saliency-stride", "32"), "SGCL, paper mode (bipartition)"),
     "heatmap": ("byol", ("--regions", "heatmap"), "regions from a ContrastiveCrop-style heat map"),
     "gt": ("byol", ("--regions", "gt"), "regions = ground-truth boxes (upper bound)"),
+    "gt-crops": (
+        "byol",
+        ("--regions", "gt", "--no-inter", "--no-scores"),
+        "ground-truth crops only (no inter, no scores)",
+    ),
     "t1": ("byol", ("--num-regions", "1"), "t = 1"),
     "t2": ("byol", ("--num-regions", "2"), "t = 2"),
     "t4": ("byol", ("--num-regions", "4"), "t = 4"),
@@ -63,10 +68,10 @@ ROWS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
 
 TABLES: List[Tuple[str, str, List[str]]] = [
     ("Components (paper Table 4)", "BYOL 76.9, + crops 78.6, + inter 81.1, + scores 83.2",
-     ["byol", "byol+crops", "byol+crops+inter", "sgcl-byol"]),
+     ["byol", "byol+crops", "byol+crops+inter", "sgcl-byol", "gt-crops", "gt"]),
     ("SimCLR (paper: VOC07 75.3 -> 78.5)", "", ["simclr", "sgcl-simclr"]),
     ("Where the regions come from (paper Table 7)", "Selective Search 80.3, SGCL 83.2, ground truth 84.7",
-     ["byol", "heatmap", "sgcl-paper", "sgcl-byol", "gt"]),
+     ["byol", "heatmap", "sgcl-paper", "sgcl-byol", "gt", "gt-crops"]),
     ("Region pairs per image t (paper Table 8)", "t = 1 / 2 / 4 / 8: 78.7 / 80.8 / 83.2 / 84.4",
      ["t1", "t2", "t4", "sgcl-byol"]),
     ("Refresh interval (paper Table 6)", "every 5 / 10 / 20 / 50 epochs: 83.3 / 83.2 / 83.0 / 82.7",
@@ -76,13 +81,15 @@ TABLES: List[Tuple[str, str, List[str]]] = [
 CONFIGS: Dict[str, Dict[str, Any]] = {
     # The evidence testbed (issue 11; docs/RESULTS.md#testbed): the trainer's --testbed preset (cluttered composed
     # scenes, tiny ResNet, 48 epochs) with SimCLR as the base method (BYOL does not beat the untrained network in
-    # this budget). About 5 minutes a run on a 2-core CPU: 24 training runs and 3 evaluations, about 2 h.
+    # this budget). About 5 minutes a run on a 2-core CPU: 30 training runs and 3 evaluations, about 2.5 h (two
+    # processes: split the rows with --rows and --out, merge the results.json files).
     "testbed": {
         "method": "simclr",
         "options": ["--testbed"],
         "interval_alt": 16,
         "warmup": 16,
-        "rows": ["untrained", "byol", "gt", "sgcl-byol", "sgcl-paper", "heatmap", "t1", "t4", "warmup"],
+        "rows": ["untrained", "byol", "gt-crops", "gt", "byol+crops", "sgcl-byol", "sgcl-paper", "heatmap", "t1", "t4",
+                 "warmup"],
         "seeds": [0, 1, 2],
         "summary": "evidence_summary.json",
     },
@@ -117,6 +124,9 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
 
 
 BASELINES = {"sgcl-simclr": "simclr"}  # the row each row is compared with; BYOL when not listed
+# The upper bound of each row: crops alone are measured against ground-truth crops alone, the full method
+# (inter-image loss and scores on) against ground-truth regions with the same losses.
+ORACLES = {"byol+crops": "gt-crops", "gt-crops": "gt-crops"}
 
 
 def method_label(label: str, config: Dict[str, Any]) -> str:
@@ -267,11 +277,13 @@ def gate(grouped: Dict[str, List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
     """The testbed's validity gate (issue 11): ground-truth crops beat random-crop BYOL by more than 3 standard
     deviations of the paired per-seed differences and by >= 2 points, on kNN and on the linear probe, over
     >= 3 seeds; and trained BYOL beats the untrained network (mean over seeds, both probes)."""
-    byol, gt, untrained = grouped.get("byol", []), grouped.get("gt", []), grouped.get("untrained", [])
+    oracle = "gt-crops" if grouped.get("gt-crops") else "gt"  # crops from the true boxes, alone if measured
+    byol, gt, untrained = grouped.get("byol", []), grouped.get(oracle, []), grouped.get("untrained", [])
     if not byol or not gt:
         return None
     by_seed = {int(r["seed"]): r for r in byol}
-    out: Dict[str, Any] = {"seeds": sorted(int(r["seed"]) for r in gt if int(r["seed"]) in by_seed)}
+    seeds = sorted(int(r["seed"]) for r in gt if int(r["seed"]) in by_seed)
+    out: Dict[str, Any] = {"oracle": oracle, "seeds": seeds}
     holds = len(out["seeds"]) >= 3
     for key in ("knn", "linear"):
         d = np.array([100 * (r[key] - by_seed[int(r["seed"])][key]) for r in gt if int(r["seed"]) in by_seed])
@@ -304,7 +316,7 @@ def gate_lines(g: Optional[Dict[str, Any]], method: str = "BYOL") -> List[str]:
     text = (
         f"**Validity gate** (ground-truth crops beat {method} by > 3 std of the paired differences and >= 2 points on "
         f"both probes over >= 3 seeds, and {method} beats the untrained network): {verdict}. Ground truth - {method}, "
-        f"paired over seeds {g['seeds']}: {', '.join(parts)}; {untrained}."
+        f"paired over seeds {g['seeds']} (row `{g['oracle']}`): {', '.join(parts)}; {untrained}."
     )
     return [text, ""]
 
@@ -469,9 +481,11 @@ def report(
         for n in names:
             reference = grouped.get(BASELINES.get(n, "byol")) if n not in ("byol", "simclr") else None
             s = row_summary(grouped[n], reference)
-            oracle = "-"
-            if reference and n != "gt" and BASELINES.get(n, "byol") == "byol" and grouped.get("gt"):
-                oracle = " / ".join(oracle_fraction(grouped[n], reference, grouped["gt"], k) for k in ("knn", "linear"))
+            oracle, bound = "-", ORACLES.get(n, "gt")
+            if reference and n != bound and BASELINES.get(n, "byol") == "byol" and grouped.get(bound):
+                oracle = " / ".join(
+                    oracle_fraction(grouped[n], reference, grouped[bound], k) for k in ("knn", "linear")
+                )
             label = method_label(ROWS[n][2], config)
             if n == "interval-alt" or (n == "sgcl-byol" and title.startswith("Refresh")):
                 label = interval_label(config, n == "interval-alt")
@@ -527,9 +541,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     parser.add_argument("--no-write", action="store_true", help="print the report, change nothing in docs/")
     parser.add_argument("--fresh", action="store_true", help="forget kept results and rerun everything")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from kept results")
+    parser.add_argument(
+        "--merge", nargs="+", default=[], metavar="RESULTS",
+        help="first add the runs of other results.json files (e.g. rows run in a second process), then continue",
+    )  # fmt: skip
     argv = list(sys.argv[1:] if argv is None else argv)
     # the command that produces the numbers: without the flags that only redo the report or start over
     command = " ".join(["python benchmarks/ablation.py", *(a for a in argv if a not in ("--report-only", "--fresh"))])
+    if "--merge" in argv:  # the merged files are an input of this call, not part of the command that made them
+        i = argv.index("--merge")
+        rest = argv[i + 1 :]
+        n = next((j for j, a in enumerate(rest) if a.startswith("--")), len(rest))
+        command = " ".join(
+            [
+                "python benchmarks/ablation.py",
+                *(a for a in argv[:i] + rest[n:] if a not in ("--report-only", "--fresh")),
+            ]
+        )
     extra: List[str] = []
     if "--" in argv:
         i = argv.index("--")
@@ -543,6 +571,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         parser.error(f"unknown row(s) {unknown}; choose from {', '.join(ROWS)}")
     seeds = args.seeds if args.seeds is not None else config["seeds"]
     out = Path(args.out or ROOT / "runs" / f"ablation_{config_name}")
+    if args.merge:
+        merged = load_results(out / "results.json")
+        for path in args.merge:
+            other = load_results(Path(path))
+            merged.update({key: run for key, run in other.items() if key not in merged})
+        out.mkdir(parents=True, exist_ok=True)
+        save_results(out / "results.json", merged)
+        print(f"{len(merged)} run(s) in {out / 'results.json'} after merging {', '.join(args.merge)}")
     if args.report_only:
         results = load_results(out / "results.json")
     else:

@@ -62,6 +62,14 @@ def test_smoke_runs_every_row_and_writes_the_report(tmp_path, capsys) -> None:
     ablation.write_block(
         doc, "<!-- pretraining-ablation-cpu:begin -->\nx\n<!-- pretraining-ablation-cpu:end -->", "cpu"
     )
+    # runs made by two processes (two --out folders) merge into one report
+    keys = sorted(kept)
+    for name, part in (("a", keys[::2]), ("b", keys[1::2])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({k: kept[k] for k in part}))
+    merged = ablation.main(["--smoke", "--out", str(tmp_path / "m"), "--report-only", "--merge",
+                            str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json")])  # fmt: skip
+    assert merged == kept
     text = doc.read_text()
     begin = ablation.markers("smoke")[0]
     assert (
