@@ -47,8 +47,8 @@ ROWS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "untrained": ("byol", ("--no-sgcl", "--epochs", "0"), "untrained network (no step)"),
     "byol": ("byol", ("--no-sgcl",), "BYOL (random crops)"),
     "byol+crops": ("byol", ("--no-inter", "--no-scores"), "+ SGCL crops"),
-    "byol+crops+inter": ("byol", ("--no-scores",), "+ inter-image loss"),
-    "sgcl-byol": ("byol", (), "+ scores = SGCL-BYOL"),
+    "byol+crops+inter": ("byol", ("--inter", "--no-scores"), "+ inter-image loss"),
+    "sgcl-byol": ("byol", ("--inter",), "+ scores = SGCL-BYOL"),
     "simclr": ("simclr", ("--no-sgcl",), "SimCLR (random crops)"),
     "sgcl-simclr": ("simclr", (), "SGCL-SimCLR"),
     "sgcl-paper": ("byol", ("--regions", "paper", "--saliency-stride", "32"), "SGCL, paper mode (bipartition)"),
@@ -85,7 +85,9 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     # processes: split the rows with --rows and --out, merge the results.json files).
     "testbed": {
         "method": "simclr",
-        "options": ["--testbed"],
+        # --inter: every SGCL row runs the BYOL recipe's inter-image loss (SimCLR's default is off); the crops-only
+        # rows (byol+crops, gt-crops) switch it off again.
+        "options": ["--testbed", "--inter"],
         "interval_alt": 16,
         "warmup": 16,
         "rows": ["untrained", "byol", "gt-crops", "gt", "byol+crops", "sgcl-byol", "sgcl-paper", "heatmap", "t1", "t4",
@@ -132,6 +134,8 @@ ORACLES = {"byol+crops": "gt-crops", "gt-crops": "gt-crops"}
 def method_label(label: str, config: Dict[str, Any]) -> str:
     """A row's label with the configuration's base method named (SimCLR in the testbed)."""
     method = {"byol": "BYOL", "simclr": "SimCLR", "nnclr": "NNCLR"}[config.get("method", "byol")]
+    if method == "SimCLR" and label.endswith("= SGCL-BYOL"):  # SGCL-SimCLR has no inter-image loss
+        return label.replace("= SGCL-BYOL", "(SGCL-BYOL's recipe: crops, inter-image loss, scores)")
     return label.replace("BYOL", method)
 
 
@@ -490,12 +494,12 @@ def report(
             if n == "interval-alt" or (n == "sgcl-byol" and title.startswith("Refresh")):
                 label = interval_label(config, n == "interval-alt")
             elif n == "sgcl-byol" and title.startswith("Where"):
-                label = "SGCL, objects mode (k-way Ncut) = SGCL-BYOL"
+                label = method_label("SGCL, objects mode (k-way Ncut) = SGCL-BYOL", config)
             elif n == "warmup":
                 a = sgcl_train.parse_args(row_argv(n, config, seeds[0], out, []))
                 label = f"first refresh after a warm-up of {a.first_refresh} epochs"
             elif n == "sgcl-byol" and title.startswith("Region pairs"):
-                label = f"t = {sgcl_train.parse_args(config['options']).num_regions} = SGCL-BYOL"
+                label = method_label(f"t = {sgcl_train.parse_args(config['options']).num_regions} = SGCL-BYOL", config)
             lines.append(
                 f"| {label} | {s['knn']} | {s.get('dknn', '-')} | {s['linear']} | {s.get('dlin', '-')} | {oracle} | "
                 f"{pair_rates(grouped[n])} | {s['epoch']} | {s['refresh']} | {refresh_summary(grouped[n])} | "

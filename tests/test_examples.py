@@ -30,7 +30,10 @@ def test_smoke_runs_refreshes_draws_and_evaluates(tmp_path, method: str) -> None
     rows = (out / "log.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + result["steps"]
     inter = [float(r.split(",")[4]) for r in rows[1:]]
-    assert inter[0] == 0.0 and max(inter) > 0  # the queue is masked until it holds l entries
+    if method == "simclr":  # SGCL-SimCLR: the crops and the weighted NT-Xent, no inter-image loss by default
+        assert max(inter) == 0.0 and not sgcl_train.parse_args(["--method", "simclr"]).inter
+    else:
+        assert inter[0] == 0.0 and max(inter) > 0  # the queue is masked until it holds l entries
 
 
 def test_baseline_has_no_saliency(tmp_path) -> None:
