@@ -26,7 +26,7 @@ data:
 		|| echo "note: could not install dataset-fashion-mnist with apt-get"; \
 	fi
 
-# Main job: SimCLR and SGCL-SimCLR side by side on the evidence testbed, short version (~6-8 min on 2 cores):
+# Main job: SimCLR and SGCL-SimCLR side by side on the evidence testbed, short version (~8 min on 2 cores):
 # the untrained reference, both accuracies, same-object pair rates, saliency and pair pictures in runs/demo.
 demo: $(STAMP) data
 	$(PY) examples/demo.py --out runs/demo

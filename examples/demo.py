@@ -1,6 +1,6 @@
 """The main job (`make demo`): SimCLR and SGCL-SimCLR side by side on the evidence testbed, short version.
 
-    python examples/demo.py                       # about 6-8 minutes on a 2-core CPU -> runs/demo/
+    python examples/demo.py                       # about 8 minutes on a 2-core CPU -> runs/demo/
     python examples/demo.py --epochs 48           # the testbed's full budget (docs/RESULTS.md#testbed)
 
 Two runs of examples/sgcl_train.py with the ``--testbed`` preset (cluttered composed scenes, a small ResNet
