@@ -552,18 +552,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         help="first add the runs of other results.json files (e.g. rows run in a second process), then continue",
     )  # fmt: skip
     argv = list(sys.argv[1:] if argv is None else argv)
-    # the command that produces the numbers: without the flags that only redo the report or start over
-    command = " ".join(["python benchmarks/ablation.py", *(a for a in argv if a not in ("--report-only", "--fresh"))])
-    if "--merge" in argv:  # the merged files are an input of this call, not part of the command that made them
+    # the command that produces the numbers: without the flags that only redo the report or start over, and
+    # without --merge and its files (an input of this call, not part of the command that made them)
+    shown = argv
+    if "--merge" in argv:
         i = argv.index("--merge")
-        rest = argv[i + 1 :]
-        n = next((j for j, a in enumerate(rest) if a.startswith("--")), len(rest))
-        command = " ".join(
-            [
-                "python benchmarks/ablation.py",
-                *(a for a in argv[:i] + rest[n:] if a not in ("--report-only", "--fresh")),
-            ]
-        )
+        n = next((j for j, a in enumerate(argv[i + 1 :], i + 1) if a.startswith("--")), len(argv))
+        shown = argv[:i] + argv[n:]
+    command = " ".join(["python benchmarks/ablation.py", *(a for a in shown if a not in ("--report-only", "--fresh"))])
     extra: List[str] = []
     if "--" in argv:
         i = argv.index("--")

@@ -43,14 +43,17 @@ def pair_pictures(args: argparse.Namespace, bank_state: Dict[str, Any], out: Pat
     trained = SaliencyBank(bank_state["num_images"], max_regions=bank_state["max_regions"])
     trained.load_state_dict(bank_state)
     empty = SaliencyBank(bank_state["num_images"], max_regions=bank_state["max_regions"])
+    transforms = {
+        name: SaliencyCropTransform(bank, num_regions=4, augment=False, scale=tuple(args.crop_scale))
+        for name, bank in (("random crops", empty), ("SGCL", trained))
+    }
     items = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for i in range(min(images, len(scenes))):
             image, masks, _ = scenes.compose(i)
             m = torch.from_numpy(masks)
-            for name, bank in (("random crops", empty), ("SGCL", trained)):
-                crop = SaliencyCropTransform(bank, num_regions=4, augment=False, scale=tuple(args.crop_scale))
+            for name, crop in transforms.items():
                 b1, b2, _, _ = crop.sample_boxes(i, image.shape[:2])
                 a, b = shown_object(crop_object_shares(m, b1)), shown_object(crop_object_shares(m, b2))
                 labels = [

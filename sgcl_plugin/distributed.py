@@ -16,6 +16,6 @@ def comm_device(backend: str, device: torch.device) -> torch.device:
     """
     if "nccl" not in backend or "gloo" in backend or "mpi" in backend:
         return torch.device("cpu")
-    if device.type == "cuda":
-        return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda" and device.index is not None:
+        return device
     return torch.device("cuda", torch.cuda.current_device())

@@ -400,10 +400,8 @@ def object_crops(
             half = max(x1 - x0, y1 - y0) * (1 + context) / 2
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
             window = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
-            if isolate:
-                crop = _isolated(image, mask, window).resize((size, size), Image.Resampling.BILINEAR)
-            else:
-                crop = pil.crop(window).resize((size, size), Image.Resampling.BILINEAR)
+            source = _isolated(image, mask, window) if isolate else pil.crop(window)
+            crop = source.resize((size, size), Image.Resampling.BILINEAR)
             crops.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1))
             labels.append(int(label))
         if max_crops is not None and len(crops) >= max_crops:

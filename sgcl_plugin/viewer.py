@@ -197,22 +197,19 @@ def render_pairs(
     draw = ImageDraw.Draw(rgb)
     line = max(2, round(min(W, H) / 150))
     font = _font(max(12, round(min(W, H) / 16)))
+    dash = 3 * line  # view 2: a dashed outline
     for i in range(len(views1)):
         color = BOX_COLORS[i % len(BOX_COLORS)]
-        for j, box in enumerate((views1[i], views2[i])):
-            left, top, right, bottom = box_to_pixels(box.tolist(), W, H)
-            if j == 0:
-                draw.rectangle((left, top, right, bottom), outline=color, width=line)
-                continue
-            dash = 3 * line  # view 2: a dashed outline
-            for x in range(left, right, 2 * dash):
-                draw.line((x, top, min(x + dash, right), top), fill=color, width=line)
-                draw.line((x, bottom, min(x + dash, right), bottom), fill=color, width=line)
-            for y in range(top, bottom, 2 * dash):
-                draw.line((left, y, left, min(y + dash, bottom)), fill=color, width=line)
-                draw.line((right, y, right, min(y + dash, bottom)), fill=color, width=line)
+        left, top, right, bottom = box_to_pixels(views2[i].tolist(), W, H)
+        for x in range(left, right, 2 * dash):
+            draw.line((x, top, min(x + dash, right), top), fill=color, width=line)
+            draw.line((x, bottom, min(x + dash, right), bottom), fill=color, width=line)
+        for y in range(top, bottom, 2 * dash):
+            draw.line((left, y, left, min(y + dash, bottom)), fill=color, width=line)
+            draw.line((right, y, right, min(y + dash, bottom)), fill=color, width=line)
+        left, top, right, bottom = box_to_pixels(views1[i].tolist(), W, H)
+        draw.rectangle((left, top, right, bottom), outline=color, width=line)
         if labels is not None:
-            left, top, _, _ = box_to_pixels(views1[i].tolist(), W, H)
             label = str(labels[i])
             tw, th = _text_size(draw, label, font)
             tx, ty = min(left + line, max(W - tw - 4, 0)), min(top + line, max(H - th - 4, 0))
