@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
-from typing import Any, BinaryIO, Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -164,6 +164,31 @@ class SaliencyBank:
     def mark_refreshed(self) -> None:
         """Counts one completed refresh (called by ``refresh_bank`` after its writes)."""
         self._seq[1] += 1
+
+    def shared_with_rank_zero(self, rank: int, barrier: Callable[[str], None]) -> bool:
+        """Whether this process's bank is the same shared memory as rank 0's (collective: all ranks call it).
+
+        Forked children (Lightning's ``ddp_fork`` / ``ddp_notebook``) inherit the bank's shared memory
+        and spawned ones (``ddp_spawn``) receive it by handle, while a script per rank (``ddp``,
+        torchrun, SLURM) gives every rank its own. Rank 0 raises the (even) sequence counter by 2
+        between two barriers, the others look whether they see it, and rank 0 puts it back: readers
+        in DataLoader workers are never disturbed. Then only one rank should write a shared bank.
+
+        Args:
+            rank: This process's global rank.
+            barrier: Waits for every rank; called with a name (e.g. Lightning's ``strategy.barrier``).
+        """
+        before = int(self._seq[0])
+        barrier("sgcl_probe_read")
+        if rank == 0:
+            self._seq[0] += 2
+        barrier("sgcl_probe_bump")
+        shared = rank != 0 and int(self._seq[0]) != before
+        barrier("sgcl_probe_seen")
+        if rank == 0:
+            self._seq[0] -= 2
+        barrier("sgcl_probe_done")
+        return shared
 
     def stats(self) -> Dict[str, float]:
         """Summary of the current table: refreshes, regions per image, fallbacks, mean score."""

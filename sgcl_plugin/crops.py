@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.items import DatasetImages, ImageItem, check_map_style, split_item
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, to_image_tensor
 
 __all__ = [
     "BatchViewAugment",
     "CropSample",
+    "PILView",
     "SaliencyCropDataset",
     "SaliencyCropTransform",
     "byol_view_transforms",
@@ -473,6 +475,42 @@ def byol_view_transforms(
     return pipeline(_BLUR_P[0], _SOLARIZE_P[0]), pipeline(_BLUR_P[1], _SOLARIZE_P[1])
 
 
+class PILView:
+    """Runs a PIL-based view transform (torchvision, lightly, solo-learn pipelines) on one crop tensor.
+
+    The crop, a (3, size, size) float tensor in [0, 1], becomes the 8-bit RGB PIL image a dataset
+    would have handed the transform (lightly's ``RandomSolarization`` fails on tensors); the output
+    must be a tensor, of shape (3, size, size) when ``size`` is given.
+
+    Args:
+        transform: The view transform (PIL image in, tensor out).
+        size: The crop side it must keep, or None (not checked).
+        name: Its name in error messages.
+    """
+
+    def __init__(self, transform: Callable[[Any], Tensor], size: Optional[int] = None, name: str = "view") -> None:
+        if not callable(transform):
+            raise TypeError(f"{name} must be callable, got {type(transform).__name__}.")
+        self.transform, self.size, self.name = transform, size, name
+
+    def __call__(self, crop: Tensor) -> Tensor:
+        from PIL import Image
+
+        array = crop.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        out = self.transform(Image.fromarray(array, mode="RGB"))
+        if not isinstance(out, Tensor):
+            raise TypeError(f"{self.name} returned a {type(out).__name__}, not a tensor: end it with ToTensor().")
+        if self.size is not None and tuple(out.shape) != (3, self.size, self.size):
+            raise ValueError(
+                f"Mismatched crop sizes: {self.name} returned shape {tuple(out.shape)} for a {self.size} x "
+                f"{self.size} crop; it must keep the crop size (3, {self.size}, {self.size})."
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return f"PILView({self.transform!r}, size={self.size})"
+
+
 class BatchViewAugment(torch.nn.Module):
     """BYOL's view-1 or view-2 augmentation on a whole batch of crops, on the batch's device (kornia).
 
@@ -697,33 +735,27 @@ class SaliencyCropTransform:
 # -------------------------------------------------------------------------------------- dataset
 
 
-def _split_item(item: Any) -> Tuple[Any, Any]:
-    """(image, target) of a dataset item: an image, an (image, target, ...) tuple or a dict."""
-    if isinstance(item, (tuple, list)):
-        if not item:
-            raise ValueError("Dataset item is an empty tuple/list: expected (image, target, ...).")
-        return item[0], item[1] if len(item) > 1 else -1
-    if isinstance(item, dict):
-        if "image" not in item:
-            raise ValueError(f"Dataset item is a dict without an 'image' key (keys: {sorted(item)}).")
-        target = item.get("label", item.get("target", -1))
-        return item["image"], target
-    return item, -1
-
-
 class SaliencyCropDataset(Dataset):
     """Wraps a map-style dataset so that its crop transform sees each item's dataset index.
 
-    Items may be images, ``(image, target, ...)`` tuples or dicts with ``"image"`` (and
-    ``"label"`` or ``"target"``). ``dataset[i]`` becomes a dict with ``views1`` and ``views2``
-    (t, 3, size, size), ``scores`` (t,), ``index`` (i) and ``target`` (-1 when there is none), which
-    the default collate batches into (B, t, ...) tensors. Works with DataLoader workers, including
+    Items are read by :func:`~sgcl_plugin.items.split_item` (images, ``(image, target, ...)``
+    tuples, solo-learn's ``(index, image, target)``, dicts with ``"image"``). ``dataset[i]`` is
+    :meth:`format` of the crops: by default a dict with ``views1`` and ``views2`` (t, 3, size,
+    size), ``scores`` (t,), ``index`` (i) and ``target`` (-1 when there is none), which the default
+    collate batches into (B, t, ...) tensors. Works with DataLoader workers, including
     ``persistent_workers=True``: the bank lives in shared memory, so refreshes made by the main
-    process reach the running workers.
+    process reach the running workers. The lightly and solo-learn adapters subclass it and only
+    change :meth:`format` / :meth:`format_fallback` to their host's item layout.
 
     Args:
         dataset: Any map-style dataset (``__len__`` and ``__getitem__``).
         transform: The :class:`SaliencyCropTransform`; its bank must have ``len(dataset)`` rows.
+            May be None and attached later (:meth:`attach`).
+        fallback_transform: Used while no crop transform is attached: ``dataset[i]`` is then
+            :meth:`format_fallback` of ``fallback_transform(image)``.
+
+    Attributes:
+        images: The wrapped dataset's images by index (what a refresh reads).
 
     Examples:
         >>> bank = SaliencyBank(len(train_set))
@@ -732,26 +764,69 @@ class SaliencyCropDataset(Dataset):
         >>> batch = next(iter(loader))  # batch["views1"]: (64, 4, 3, 96, 96)
     """
 
-    def __init__(self, dataset: Any, transform: SaliencyCropTransform) -> None:
-        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise TypeError("SaliencyCropDataset needs a map-style dataset (with __len__ and __getitem__).")
+    def __init__(
+        self,
+        dataset: Any,
+        transform: Optional[SaliencyCropTransform] = None,
+        fallback_transform: Optional[Callable[[Any], Any]] = None,
+    ) -> None:
+        check_map_style(dataset, type(self).__name__)
+        if fallback_transform is not None and not callable(fallback_transform):
+            raise TypeError("fallback_transform must be callable.")
+        self.dataset = dataset
+        self.fallback_transform = fallback_transform
+        self.transform: Optional[SaliencyCropTransform] = None
+        if transform is not None:
+            self.attach(transform)
+
+    def attach(self, transform: SaliencyCropTransform) -> None:
+        """Sets the crop transform; its bank must have one row per image."""
         if not isinstance(transform, SaliencyCropTransform):
             raise TypeError(f"transform must be a SaliencyCropTransform, got {type(transform).__name__}.")
-        if len(transform.bank) != len(dataset):
-            raise ValueError(f"The bank holds {len(transform.bank)} images but the dataset has {len(dataset)}.")
-        self.dataset = dataset
+        if len(transform.bank) != len(self):
+            raise ValueError(
+                f"The bank holds {len(transform.bank)} images but the dataset has {len(self)}: create it with "
+                "SaliencyBank(len(dataset))."
+            )
         self.transform = transform
+
+    @property
+    def bank(self) -> Optional[SaliencyBank]:
+        """The bank the crop transform reads (None before one is attached)."""
+        return None if self.transform is None else self.transform.bank
+
+    @property
+    def images(self) -> DatasetImages:
+        return DatasetImages(self.dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        image, target = _split_item(self.dataset[index])
-        sample = self.transform(image, index)
+    def __getitem__(self, index: int) -> Any:
+        index = int(index)
+        item = split_item(self.dataset[index], index)
+        if self.transform is None:
+            if self.fallback_transform is None:
+                raise RuntimeError(
+                    f"{type(self).__name__} has no SaliencyCropTransform yet: pass one, or attach(transform) "
+                    "before the DataLoader starts its workers."
+                )
+            return self.format_fallback(index, item, self.fallback_transform(item.image))
+        return self.format(index, item, self.transform(item.image, index))
+
+    def format(self, index: int, item: ImageItem, sample: CropSample) -> Any:
+        """The item handed to the DataLoader; override it for another host's layout."""
         return {
             "views1": sample.views1,
             "views2": sample.views2,
             "scores": sample.scores,
             "index": index,
-            "target": -1 if target is None else target,
+            "target": item.target,
         }
+
+    def format_fallback(self, index: int, item: ImageItem, views: Any) -> Any:
+        """The item while no crop transform is attached (``views`` from ``fallback_transform``)."""
+        return {"views": views, "index": index, "target": item.target}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.dataset).__name__} of {len(self)} images, {self.transform!r})"

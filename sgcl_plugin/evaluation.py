@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from sgcl_plugin.refresh import _default_device, eval_mode
+from sgcl_plugin.refresh import default_device, eval_mode
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def embed(
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (n, 3, H, W), got {tuple(images.shape)}.")
-    device = torch.device(device) if device is not None else _default_device(model)
+    device = torch.device(device) if device is not None else default_device(model)
     out = []
     with eval_mode(model):
         for (x,) in DataLoader(TensorDataset(images), batch_size=batch_size):

@@ -1,45 +1,147 @@
-"""Feature maps at a chosen stride from any backbone: one helper for torchvision, timm and others."""
+"""Feature maps from any backbone, for saliency refreshes: one helper for torchvision, timm, lightly, solo-learn.
+
+:func:`feature_maps` is what every refresh path (the reference trainer, the lightly, solo-learn and
+Lightning adapters) calls on the user's model; :class:`FeatureMaps` reads a stage at a chosen stride.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeatureMaps", "at_stride", "check_feature_output", "feature_map_backbone", "find_stride_layer"]
+__all__ = [
+    "FeatureMaps",
+    "at_stride",
+    "check_feature_output",
+    "feature_map_backbone",
+    "feature_maps",
+    "find_stride_layer",
+]
 
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity)
 
 
-def feature_map_backbone(model: Any) -> Any:
-    """The part of a backbone that returns feature maps (B, C, h, w), for a saliency refresh.
+def _unwrap(model: Any) -> Any:
+    """A model's ``backbone`` when it has one (lightly / solo-learn models), else the model."""
+    inner = getattr(model, "backbone", None)
+    if isinstance(model, nn.Module) and not isinstance(model, nn.Sequential) and isinstance(inner, nn.Module):
+        return inner
+    return model
 
-    Common SSL backbones end in global pooling: lightly's examples build
-    ``nn.Sequential(*list(resnet.children())[:-1])`` (B, 512, 1, 1), and a 1 x 1 map has no
-    regions. A model with a ``backbone`` attribute (and not itself a ``Sequential``) gives its
-    backbone; a ``Sequential`` loses its trailing pooling / flatten / identity layers (the result
-    shares the parameters). Anything else is returned unchanged.
+
+def _kind(backbone: Any) -> str:
+    """How :func:`feature_maps` reads a backbone (see there)."""
+    if isinstance(backbone, nn.Sequential):
+        return "sequential"
+    if not isinstance(backbone, nn.Module):
+        return "callable"
+    if hasattr(backbone, "forward_features") and type(backbone).__module__.startswith("timm."):
+        return "timm"
+    if all(hasattr(backbone, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer4")):
+        return "resnet"  # torchvision's ResNet, its classifier replaced by Identity or not (solo-learn)
+    if all(hasattr(backbone, n) for n in ("conv1", "block1", "block3", "bn1", "relu")):
+        return "wide_resnet"  # solo-learn's WideResNet
+    return "module"
+
+
+class _LastMap(nn.Module):
+    """The last spatial feature map of a known backbone kind, (B, C, h, w); shares its weights."""
+
+    def __init__(self, backbone: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.backbone, self.kind = backbone, kind
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        b: Any = self.backbone
+        if self.kind == "resnet":
+            x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+            return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        if self.kind == "wide_resnet":
+            return b.relu(b.bn1(b.block3(b.block2(b.block1(b.conv1(x))))))
+        out = b.forward_features(x)
+        if out.ndim == 3:  # ViT tokens (B, prefix + h * w, C)
+            from sgcl_plugin.affinity import tokens_to_map
+
+            prefix = int(getattr(b, "num_prefix_tokens", 1))
+            grid = getattr(getattr(b, "patch_embed", None), "grid_size", None)
+            n = out.shape[1] - prefix
+            if grid is None or grid[0] * grid[1] != n:
+                side = int(round(math.sqrt(n)))
+                grid = (side, side)
+            return tokens_to_map(out, int(grid[0]), int(grid[1]), num_prefix_tokens=prefix)
+        channels = getattr(b, "num_features", None)
+        if out.ndim == 4 and out.shape[1] != channels and out.shape[-1] == channels:
+            out = out.permute(0, 3, 1, 2)  # NHWC (timm Swin) -> NCHW
+        return out
+
+
+class _CastInput(nn.Module):
+    """Feeds a backbone whose weights are not float32 (``precision="bf16-true"``...) in its dtype."""
+
+    def __init__(self, backbone: Any, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.backbone, self.dtype = backbone, dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.backbone(x.to(self.dtype))
+        return out.float() if isinstance(out, Tensor) else out
+
+
+def feature_maps(model: Any, stride: Optional[int] = None) -> Any:
+    """What a saliency refresh runs: a module mapping (B, 3, S, S) images to feature maps (B, C, h, w).
+
+    - A model with a ``backbone`` attribute (lightly / solo-learn models) gives its backbone.
+    - ``stride``: the backbone's stage at that stride (:class:`FeatureMaps`; 16 gives object-level
+      regions far more cells, docs/RESULTS.md), also when the backbone ends in global pooling.
+    - Otherwise the backbone's last spatial map: timm models through ``forward_features`` (ViT
+      tokens reshaped to their patch grid, NHWC maps permuted), torchvision ResNets (and solo-learn's
+      WideResNet) layer by layer, so a classifier or ``fc = Identity`` is skipped; a ``Sequential``
+      without its trailing pooling / flatten / identity layers (lightly's
+      ``nn.Sequential(*list(resnet.children())[:-1])``); any other module or callable as it is.
+    - A backbone whose weights are not float32 (``bf16-true``) gets its input in its dtype and
+      returns float32.
+
+    The result shares the model's parameters; nothing is copied. Its output is checked by the
+    refresh (:func:`check_feature_output`).
 
     Raises:
-        ValueError: a ``Sequential`` made of pooling layers only.
-        TypeError: something that is not callable.
+        ValueError: a ``Sequential`` of pooling layers only; no stage at ``stride``.
+        TypeError: something that is not callable, or a ``stride`` of something not an ``nn.Module``.
     """
-    backbone = model
-    if isinstance(model, nn.Module) and not isinstance(model, nn.Sequential) and hasattr(model, "backbone"):
-        backbone = model.backbone
-    if isinstance(backbone, nn.Sequential):
-        children = list(backbone.children())
-        while children and isinstance(children[-1], _POOLING):
-            children.pop()
-        if not children:
-            raise ValueError("The backbone has only pooling layers: nothing gives a feature map.")
-        if len(children) < len(backbone):
-            return nn.Sequential(*children)
+    backbone = _unwrap(model)
     if not callable(backbone):
         raise TypeError(f"backbone must be a module or callable returning feature maps, got {type(backbone).__name__}.")
-    return backbone
+    if stride is not None:
+        out = at_stride(backbone, stride)
+    else:
+        kind = _kind(backbone)
+        out = backbone
+        if kind in ("timm", "resnet", "wide_resnet"):
+            out = _LastMap(backbone, kind)
+        elif kind == "sequential":
+            children = list(backbone.children())
+            while children and isinstance(children[-1], _POOLING):
+                children.pop()
+            if not children:
+                raise ValueError("The backbone has only pooling layers: nothing gives a feature map.")
+            if len(children) < len(backbone):
+                out = nn.Sequential(*children)
+    param = next(iter(backbone.parameters()), None) if isinstance(backbone, nn.Module) else None
+    if param is not None and param.is_floating_point() and param.dtype != torch.float32:
+        out = _CastInput(out, param.dtype)
+    return out
+
+
+def feature_map_backbone(model: Any) -> Any:
+    """:func:`feature_maps` without a stride (kept for existing callers)."""
+    return feature_maps(model)
 
 
 def check_feature_output(out: Any, x: Tensor) -> Tensor:

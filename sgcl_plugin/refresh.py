@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.distributed import comm_device
 from sgcl_plugin.features import check_feature_output
+from sgcl_plugin.items import DatasetImages, split_item
 
 if TYPE_CHECKING:
     from sgcl_plugin.saliency import SaliencyGenerator
@@ -30,16 +31,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def to_image_tensor(image: Any) -> Tensor:
     """A (3, H, W) float tensor in [0, 1] from a PIL image, a (H, W[, C]) array or a (C, H, W) tensor.
 
-    Dataset items may also be ``(image, ...)`` tuples/lists or ``{"image": ...}`` dicts.
+    Dataset items (tuples, dicts) are read by :func:`~sgcl_plugin.items.split_item` first.
     """
-    if isinstance(image, (tuple, list)):
-        if not image:
-            raise ValueError("Dataset item is an empty tuple/list: expected an image first.")
-        image = image[0]
-    elif isinstance(image, dict):
-        if "image" not in image:
-            raise ValueError(f"Dataset item is a dict without an 'image' key (keys: {sorted(image)}).")
-        image = image["image"]
+    if isinstance(image, (tuple, list, dict)):
+        image = split_item(image, -1).image
     if isinstance(image, Tensor):
         t = image
         if t.ndim == 2:
@@ -149,7 +144,7 @@ def eval_mode(model: Any) -> Iterator[None]:
             m.training = flag
 
 
-def _default_device(model: Any) -> torch.device:
+def default_device(model: Any) -> torch.device:
     """The device of the model's first parameter or buffer; a bound method or ``functools.partial`` of a module
     counts as that module (e.g. ``backbone.forward_features``); the CPU for any other callable."""
     if not isinstance(model, torch.nn.Module):
@@ -214,10 +209,8 @@ def refresh_bank(
     Returns:
         The filled bank (``bank`` itself when given).
     """
-    try:
-        n = len(dataset)
-    except TypeError as err:
-        raise TypeError("refresh needs a dataset with __len__ and __getitem__ (a map-style dataset).") from err
+    dataset = DatasetImages(dataset)  # one item parser; a crop dataset gives the images it wraps
+    n = len(dataset)
     if n == 0:
         raise ValueError("Cannot refresh saliency over an empty dataset.")
     if batch_size < 1:
@@ -235,7 +228,7 @@ def refresh_bank(
     if use_dist and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("distributed=True but torch.distributed is not initialized.")
     rank, world = (dist.get_rank(), dist.get_world_size()) if use_dist else (0, 1)
-    device = torch.device(device) if device is not None else _default_device(model)
+    device = torch.device(device) if device is not None else default_device(model)
 
     indices = _shard(n, rank, world)
     loader = DataLoader(

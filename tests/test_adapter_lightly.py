@@ -381,7 +381,7 @@ def test_indexed_dataset_formats_and_errors(photos: List[Any], photo_dir: Path) 
         IndexedDataset(iter(photos), transform)
     with pytest.raises(ValueError, match="bank holds 7 images but the dataset has 3"):
         IndexedDataset(photos[:3], transform)
-    with pytest.raises(TypeError, match="SGCLTransform"):
+    with pytest.raises(TypeError, match="SaliencyCropTransform"):
         IndexedDataset(photos, BYOLTransform())
     with pytest.raises(ValueError, match="transform=None"):
         IndexedDataset(LightlyDataset(str(photo_dir), transform=BYOLTransform()), transform)
@@ -413,10 +413,19 @@ def test_refresh_and_model_errors(photos: List[Any]) -> None:
     assert feature_map_backbone(TinyBYOL())(torch.randn(1, 3, 64, 64)).shape == (1, 32, 8, 8)
     import torchvision
 
-    with pytest.raises(ValueError, match=r"returned \(2, 10\).*not feature maps"):
-        refresh(torchvision.models.resnet18(num_classes=10), dataset, bank, batch_size=2, saliency_size=64)
+    with pytest.raises(ValueError, match=r"returned \(2, 10\).*not feature maps"):  # a head after the pooling
+        refresh(
+            nn.Sequential(tiny_backbone(), nn.Flatten(), nn.Linear(32, 10)),
+            dataset,
+            bank,
+            batch_size=2,
+            saliency_size=64,
+        )
+    # a whole torchvision ResNet (classifier included) is read up to its last feature map
+    refresh(torchvision.models.resnet18(num_classes=10), dataset, bank, saliency_size=64, progress=False)
+    assert bank.refreshes == 1 and bank.stats()["images_with_regions"] == len(photos)
     refresh(TinyBYOL(), dataset, bank, generator=SaliencyGenerator(min_area=1), saliency_size=64, progress=False)
-    assert bank.refreshes == 1
+    assert bank.refreshes == 2
 
     class SimCLR(nn.Module):
         def __init__(self) -> None:

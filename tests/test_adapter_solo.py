@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from sgcl_plugin import InterImageLoss, SaliencyBank, SaliencyCropTransform, SaliencyWeightedLoss
 from sgcl_plugin.adapters import solo as adapter
 from sgcl_plugin.adapters.solo import SoloFeatureMaps, SoloSaliencyDataset, unpack_region_batch
+from sgcl_plugin.features import feature_maps
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*isinstance\\(treespec, LeafSpec\\).*"),
@@ -171,7 +172,7 @@ def test_batch_errors_are_explicit() -> None:
         unpack_region_batch([idx, [v, v, v], y, s])
     with pytest.raises(ValueError, match="one shape"):
         unpack_region_batch([idx, [v, torch.zeros(2, REGIONS, 3, 16, 16)], y, s])
-    with pytest.raises(ValueError, match="expects 96x96"):
+    with pytest.raises(ValueError, match="are 32x32 px but 96x96 are expected"):
         unpack_region_batch([idx, [v, v], y, s], crop_size=96)
     with pytest.raises(ValueError, match="scores must be"):
         unpack_region_batch([idx, [v, v], y, torch.ones(2)])
@@ -188,11 +189,27 @@ def test_feature_maps_of_a_solo_resnet() -> None:
     backbone.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        maps = SoloFeatureMaps(backbone)(x)
+        maps = feature_maps(backbone)(x)
         assert maps.shape == (2, 512, 2, 2)
         torch.testing.assert_close(maps.mean(dim=(2, 3)), backbone(x))
-    with pytest.raises(TypeError, match="sgcl_feature_backbone"):
-        SoloFeatureMaps(torch.nn.Linear(2, 2))
+        with pytest.warns(DeprecationWarning, match="feature_maps"):
+            torch.testing.assert_close(SoloFeatureMaps(backbone)(x), maps)
+
+
+def test_feature_maps_of_a_timm_resnet_and_vit() -> None:
+    """timm's ResNet has conv1 / bn1 / layer1-4 like torchvision's but act1 for relu: read through forward_features."""
+    timm = pytest.importorskip("timm")
+    x = torch.randn(2, 3, 64, 64)
+    resnet = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    with torch.no_grad():
+        maps = feature_maps(resnet)(x)
+        assert maps.shape == (2, 512, 2, 2)
+        torch.testing.assert_close(maps.mean(dim=(2, 3)), resnet(x))
+        vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64).eval()
+        tokens = vit.forward_features(x)
+        grid = feature_maps(vit)(x)
+        assert grid.shape == (2, 192, 4, 4)  # 64 / 16 patches a side, the class token dropped
+        torch.testing.assert_close(grid.flatten(2).transpose(1, 2), tokens[:, vit.num_prefix_tokens :])
 
 
 def augmentation(crop_size: int, num_crops: int = 1) -> Dict[str, Any]:
@@ -348,15 +365,17 @@ def test_sgcl_byol_trains_with_weighted_loss_and_refreshes(solo: Dict[str, type]
     from solo.losses.byol import byol_loss_func
 
     write_image_folder(tmp_path)
-    data = adapter.prepare_saliency_datasets("custom", None, train_data_path=tmp_path)
     cfg = solo_cfg(
         "sgcl_byol",
-        {"refresh": {"enabled": True, "every_n_epochs": 1, "saliency_size": 64, "progress": False}},
+        {"max_regions": 4, "refresh": {"enabled": True, "every_n_epochs": 1, "saliency_size": 64, "progress": False}},
         augmentations=[augmentation(CROP), augmentation(CROP)],
     )
     model = solo["sgcl_byol"](cfg)
     assert (model.num_large_crops, model.num_small_crops) == (2, 0)
-    model.sgcl_bank = prefilled_bank()  # adopted when training starts: region scores are known
+    # with the method's config the crop transform and its bank are there before the workers start
+    data = adapter.prepare_saliency_datasets("custom", None, train_data_path=tmp_path, cfg=model.cfg)
+    assert data.transform is not None and data.transform.size == CROP
+    data.bank.load_state_dict(prefilled_bank().state_dict())  # region scores known from the first step
     records = fit(model, prepare_dataloader(data, batch_size=BATCH, num_workers=2), max_epochs=2)
 
     assert len(records) == 4 and model.sgcl_bank.refreshes == 1  # refreshed at epoch 1 with solo's resnet18

@@ -149,9 +149,9 @@ def test_all_gather_device_follows_the_backend() -> None:
         assert comm_device("nccl", cpu) == current and comm_device("nccl", torch.device("cuda")) == current
 
 
-def test_default_device_reads_through_bound_methods() -> None:
+def testdefault_device_reads_through_bound_methods() -> None:
     """A bound method of a module (backbone.forward_features) runs on the module's device (it ran on the CPU)."""
-    from sgcl_plugin.refresh import _default_device
+    from sgcl_plugin.refresh import default_device
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
@@ -162,8 +162,8 @@ def test_default_device_reads_through_bound_methods() -> None:
             return x
 
     net = Net()
-    assert _default_device(net) == torch.device("meta")
-    assert _default_device(net.features) == torch.device("meta")
-    assert _default_device(lambda x: x) == torch.device("cpu")
+    assert default_device(net) == torch.device("meta")
+    assert default_device(net.features) == torch.device("meta")
+    assert default_device(lambda x: x) == torch.device("cpu")
     only_buffers = torch.nn.BatchNorm2d(3, affine=False).to("meta")
-    assert _default_device(only_buffers) == torch.device("meta")
+    assert default_device(only_buffers) == torch.device("meta")

@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 
 def _pop_option(argv: List[str], name: str) -> Tuple[Optional[str], List[str]]:
@@ -80,7 +80,14 @@ def find_main_pretrain(solo_dir: Optional[str]) -> Path:
 
 
 def load_main_pretrain(path: Path) -> ModuleType:
-    """Imports solo's main_pretrain.py as a module and puts SGCL's dataset wrapper in place."""
+    """Imports solo's main_pretrain.py as a module and puts SGCL's dataset wrapper in place.
+
+    solo-learn has no hook for wrapping the train dataset, so this launcher replaces two names of
+    its own copy of ``main_pretrain``, nothing else: ``parse_cfg`` (wrapped, to keep the parsed
+    config) and ``prepare_datasets`` (``prepare_saliency_datasets`` with that config, which attaches
+    the SGCL crop transform before the DataLoader workers start). solo's installed package is not
+    touched.
+    """
     from sgcl_plugin.adapters.solo import prepare_saliency_datasets, register
 
     register()
@@ -89,7 +96,18 @@ def load_main_pretrain(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules["main_pretrain"] = module
     spec.loader.exec_module(module)
-    module.prepare_datasets = prepare_saliency_datasets  # type: ignore[attr-defined]
+    parsed: Dict[str, Any] = {}
+    parse_cfg = module.parse_cfg
+
+    def keep_cfg(cfg: Any) -> Any:
+        parsed["cfg"] = parse_cfg(cfg)
+        return parsed["cfg"]
+
+    def prepare(*args: Any, **kwargs: Any) -> Any:
+        return prepare_saliency_datasets(*args, cfg=parsed.get("cfg"), **kwargs)
+
+    module.parse_cfg = keep_cfg  # type: ignore[attr-defined]
+    module.prepare_datasets = prepare  # type: ignore[attr-defined]
     return module
 
 

@@ -47,13 +47,15 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset, IterableDataset, default_collate
+from torch.utils.data import default_collate
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.crops import SaliencyCropTransform
-from sgcl_plugin.features import at_stride, feature_map_backbone
+from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform
+from sgcl_plugin.features import feature_map_backbone, feature_maps
+from sgcl_plugin.items import DatasetImages, ImageItem, repeat_rows
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
+from sgcl_plugin.schedule import RefreshSchedule
 
 _INSTALL_HINT = "pip install 'sgcl_plugin[lightly]'"
 
@@ -160,49 +162,6 @@ def _check_view_transform(transform: Any, size: int, name: str) -> None:
                 )
 
 
-def _to_pil(crop: Tensor) -> Any:
-    """A (3, H, W) float crop in [0, 1] as an 8-bit RGB PIL image (what lightly's view transforms expect)."""
-    from PIL import Image
-
-    array = crop.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return Image.fromarray(array, mode="RGB")
-
-
-class LightlyViewTransform:
-    """Runs a lightly view transform on one SGCL crop: tensor in [0, 1] -> PIL -> the transform -> tensor.
-
-    lightly's view transforms are written for PIL images: ``RandomSolarization`` calls
-    ``PIL.ImageOps.solarize`` and fails on tensors (lightly 1.6.0), so every crop is converted to an
-    8-bit PIL image first, exactly what a lightly dataset would hand them. The output is checked to
-    be a (3, size, size) tensor.
-
-    Args:
-        transform: The view transform (e.g. ``BYOLView1Transform(input_size=size, min_scale=1.0)``).
-        size: The crop side it must keep.
-        name: Its name in error messages.
-    """
-
-    def __init__(self, transform: Callable[[Any], Tensor], size: int, name: str = "view transform") -> None:
-        self.transform, self.size, self.name = transform, size, name
-
-    def __call__(self, crop: Tensor) -> Tensor:
-        out = self.transform(_to_pil(crop))
-        if not isinstance(out, Tensor):
-            raise TypeError(
-                f"{self.name} returned a {type(out).__name__}, not a tensor: end it with ToTensor() "
-                "(lightly's view transforms do)."
-            )
-        if tuple(out.shape) != (3, self.size, self.size):
-            raise ValueError(
-                f"Mismatched crop sizes: {self.name} returned shape {tuple(out.shape)} for a "
-                f"{self.size} x {self.size} crop; it must keep SGCLTransform's size (3, {self.size}, {self.size})."
-            )
-        return out
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.transform!r}, size={self.size})"
-
-
 class SGCLTransform(SaliencyCropTransform):
     """SGCL's crops with lightly's BYOL view augmentations, in the style of lightly's ``BYOLTransform``.
 
@@ -263,8 +222,8 @@ class SGCLTransform(SaliencyCropTransform):
         self.view_1_transform = view_1_transform
         self.view_2_transform = view_2_transform
         views = (
-            LightlyViewTransform(view_1_transform, size, "view_1_transform"),
-            LightlyViewTransform(view_2_transform, size, "view_2_transform"),
+            PILView(view_1_transform, size, "view_1_transform"),
+            PILView(view_2_transform, size, "view_2_transform"),
         )
         super().__init__(bank, num_regions=num_regions, size=size, view_transforms=views, scale=scale, ratio=ratio)
 
@@ -313,10 +272,6 @@ class SGCLBatch(NamedTuple):
     index: Tensor  # type: ignore[assignment]  # shadows tuple.index, on purpose (see above)
 
 
-def _repeat(values: Sequence[Any], t: int) -> List[Any]:
-    return [v for v in values for _ in range(t)]
-
-
 def sgcl_collate(items: Sequence[SGCLItem]) -> SGCLBatch:
     """Collates :class:`SGCLItem` s into an :class:`SGCLBatch` with one row per view pair.
 
@@ -332,47 +287,16 @@ def sgcl_collate(items: Sequence[SGCLItem]) -> SGCLBatch:
     x1 = torch.cat([item.views[1] for item in items])
     scores = torch.cat([item.scores for item in items]).float()
     index = torch.as_tensor([item.index for item in items], dtype=torch.int64).repeat_interleave(t)
-    targets = _repeat([item.target for item in items], t)
+    targets = list(repeat_rows([item.target for item in items], t))
     try:
         target: Any = default_collate(targets)
     except (TypeError, RuntimeError):
         target = targets
-    filenames = _repeat([item.filename for item in items], t)
+    filenames = list(repeat_rows([item.filename for item in items], t))
     return SGCLBatch([x0, x1], target, filenames, scores, index)
 
 
-def _has_transform(dataset: Any) -> Any:
-    try:
-        return getattr(dataset, "transform", None)
-    except AttributeError:  # LightlyDataset.from_torch_dataset over a dataset without .transform
-        return None
-
-
-def _split(item: Any, index: int) -> Tuple[Any, Any, str]:
-    """(image, target, filename) of a dataset item."""
-    if isinstance(item, (tuple, list)):
-        if not item:
-            raise ValueError(f"Dataset item {index} is an empty tuple: expected (image, target[, filename]).")
-        image = item[0]
-        target = item[1] if len(item) > 1 else -1
-        filename = item[2] if len(item) > 2 and isinstance(item[2], str) else str(index)
-    elif isinstance(item, dict):
-        if "image" not in item:
-            raise ValueError(f"Dataset item {index} is a dict without an 'image' key (keys: {sorted(item)}).")
-        image = item["image"]
-        target = item.get("label", item.get("target", -1))
-        filename = item.get("filename", str(index))
-    else:
-        image, target, filename = item, -1, str(index)
-    if isinstance(image, (tuple, list)):
-        raise ValueError(
-            f"Dataset item {index} already holds {len(image)} views: the wrapped dataset applies a multi-view "
-            "transform. Create it without one (LightlyDataset(..., transform=None)); SGCLTransform makes the views."
-        )
-    return image, -1 if target is None else target, filename
-
-
-class IndexedDataset(Dataset):
+class IndexedDataset(SaliencyCropDataset):
     """Wraps a map-style dataset so that the SGCL transform sees each item's dataset index.
 
     Works around ``lightly.data.LightlyDataset`` (items ``(image, target, filename)``; create it
@@ -381,7 +305,8 @@ class IndexedDataset(Dataset):
     ``(views=(views1, views2), target, filename, scores, index)``; with ``collate_fn=sgcl_collate``
     batches are :class:`SGCLBatch` es with one row per view pair (``x0, x1 = batch[0]``). Works
     with DataLoader workers, ``persistent_workers=True`` included: the bank lives in shared memory,
-    so a refresh in the main process reaches running workers at their next item.
+    so a refresh in the main process reaches running workers at their next item. The core's
+    :class:`~sgcl_plugin.crops.SaliencyCropDataset` in lightly's item layout.
 
     Args:
         dataset: The map-style dataset (``__len__`` and ``__getitem__``).
@@ -403,45 +328,15 @@ class IndexedDataset(Dataset):
     collate_fn = staticmethod(sgcl_collate)
 
     def __init__(self, dataset: Any, transform: SaliencyCropTransform) -> None:
-        if isinstance(dataset, IterableDataset) or not (
-            hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
-        ):
-            raise TypeError(
-                f"IndexedDataset needs a map-style dataset with __len__ and __getitem__, got {type(dataset).__name__}: "
-                "SGCL looks up each image's saliency regions by its dataset index, which a stream has not."
-            )
-        if not isinstance(transform, SaliencyCropTransform):
-            raise TypeError(f"transform must be an SGCLTransform, got {type(transform).__name__}.")
-        if isinstance(dataset, LightlyDataset) and _has_transform(dataset) is not None:
+        if isinstance(dataset, LightlyDataset) and getattr(dataset, "transform", None) is not None:
             raise ValueError(
                 "The LightlyDataset already has a transform: create it with transform=None; SGCLTransform crops "
                 "and augments the views itself."
             )
-        n = len(dataset)
-        if len(transform.bank) != n:
-            raise ValueError(
-                f"The bank holds {len(transform.bank)} images but the dataset has {n}: "
-                "create the bank with SaliencyBank(len(dataset))."
-            )
-        self.dataset = dataset
-        self.transform = transform
+        super().__init__(dataset, transform)
 
-    @property
-    def bank(self) -> SaliencyBank:
-        """The bank the transform reads."""
-        return self.transform.bank
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> SGCLItem:
-        index = int(index)
-        image, target, filename = _split(self.dataset[index], index)
-        sample = self.transform(image, index)
-        return SGCLItem((sample.views1, sample.views2), target, filename, sample.scores, index)
-
-    def __repr__(self) -> str:
-        return f"IndexedDataset({type(self.dataset).__name__} of {len(self)} images, {self.transform!r})"
+    def format(self, index: int, item: ImageItem, sample: CropSample) -> SGCLItem:
+        return SGCLItem((sample.views1, sample.views2), item.target, item.filename, sample.scores, index)
 
 
 # --------------------------------------------------------------------------------------- losses
@@ -721,20 +616,7 @@ def inter_loss_for(
 # -------------------------------------------------------------------------------------- refresh
 
 
-class _Images(Dataset):
-    """Only the images of a dataset (lightly tuples, torchvision pairs, dicts or images), for the refresh."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        return _split(self.dataset[index], index)[0]
-
-
-def _refresh_source(dataset: Any, bank: Any) -> Dataset:
+def _refresh_images(dataset: Any, bank: Any) -> DatasetImages:
     if bank is None:
         raise ValueError(
             "A saliency refresh was requested before the bank exists: create bank = SaliencyBank(len(dataset)), give "
@@ -742,27 +624,23 @@ def _refresh_source(dataset: Any, bank: Any) -> Dataset:
         )
     if not isinstance(bank, SaliencyBank):
         raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
-    if isinstance(dataset, IndexedDataset):
-        if dataset.bank is not bank:
-            raise ValueError(
-                "This bank is not the one the dataset's SGCLTransform reads: the refresh would never reach the crops."
-            )
-        dataset = dataset.dataset
-    if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise TypeError(
-            f"The refresh needs a map-style dataset (__len__ and __getitem__), got {type(dataset).__name__}."
-        )
-    if len(dataset) != len(bank):
+    if isinstance(dataset, SaliencyCropDataset) and dataset.bank is not bank:
         raise ValueError(
-            f"Dataset size does not match the bank: the dataset has {len(dataset)} images, the bank {len(bank)}."
+            "This bank is not the one the dataset's SGCLTransform reads: the refresh would never reach the crops."
         )
-    return _Images(dataset)
+    images = DatasetImages(dataset)
+    if len(images) != len(bank):
+        raise ValueError(
+            f"Dataset size does not match the bank: the dataset has {len(images)} images, the bank {len(bank)}."
+        )
+    return images
 
 
 def refresh(
     backbone: Any,
     dataset: Any,
     bank: Optional[SaliencyBank],
+    *,
     generator: Optional[SaliencyGenerator] = None,
     regions: Optional[str] = None,
     feature_stride: Optional[int] = None,
@@ -789,12 +667,8 @@ def refresh(
         ValueError: no bank yet, a bank of another size than the dataset, or a bank that is not the
             one the dataset's transform reads.
     """
-    images = _refresh_source(dataset, bank)
-    generator = resolve_generator(generator, regions)
-    if feature_stride is not None:
-        module = getattr(backbone, "backbone", backbone)
-        return generator.refresh(at_stride(module, feature_stride), images, bank, **kwargs)
-    return generator.refresh(feature_map_backbone(backbone), images, bank, **kwargs)  # output checked there
+    images = _refresh_images(dataset, bank)
+    return resolve_generator(generator, regions).refresh(feature_maps(backbone, feature_stride), images, bank, **kwargs)
 
 
 class SGCLRefresher:
@@ -806,8 +680,9 @@ class SGCLRefresher:
         every_n_epochs: Epochs between refreshes (paper: 100 of 800).
         generator: The :class:`~sgcl_plugin.SaliencyGenerator`.
         regions: ``"objects"`` (default) or ``"paper"``, the mode of the default generator.
-        **refresh_kwargs: Passed to :func:`refresh` (``saliency_size``, ``batch_size``,
-            ``feature_stride``, ...).
+        first_epoch: The first refresh epoch; default ``every_n_epochs``
+            (:class:`~sgcl_plugin.schedule.RefreshSchedule`).
+        feature_stride, saliency_size, batch_size, num_workers, progress, device: As in :func:`refresh`.
 
     Examples:
         >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
@@ -824,35 +699,50 @@ class SGCLRefresher:
         every_n_epochs: int = 10,
         generator: Optional[SaliencyGenerator] = None,
         regions: Optional[str] = None,
-        **refresh_kwargs: Any,
+        first_epoch: Optional[int] = None,
+        feature_stride: Optional[int] = None,
+        saliency_size: int = 640,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        progress: bool = True,
+        device: Optional[Union[str, torch.device]] = None,
     ) -> None:
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, numbers.Integral) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}.")
-        _refresh_source(dataset, bank)  # fail now, not after the first epochs
+        self.schedule = RefreshSchedule(every_n_epochs, first_epoch)
+        _refresh_images(dataset, bank)  # fail now, not after the first epochs
         self.bank: SaliencyBank = bank  # type: ignore[assignment]
         self.dataset: Any = dataset
-        self.every_n_epochs: int = int(every_n_epochs)
         self.generator: SaliencyGenerator = resolve_generator(generator, regions)
-        self.refresh_kwargs: Dict[str, Any] = refresh_kwargs
-        self.last_epoch: int = -1
+        self.refresh_kwargs: Dict[str, Any] = dict(
+            feature_stride=feature_stride, saliency_size=saliency_size, batch_size=batch_size,
+            num_workers=num_workers, progress=progress, device=device,
+        )  # fmt: skip
+
+    @property
+    def last_epoch(self) -> int:
+        """The last refreshed epoch (-1 before the first)."""
+        return self.schedule.last_epoch
 
     def due(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) starts with a refresh that has not been done yet."""
-        return epoch > 0 and epoch % self.every_n_epochs == 0 and epoch != self.last_epoch
+        return self.schedule.is_due(epoch)
 
     def maybe_refresh(self, epoch: int, backbone: Any) -> bool:
         """Refreshes when :meth:`due`; call it at the start of every epoch. Returns whether it refreshed."""
         if not self.due(epoch):
             return False
         refresh(backbone, self.dataset, self.bank, generator=self.generator, **self.refresh_kwargs)
-        self.last_epoch = epoch
+        self.schedule.mark_done(epoch, self.bank.stats())
         return True
 
     def state_dict(self) -> Dict[str, Any]:
-        """The bank and the last refreshed epoch, for checkpoints."""
-        return {"last_epoch": self.last_epoch, "bank": self.bank.state_dict()}
+        """The bank and the schedule (last refreshed epoch, history), for checkpoints."""
+        return {
+            "last_epoch": self.schedule.last_epoch,
+            "schedule": self.schedule.state_dict(),
+            "bank": self.bank.state_dict(),
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restores :meth:`state_dict` (the bank in place: running workers see it)."""
         self.bank.load_state_dict(state["bank"])
-        self.last_epoch = int(state["last_epoch"])
+        self.schedule.load_state_dict(state.get("schedule", {"last_epoch": state["last_epoch"]}))

@@ -24,8 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.features import at_stride, check_feature_output, feature_map_backbone
+from sgcl_plugin.features import check_feature_output, feature_maps
+from sgcl_plugin.items import DatasetImages
+from sgcl_plugin.refresh import SaliencyInput, default_device, eval_mode
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
+from sgcl_plugin.schedule import RefreshSchedule
 
 __all__ = ["SaliencyRefreshCallback", "lightning_callback_bases"]
 
@@ -102,42 +105,6 @@ _CONCRETE_DOC = "A SaliencyRefreshCallback bound to Lightning's Callback class(e
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _shares_rank_zero_memory(trainer: Any, bank: SaliencyBank) -> bool:
-    """Whether this rank's bank is the same shared memory as rank 0's (collective; all ranks call it).
-
-    ``ddp_fork`` / ``ddp_notebook`` children inherit the bank's shared memory and ``ddp_spawn``
-    receives it by handle, while ``ddp`` (a script per rank), torchrun and SLURM give every rank
-    its own. Rank 0 bumps the (even) sequence counter by 2 between two barriers, the others look
-    whether they see it, and rank 0 puts it back: readers in DataLoader workers are never disturbed.
-    """
-    strategy = trainer.strategy
-    rank = int(trainer.global_rank)
-    before = int(bank._seq[0])
-    strategy.barrier("sgcl_probe_read")
-    if rank == 0:
-        bank._seq[0] += 2
-    strategy.barrier("sgcl_probe_bump")
-    shared = rank != 0 and int(bank._seq[0]) != before
-    strategy.barrier("sgcl_probe_seen")
-    if rank == 0:
-        bank._seq[0] -= 2
-    strategy.barrier("sgcl_probe_done")
-    return shared
-
-
-class _CastInput(nn.Module):
-    """Feeds a backbone whose weights are not float32 (``precision="bf16-true"``...) in its dtype."""
-
-    def __init__(self, backbone: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.dtype = dtype
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.backbone(x.to(self.dtype))
-        return out.float() if isinstance(out, Tensor) else out
 
 
 class SaliencyRefreshCallback:
@@ -233,15 +200,6 @@ class SaliencyRefreshCallback:
             isinstance(feature_stride, bool) or not isinstance(feature_stride, int) or feature_stride < 1
         ):
             raise ValueError(f"feature_stride must be None or a positive integer, got {feature_stride!r}.")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be an integer >= 1, got {every_n_epochs!r}.")
-        if first_epoch is None:
-            first_epoch = every_n_epochs
-        if isinstance(first_epoch, bool) or not isinstance(first_epoch, int) or first_epoch < 1:
-            raise ValueError(
-                f"first_epoch must be an integer >= 1, got {first_epoch!r}: SGCL never refreshes at epoch 0, "
-                "when the backbone has not learnt anything yet."
-            )
         if bank is not None and not isinstance(bank, SaliencyBank) and not callable(bank):
             raise TypeError(
                 f"bank must be a SaliencyBank, None or a callable returning one, got {type(bank).__name__}."
@@ -253,12 +211,11 @@ class SaliencyRefreshCallback:
                 f"Need saliency_size >= 2, batch_size >= 1, num_workers >= 0; got {saliency_size}, "
                 f"{batch_size}, {num_workers}."
             )
+        self.schedule = RefreshSchedule(every_n_epochs, first_epoch)
         self.bank = bank
         self.dataset = dataset
         self.generator = resolve_generator(generator, regions)
         self.feature_stride = feature_stride
-        self.every_n_epochs = every_n_epochs
-        self.first_epoch = first_epoch
         self.get_backbone = backbone
         self.saliency_size = int(saliency_size)
         self.batch_size = int(batch_size)
@@ -266,8 +223,6 @@ class SaliencyRefreshCallback:
         self.progress = bool(progress)
         self.log_stats = bool(log_stats)
         self.transform = transform
-        self.last_refresh_epoch = -1
-        self.history: List[Dict[str, float]] = []
         self._pending_bank_state: Optional[Dict[str, Any]] = None
         self._warned_package = False
         self._probed_bank: Optional[int] = None  # id() of the bank whose cross-rank sharing was probed
@@ -283,13 +238,35 @@ class SaliencyRefreshCallback:
     # ------------------------------------------------------------------------------------ schedule
 
     @property
+    def every_n_epochs(self) -> int:
+        return self.schedule.every_n_epochs
+
+    @property
+    def first_epoch(self) -> int:
+        return self.schedule.first_epoch
+
+    @property
+    def last_refresh_epoch(self) -> int:
+        """Epoch of the last refresh (-1 before the first)."""
+        return self.schedule.last_epoch
+
+    @last_refresh_epoch.setter
+    def last_refresh_epoch(self, epoch: int) -> None:
+        self.schedule.last_epoch = int(epoch)
+
+    @property
+    def history(self) -> List[Dict[str, float]]:
+        """One dict per refresh: ``epoch``, ``global_step``, ``seconds`` and the bank stats."""
+        return self.schedule.history
+
+    @property
     def state_key(self) -> str:
         """Key of this callback's entry in ``checkpoint["callbacks"]``; the same for both packages."""
         return "SaliencyRefreshCallback"
 
     def should_refresh(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is on the schedule (already-made refreshes aside)."""
-        return epoch >= self.first_epoch and (epoch - self.first_epoch) % self.every_n_epochs == 0
+        return self.schedule.on_schedule(epoch)
 
     # ------------------------------------------------------------------------------ bank, dataset
 
@@ -305,23 +282,15 @@ class SaliencyRefreshCallback:
             self._load_bank(bank, state)
         return bank
 
-    def resolve_dataset(self) -> Any:
-        """The refresh dataset (calling ``dataset`` when it is a callable), a crop dataset unwrapped.
-
-        Any wrapper that holds a ``dataset`` and a :class:`~sgcl_plugin.crops.SaliencyCropTransform`
-        as ``transform`` (``SaliencyCropDataset``, the lightly adapter's ``IndexedDataset``) is
-        unwrapped: the refresh reads the images, not the region crops.
-        """
-        from sgcl_plugin.crops import SaliencyCropTransform
-
+    def resolve_dataset(self) -> Optional[DatasetImages]:
+        """The refresh's images (calling ``dataset`` when it is a callable); a crop dataset gives the
+        images it wraps (:class:`~sgcl_plugin.items.DatasetImages`)."""
         dataset = self.dataset
         if dataset is not None and not hasattr(dataset, "__getitem__") and callable(dataset):
             dataset = dataset()
-        while isinstance(getattr(dataset, "transform", None), SaliencyCropTransform) and hasattr(dataset, "dataset"):
-            dataset = dataset.dataset
-        return dataset
+        return None if dataset is None else DatasetImages(dataset)
 
-    def _checked_bank_and_dataset(self) -> tuple:
+    def _checked_bank_and_dataset(self) -> Tuple[SaliencyBank, DatasetImages]:
         bank = self.resolve_bank()
         if bank is None:
             raise RuntimeError(
@@ -332,24 +301,20 @@ class SaliencyRefreshCallback:
         dataset = self.resolve_dataset()
         if dataset is None:
             raise RuntimeError("SaliencyRefreshCallback: a saliency refresh is due but the dataset is None.")
-        try:
-            n = len(dataset)
-        except TypeError as err:
-            raise TypeError(
-                "SaliencyRefreshCallback needs a map-style dataset (with __len__ and __getitem__)."
-            ) from err
-        if n != len(bank):
+        if len(dataset) != len(bank):
             raise ValueError(
-                f"SaliencyRefreshCallback: the dataset has {n} images but the bank holds {len(bank)}. Refresh "
-                "the same images, in the same order, that the crop dataset reads (index i of both must be "
-                "the same image)."
+                f"SaliencyRefreshCallback: the dataset has {len(dataset)} images but the bank holds {len(bank)}. "
+                "Refresh the same images, in the same order, that the crop dataset reads (index i of both must "
+                "be the same image)."
             )
         return bank, dataset
 
     # ----------------------------------------------------------------------------------- backbone
 
     def backbone_of(self, pl_module: Any) -> Union[nn.Module, Callable[[Tensor], Tensor]]:
-        """The module's backbone: ``get_backbone(pl_module)`` or ``pl_module.backbone``."""
+        """What a refresh runs: :func:`~sgcl_plugin.features.feature_maps` of ``get_backbone(pl_module)``
+        or of ``pl_module.backbone`` (at ``feature_stride`` when set)."""
+        backbone: Any
         if self.get_backbone is not None:
             backbone = self.get_backbone(pl_module)
             if backbone is None or not callable(backbone):
@@ -357,15 +322,15 @@ class SaliencyRefreshCallback:
                     f"SaliencyRefreshCallback: get_backbone({type(pl_module).__name__}) returned "
                     f"{type(backbone).__name__}, not a module or callable mapping images to feature maps."
                 )
-            return backbone
-        attribute: Any = getattr(pl_module, "backbone", None)
-        if attribute is None or not callable(attribute):
-            raise RuntimeError(
-                f"SaliencyRefreshCallback: {type(pl_module).__name__} has no `backbone` attribute. Name the "
-                "feature extractor `self.backbone`, or pass backbone=lambda module: module.<your encoder> (a "
-                "module mapping (B, 3, S, S) images to (B, C, h, w) feature maps)."
-            )
-        return attribute
+        else:
+            backbone = getattr(pl_module, "backbone", None)
+            if backbone is None or not callable(backbone):
+                raise RuntimeError(
+                    f"SaliencyRefreshCallback: {type(pl_module).__name__} has no `backbone` attribute. Name the "
+                    "feature extractor `self.backbone`, or pass backbone=lambda module: module.<your encoder> (a "
+                    "module mapping (B, 3, S, S) images to (B, C, h, w) feature maps)."
+                )
+        return feature_maps(backbone, self.feature_stride)
 
     # --------------------------------------------------------------------------------------- hooks
 
@@ -373,9 +338,8 @@ class SaliencyRefreshCallback:
         """Starts a new run's schedule; probes whether the ranks share one bank in memory (under DDP)."""
         if stage == "fit":
             self._probed_bank = None  # probe again in every run (fork children inherit this object)
-            if int(trainer.current_epoch) == 0:  # a new run (a resume restores both right after setup)
-                self.last_refresh_epoch = -1
-                self.history = []
+            if int(trainer.current_epoch) == 0:  # a new run (a resume restores the state right after setup)
+                self.schedule.reset()
             self._prepare(trainer)
         self._check_package(trainer)
 
@@ -394,40 +358,22 @@ class SaliencyRefreshCallback:
             )
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        """Restores a checkpointed bank; fails early on a module without backbone or a size mismatch."""
+        """Restores a checkpointed bank; fails early on a module without backbone, an unreadable dataset
+        or a backbone without feature maps (one image, one forward), or a size mismatch."""
         self._prepare(trainer)
-        backbone = self._refresh_backbone(pl_module)  # no stage at that stride: fail now
-        if self.resolve_bank() is not None and self.resolve_dataset() is not None:
-            _, dataset = self._checked_bank_and_dataset()
-            self._probe(backbone, dataset, pl_module)
-
-    def _refresh_backbone(self, pl_module: Any) -> Any:
-        """What a refresh runs: the backbone's stage at ``feature_stride``, or its output with any
-        trailing global pooling dropped (lightly-style ``Sequential`` backbones)."""
-        backbone = self.backbone_of(pl_module)
-        if self.feature_stride is None:
-            return feature_map_backbone(backbone)
-        return at_stride(backbone, self.feature_stride)
-
-    def _probe(self, backbone: Any, dataset: Any, pl_module: Any) -> None:
-        """One image, one forward: a dataset the refresh cannot read or a backbone that does not give
-        feature maps fails at fit start, not after the first epochs."""
-        from sgcl_plugin.refresh import SaliencyInput, eval_mode
-
-        transform = self.transform or SaliencyInput(self.saliency_size)
+        backbone = self.backbone_of(pl_module)  # no stage at that stride: fail now
+        if self.resolve_bank() is None or self.resolve_dataset() is None:
+            return
+        _, dataset = self._checked_bank_and_dataset()
         try:
-            x = transform(dataset[0])[None]
+            x = (self.transform or SaliencyInput(self.saliency_size))(dataset[0])[None]
         except (TypeError, ValueError) as err:
             raise type(err)(
                 f"SaliencyRefreshCallback cannot read dataset[0] as an image for the refresh: {err} Pass the "
                 "images (PIL, arrays, tensors, or (image, ...) tuples / {'image': ...} dicts) in bank order."
             ) from err
-        params = list(backbone.parameters()) if isinstance(backbone, nn.Module) else []
-        device = params[0].device if params else getattr(pl_module, "device", torch.device("cpu"))
-        dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
-        x = x.to(device=device, dtype=dtype)
         with torch.no_grad(), eval_mode(backbone):
-            check_feature_output(backbone(x), x)
+            check_feature_output(backbone(x.to(default_device(backbone))), x)
 
     def _prepare(self, trainer: Any) -> Optional[SaliencyBank]:
         """Probes cross-rank sharing of a new bank and applies a checkpointed state waiting for it.
@@ -438,15 +384,16 @@ class SaliencyRefreshCallback:
         bank = self.resolve_bank()
         if bank is None:
             return None
-        world = int(getattr(trainer, "world_size", 1))
+        several = int(getattr(trainer, "world_size", 1)) > 1 and _distributed()
         if self._probed_bank != id(bank):
-            self._writer = not (world > 1 and _distributed() and _shares_rank_zero_memory(trainer, bank))
+            rank = int(trainer.global_rank) if several else 0
+            self._writer = not (several and bank.shared_with_rank_zero(rank, trainer.strategy.barrier))
             self._probed_bank = id(bank)
         if self._pending_bank_state is not None:
             state, self._pending_bank_state = self._pending_bank_state, None
             if self._writer:
                 self._load_bank(bank, state)
-            if world > 1 and _distributed():
+            if several:
                 trainer.strategy.barrier("sgcl_bank_restore")
         return bank
 
@@ -456,15 +403,26 @@ class SaliencyRefreshCallback:
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._prepare(trainer)
-        epoch = int(trainer.current_epoch)
-        if not self.should_refresh(epoch) or epoch <= self.last_refresh_epoch:
-            return  # off schedule, or done already for this epoch (resumed from a checkpoint)
-        self.refresh(trainer, pl_module)
+        if self.schedule.is_due(int(trainer.current_epoch)):  # a resumed run does not repeat its refresh
+            values = self.refresh(trainer, pl_module)
+            if self.log_stats:  # inside a hook, where LightningModule.log is allowed
+                # Every rank holds the same bank after the gather, so the mean over ranks is the value
+                # itself (sync_dist=True: a few scalars reduced once an epoch, no warning under DDP).
+                stats = {k: v for k, v in self.history[-1].items() if k not in ("epoch", "global_step")}
+                stats["version"], stats["refresh_seconds"] = float(values.version), stats.pop("seconds")
+                pl_module.log_dict(
+                    {f"sgcl/{k}": float(v) for k, v in stats.items()},
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=1,
+                    sync_dist=True,
+                )
 
     def refresh(self, trainer: Any, pl_module: Any) -> SaliencyBank:
         """Refreshes the bank now with the module's current backbone, whatever the schedule.
 
-        Call it on every rank at once under DDP (the refresh is sharded and gathered).
+        Call it on every rank at once under DDP (the refresh is sharded and gathered). The bank
+        statistics are logged only by the scheduled refreshes (a Lightning hook).
         """
         self._prepare(trainer)
         bank, dataset = self._checked_bank_and_dataset()
@@ -472,17 +430,8 @@ class SaliencyRefreshCallback:
         # sharded refresh but writes into a scratch bank: one writer per table keeps the version
         # counter and the sequence lock right.
         target = bank if self._writer else SaliencyBank(len(bank), bank.max_regions)
-        backbone = self._refresh_backbone(pl_module)
-        device = None
-        if isinstance(backbone, nn.Module):
-            params = list(backbone.parameters())
-            if params and params[0].is_floating_point() and params[0].dtype != torch.float32:
-                backbone = _CastInput(backbone, params[0].dtype)
-            if not params:
-                device = pl_module.device
-        else:
-            device = getattr(pl_module, "device", None)
-        is_zero = bool(getattr(trainer, "is_global_zero", True))
+        backbone = self.backbone_of(pl_module)
+        has_params = isinstance(backbone, nn.Module) and next(backbone.parameters(), None) is not None
         start = time.perf_counter()
         self.generator.refresh(
             backbone,
@@ -491,38 +440,15 @@ class SaliencyRefreshCallback:
             batch_size=self.batch_size,
             saliency_size=self.saliency_size,
             transform=self.transform,
-            device=device,
+            device=None if has_params else getattr(pl_module, "device", None),
             num_workers=self.num_workers,
-            progress=self.progress and is_zero,
+            progress=self.progress and bool(getattr(trainer, "is_global_zero", True)),
         )
         if int(getattr(trainer, "world_size", 1)) > 1 and _distributed():
             trainer.strategy.barrier("sgcl_refresh")  # every rank's table is written before training resumes
-        seconds = time.perf_counter() - start
-        epoch = int(trainer.current_epoch)
-        self.last_refresh_epoch = max(self.last_refresh_epoch, epoch)
-        stats = bank.stats()
-        record = {"epoch": float(epoch), "global_step": float(trainer.global_step), "seconds": seconds, **stats}
-        self.history.append(record)
-        if self.log_stats:
-            self._log(pl_module, {"version": float(bank.version), "refresh_seconds": seconds, **stats})
+        record = {"global_step": float(trainer.global_step), "seconds": time.perf_counter() - start, **bank.stats()}
+        self.schedule.mark_done(int(trainer.current_epoch), record)
         return bank
-
-    @staticmethod
-    def _log(pl_module: Any, values: Dict[str, float]) -> None:
-        log_dict = getattr(pl_module, "log_dict", None)
-        if log_dict is None or getattr(pl_module, "_trainer", None) is None:
-            return
-        if getattr(pl_module, "_current_fx_name", None) is None:
-            return  # called outside a Lightning hook (a manual refresh): self.log is not allowed there
-        # Every rank holds the same bank after the gather, so the mean over ranks is the value itself
-        # (sync_dist=True: a few scalars reduced once an epoch, and no Lightning warning under DDP).
-        log_dict(
-            {f"sgcl/{k}": float(v) for k, v in values.items()},
-            on_step=False,
-            on_epoch=True,
-            batch_size=1,
-            sync_dist=True,
-        )
 
     # -------------------------------------------------------------------------------- checkpoints
 
@@ -535,14 +461,15 @@ class SaliencyRefreshCallback:
         return {
             "format": _STATE_FORMAT,
             "bank": bank_state,
-            "last_refresh_epoch": self.last_refresh_epoch,
+            "last_refresh_epoch": self.schedule.last_epoch,
             "history": [dict(h) for h in self.history],
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores the state of a checkpoint; the bank is overwritten in place (workers see it)."""
-        self.last_refresh_epoch = int(state_dict.get("last_refresh_epoch", -1))
-        self.history = [dict(h) for h in state_dict.get("history", [])]
+        self.schedule.load_state_dict(
+            {"last_epoch": state_dict.get("last_refresh_epoch", -1), "history": state_dict.get("history", [])}
+        )
         bank_state = state_dict.get("bank")
         if bank_state is None:
             return

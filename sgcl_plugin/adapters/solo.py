@@ -43,11 +43,12 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from sgcl_plugin.affinity import tokens_to_map
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.crops import SaliencyCropTransform, byol_view_transforms
+from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
+from sgcl_plugin.features import feature_maps
+from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
@@ -246,21 +247,6 @@ def add_sgcl_cfg(cfg: Any) -> Any:
     return cfg
 
 
-class _PILView:
-    """A solo augmentation pipeline (PIL in, normalized tensor out) applied to a crop tensor in [0, 1]."""
-
-    def __init__(self, pipeline: Callable[[Any], Tensor]) -> None:
-        self.pipeline = pipeline
-
-    def __call__(self, view: Tensor) -> Tensor:
-        from torchvision.transforms.functional import to_pil_image
-
-        return self.pipeline(to_pil_image(view.clamp(0, 1)))
-
-    def __repr__(self) -> str:
-        return f"_PILView({self.pipeline})"
-
-
 def _solo_view_transforms(cfg: Any) -> Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     """The two views of ``cfg.augmentations`` (colour, blur, flip...), without their random-resized crop."""
     from solo.data.pretrain_dataloader import build_transform_pipeline
@@ -270,7 +256,7 @@ def _solo_view_transforms(cfg: Any) -> Tuple[Callable[[Tensor], Tensor], Callabl
     for aug in _expand_augmentations(cfg):
         aug = OmegaConf.create(OmegaConf.to_container(aug, resolve=True))
         aug.rrc = {"enabled": False}  # the crop is SGCL's: resize to crop_size is then a no-op
-        views.append(_PILView(build_transform_pipeline(_select(cfg, "data.dataset", "custom"), aug)))
+        views.append(PILView(build_transform_pipeline(_select(cfg, "data.dataset", "custom"), aug)))
     return views[0], views[1]
 
 
@@ -291,67 +277,26 @@ def build_saliency_transform(cfg: Any, bank: SaliencyBank) -> SaliencyCropTransf
 # ------------------------------------------------------------------------------------------- data
 
 
-def _is_solo_indexed(item: Any, index: int) -> bool:
-    """An item of solo's ``dataset_with_index`` datasets: ``(index, image, target)``."""
-    return (
-        isinstance(item, (tuple, list))
-        and len(item) >= 3
-        and isinstance(item[0], numbers.Integral)
-        and not isinstance(item[0], bool)
-        and int(item[0]) == index
-    )
-
-
-def _image_and_target(item: Any, index: int) -> Tuple[Any, Any]:
-    if _is_solo_indexed(item, index):
-        item = tuple(item[1:])
-    if isinstance(item, (tuple, list)):
-        if not item:
-            raise ValueError(f"Dataset item {index} is an empty tuple.")
-        return item[0], item[1] if len(item) > 1 else -1
-    if isinstance(item, dict):
-        if "image" not in item:
-            raise ValueError(f"Dataset item {index} is a dict without an 'image' key (keys: {sorted(item)}).")
-        return item["image"], item.get("label", item.get("target", -1))
-    return item, -1
-
-
-class _Images(Dataset):
-    """The raw images of a :class:`SoloSaliencyDataset`, for saliency refreshes (no index, no target)."""
-
-    def __init__(self, owner: SoloSaliencyDataset) -> None:
-        self.owner = owner
-
-    def __len__(self) -> int:
-        return len(self.owner)
-
-    def __getitem__(self, index: int) -> Any:
-        return _image_and_target(self.owner.dataset[index], index)[0]
-
-
-class SoloSaliencyDataset(Dataset):
+class SoloSaliencyDataset(SaliencyCropDataset):
     """An index-aware train dataset in solo-learn's format, with SGCL's region crops.
 
     ``dataset[i] -> (i, [views1, views2], target, scores)``: the ``[indexes, [X], targets]`` items
     of solo's pretrain datasets, plus the scores of the t sampled regions; views are
     (t, 3, size, size), scores (t,). The default collate gives ``[indexes (B,), [V1, V2]
     (B, t, 3, s, s), targets (B,), scores (B, t)]``, which the SGCL methods flatten to B * t pairs.
-
-    The wrapped dataset may return images, ``(image, target, ...)`` tuples, ``{"image", "label"}``
-    dicts, or solo's ``(index, image, target)`` items (``dataset_with_index``; the index is checked
-    and dropped). Images may be PIL images, HWC arrays or CHW tensors: build the inner dataset
-    without a transform.
+    The core's :class:`~sgcl_plugin.crops.SaliencyCropDataset` in solo's item layout: the wrapped
+    dataset may return images, tuples, dicts or solo's own ``(index, image, target)`` items (read by
+    :func:`~sgcl_plugin.items.split_item`); build it without a transform.
 
     Args:
         dataset: A map-style dataset.
-        transform: The :class:`SaliencyCropTransform`; None to let the SGCL method attach one built
-            from its config when training starts (:meth:`attach`).
+        transform: The :class:`SaliencyCropTransform`, e.g. ``build_saliency_transform(cfg,
+            SaliencyBank(len(dataset)))``. None: the SGCL method attaches one built from its config
+            when training starts, which works only with ``num_workers=0`` (Lightning starts the
+            workers before any hook sees the loader).
         fallback_transform: Used while no SGCL transform is attached: ``dataset[i]`` is then solo's
-            plain ``(i, fallback_transform(image), target)`` (solo's own ``FullTransformPipeline``),
-            so the same dataset also trains solo's other methods.
-
-    Attributes:
-        images: The raw images by index, for :meth:`SaliencyGenerator.refresh`.
+            plain ``(i, fallback_transform(image), target)``, so the same dataset trains solo's
+            other methods too.
 
     Examples:
         >>> bank = SaliencyBank(len(train_set))
@@ -359,74 +304,36 @@ class SoloSaliencyDataset(Dataset):
         >>> index, (views1, views2), target, scores = data[0]  # views: (4, 3, 96, 96)
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        transform: Optional[SaliencyCropTransform] = None,
-        fallback_transform: Optional[Callable[[Any], Any]] = None,
-    ) -> None:
-        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise TypeError("SoloSaliencyDataset needs a map-style dataset (with __len__ and __getitem__).")
-        if fallback_transform is not None and not callable(fallback_transform):
-            raise TypeError("fallback_transform must be callable.")
-        self.dataset = dataset
-        self.fallback_transform = fallback_transform
-        self.transform: Optional[SaliencyCropTransform] = None
-        if transform is not None:
-            self.attach(transform)
+    def format(self, index: int, item: ImageItem, sample: CropSample) -> Tuple[Any, ...]:
+        return index, [sample.views1, sample.views2], item.target, sample.scores
 
-    def attach(self, transform: SaliencyCropTransform) -> None:
-        """Sets the SGCL crop transform; its bank must have one row per image."""
-        if not isinstance(transform, SaliencyCropTransform):
-            raise TypeError(f"transform must be a SaliencyCropTransform, got {type(transform).__name__}.")
-        if len(transform.bank) != len(self):
-            raise ValueError(f"The bank holds {len(transform.bank)} images but the dataset has {len(self)}.")
-        self.transform = transform
-
-    @property
-    def bank(self) -> Optional[SaliencyBank]:
-        return None if self.transform is None else self.transform.bank
-
-    @property
-    def images(self) -> Dataset:
-        return _Images(self)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Tuple[Any, ...]:
-        index = int(index)
-        image, target = _image_and_target(self.dataset[index], index)
-        target = -1 if target is None else target
-        if self.transform is None:
-            if self.fallback_transform is None:
-                raise RuntimeError(
-                    "SoloSaliencyDataset has no SaliencyCropTransform yet: an SGCL method (sgcl_byol, ...) attaches "
-                    "one when training starts, or pass transform=SaliencyCropTransform(bank, ...)."
-                )
-            return index, self.fallback_transform(image), target
-        sample = self.transform(image, index)
-        return index, [sample.views1, sample.views2], target, sample.scores
+    def format_fallback(self, index: int, item: ImageItem, views: Any) -> Tuple[Any, ...]:
+        return index, views, item.target
 
 
 def prepare_saliency_datasets(
     dataset: str,
     transform: Optional[Callable[[Any], Any]] = None,
     *args: Any,
+    cfg: Any = None,
     **kwargs: Any,
 ) -> SoloSaliencyDataset:
     """solo's ``prepare_datasets`` whose dataset is wrapped in a :class:`SoloSaliencyDataset`.
 
     Same arguments as ``solo.data.pretrain_dataloader.prepare_datasets``. solo builds the dataset
     without a transform (raw PIL images); its ``transform`` becomes the fallback, so solo's other
-    methods train as usual, while an SGCL method attaches its crop transform when training starts.
-    ``examples/solo/pretrain.py`` puts this function in place of ``prepare_datasets`` in solo's
-    ``main_pretrain.py``.
+    methods train as usual. With the config of an SGCL method (``cfg.method`` is ``sgcl_*``) the
+    crop transform and a new bank are attached at once, so DataLoader workers have them from the
+    start. ``examples/solo/pretrain.py`` puts this function in place of ``prepare_datasets`` in
+    solo's ``main_pretrain.py``.
     """
     from solo.data.pretrain_dataloader import prepare_datasets
 
-    inner = prepare_datasets(dataset, None, *args, **kwargs)
-    return SoloSaliencyDataset(inner, fallback_transform=transform)
+    data = SoloSaliencyDataset(prepare_datasets(dataset, None, *args, **kwargs), fallback_transform=transform)
+    if cfg is not None and str(_select(cfg, "method", "")) in METHOD_NAMES:
+        bank = SaliencyBank(len(data), max_regions=int(_select(cfg, "sgcl.max_regions", SGCL_DEFAULTS["max_regions"])))
+        data.attach(build_saliency_transform(cfg, bank))
+    return data
 
 
 class RegionBatch(NamedTuple):
@@ -475,107 +382,26 @@ def unpack_region_batch(batch: Any, crop_size: Optional[int] = None) -> RegionBa
     indexes, views, targets, scores = batch
     if not isinstance(indexes, Tensor) or indexes.ndim != 1 or indexes.is_floating_point():
         raise ValueError(f"The batch has no dataset indexes (got {type(indexes).__name__} first). {wrap_hint}")
-    if isinstance(views, Tensor) or not isinstance(views, (list, tuple)) or len(views) != 2:
-        count = 1 if isinstance(views, Tensor) else len(views) if isinstance(views, (list, tuple)) else "?"
-        raise ValueError(f"SGCL needs exactly two views per region pair, got {count}.")
-    v1, v2 = views
-    if not isinstance(v1, Tensor) or not isinstance(v2, Tensor) or v1.shape != v2.shape:
-        shapes = [tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for v in views]
-        raise ValueError(f"The two views must be tensors of one shape, got {shapes}.")
-    B = indexes.shape[0]
-    if v1.ndim == 4:
-        v1, v2 = v1[:, None], v2[:, None]
-    if v1.ndim != 5 or v1.shape[0] != B or v1.shape[2] != 3:
-        raise ValueError(f"Views must be (B, t, 3, s, s) or (B, 3, s, s) with B = {B}, got {tuple(views[0].shape)}.")
-    t, h, w = v1.shape[1], v1.shape[-2], v1.shape[-1]
-    if h != w or (crop_size is not None and h != crop_size):
-        raise ValueError(
-            f"Region crops are {h}x{w} px but the method expects {crop_size}x{crop_size} (sgcl.crop_size): every "
-            "region crop must have the configured size, or solo would not treat them as its large crops."
-        )
-    if not isinstance(scores, Tensor) or scores.reshape(-1).shape[0] != B * t or scores.shape[0] != B:
-        got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-        raise ValueError(f"scores must be (B, t) = ({B}, {t}), one per region pair, got {got}.")
-    if not isinstance(targets, Tensor):
-        targets = torch.as_tensor(targets)
-    image_ids = indexes.repeat_interleave(t)
-    return RegionBatch(
-        indexes=indexes,
-        image_ids=image_ids,
-        views=[v1.flatten(0, 1), v2.flatten(0, 1)],
-        targets=targets.to(indexes.device).repeat_interleave(t),
-        scores=scores.reshape(-1).float(),
-        num_regions=t,
-    )
+    try:
+        rows = flatten_pairs(views, scores, indexes, targets, crop_size)
+    except ValueError as err:
+        raise ValueError(f"{err} (sgcl.crop_size: solo treats only crops of that size as its large crops)") from err
+    return RegionBatch(indexes, rows.image_ids, [rows.views1, rows.views2], rows.targets, rows.scores, rows.num_regions)  # type: ignore[arg-type]
 
 
 # -------------------------------------------------------------------------------- feature maps
 
 
-class SoloFeatureMaps(nn.Module):
-    """The last feature map of a solo backbone, (B, C, h, w), for saliency refreshes.
-
-    solo strips the classifier of its backbones, which then return pooled vectors. This module runs
-    them up to their last spatial map instead: torchvision ResNets (``resnet18``/``resnet50``, the
-    CIFAR stem included) and solo's WideResNets layer by layer; timm models (ViT, Swin, ConvNeXt,
-    PoolFormer) through ``forward_features``, with ViT tokens reshaped to their patch grid.
-
-    Args:
-        backbone: ``method.backbone`` (shares its weights; nothing is copied).
-
-    Raises:
-        TypeError: a backbone of an unknown kind (pass your own ``sgcl_feature_backbone``).
-    """
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        if all(hasattr(backbone, name) for name in ("conv1", "bn1", "layer1", "layer4")):
-            self.kind = "resnet"
-        elif all(hasattr(backbone, name) for name in ("conv1", "block1", "block3", "bn1")):
-            self.kind = "wide_resnet"
-        elif hasattr(backbone, "forward_features"):
-            self.kind = "timm"
-        else:
-            raise TypeError(
-                f"Cannot take feature maps from a {type(backbone).__name__} backbone: override the method's "
-                "sgcl_feature_backbone() to return a module mapping (B, 3, S, S) images to (B, C, h, w) maps."
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        b: Any = self.backbone
-        if self.kind == "resnet":
-            x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-            return b.layer4(b.layer3(b.layer2(b.layer1(x))))
-        if self.kind == "wide_resnet":
-            x = b.block3(b.block2(b.block1(b.conv1(x))))
-            return b.relu(b.bn1(x))
-        out = b.forward_features(x)
-        if out.ndim == 3:  # ViT tokens (B, prefix + h * w, C)
-            prefix = int(getattr(b, "num_prefix_tokens", 1))
-            grid = getattr(getattr(b, "patch_embed", None), "grid_size", None)
-            n = out.shape[1] - prefix
-            if grid is None or grid[0] * grid[1] != n:
-                side = int(round(math.sqrt(n)))
-                grid = (side, side)
-            return tokens_to_map(out, int(grid[0]), int(grid[1]), num_prefix_tokens=prefix)
-        if (
-            out.ndim == 4
-            and out.shape[1] != getattr(b, "num_features", out.shape[1])
-            and out.shape[-1] == getattr(b, "num_features", -1)
-        ):
-            out = out.permute(0, 3, 1, 2)  # NHWC (timm Swin) -> NCHW
-        if out.ndim != 4:
-            raise ValueError(f"{type(b).__name__}.forward_features returned {tuple(out.shape)}, not a feature map.")
-        return out
+def SoloFeatureMaps(backbone: nn.Module) -> Any:  # noqa: N802 - the class of earlier releases
+    """Deprecated: :func:`sgcl_plugin.features.feature_maps` (the last feature map of any backbone)."""
+    warnings.warn("SoloFeatureMaps is deprecated: use sgcl_plugin.features.feature_maps.", DeprecationWarning, 2)
+    return feature_maps(backbone)
 
 
-def solo_feature_backbone(pl_module: Any) -> nn.Module:
+def solo_feature_backbone(pl_module: Any) -> Any:
     """The refresh backbone of an SGCL method: ``pl_module.sgcl_feature_backbone()`` (online backbone)."""
     getter = getattr(pl_module, "sgcl_feature_backbone", None)
-    if getter is not None:
-        return getter()
-    return SoloFeatureMaps(pl_module.backbone)
+    return getter() if getter is not None else feature_maps(pl_module.backbone)
 
 
 # -------------------------------------------------------------------------------- the methods
@@ -661,45 +487,20 @@ class SGCLMethodMixin:
     def _sgcl_get_bank(self) -> Optional[SaliencyBank]:
         return self.sgcl_bank
 
-    def _sgcl_get_images(self) -> Optional[Dataset]:
+    def _sgcl_get_images(self) -> Any:
         return None if self.sgcl_dataset is None else self.sgcl_dataset.images
 
-    def sgcl_feature_backbone(self) -> nn.Module:
-        """The module whose (B, C, h, w) maps a refresh segments: the online backbone's last map, or
-        its stage at ``sgcl.refresh.feature_stride``."""
+    def sgcl_feature_backbone(self) -> Any:
+        """What a refresh segments: :func:`~sgcl_plugin.features.feature_maps` of the online backbone
+        (its last map, or its stage at ``sgcl.refresh.feature_stride``)."""
         stride = self.sgcl_cfg.refresh.feature_stride
-        if stride is not None:
-            from sgcl_plugin.features import at_stride
-
-            return at_stride(self.backbone, int(stride))  # type: ignore[attr-defined]
-        return SoloFeatureMaps(self.backbone)  # type: ignore[attr-defined]
-
-    def _sgcl_train_data(self, early: bool) -> Any:
-        """The train DataLoader (or dataset): before ``setup_data`` from the fit call's source."""
-        trainer = self.trainer  # type: ignore[attr-defined]
-        if early:  # Lightning >= 2.0 keeps the loaders passed to fit() here until it sets them up
-            source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-            data = getattr(source, "instance", None)
-        else:
-            data = trainer.train_dataloader
-        if isinstance(data, (list, tuple)) and len(data) == 1:
-            data = data[0]
-        if isinstance(data, dict) and len(data) == 1:
-            data = next(iter(data.values()))
-        return data
-
-    def setup(self, stage: str) -> None:
-        """Attaches the crop transform as soon as the train loader is known, before workers start."""
-        super().setup(stage)  # type: ignore[misc]
-        if stage == "fit":
-            data = self._sgcl_train_data(early=True)
-            dataset = data.dataset if isinstance(data, DataLoader) else data
-            if isinstance(dataset, SoloSaliencyDataset):
-                self.sgcl_attach(dataset)
+        return feature_maps(self.backbone, None if stride is None else int(stride))  # type: ignore[attr-defined]
 
     def on_train_start(self) -> None:
+        """Attaches the crop transform to a dataset without one (possible only without workers: Lightning
+        starts them before any hook sees the loader; build the dataset with its transform then)."""
         super().on_train_start()  # type: ignore[misc]
-        loader = self._sgcl_train_data(early=False)
+        loader = self.trainer.train_dataloader  # type: ignore[attr-defined]
         dataset = loader.dataset if isinstance(loader, DataLoader) else loader
         if (
             isinstance(dataset, SoloSaliencyDataset)
@@ -707,10 +508,10 @@ class SGCLMethodMixin:
             and getattr(loader, "num_workers", 0) > 0
         ):
             raise RuntimeError(
-                "The train DataLoader's workers started before the SGCL method could attach its crop transform "
-                "(loaders from a LightningDataModule or a train_dataloader hook). Pass the DataLoader to "
-                "trainer.fit(model, loader), or build the dataset with its transform: "
-                "SoloSaliencyDataset(dataset, build_saliency_transform(cfg, SaliencyBank(len(dataset))))."
+                "The train DataLoader's workers started before the SGCL method could attach its crop transform: "
+                "build the dataset with it, SoloSaliencyDataset(dataset, build_saliency_transform(cfg, "
+                "SaliencyBank(len(dataset)))) or prepare_saliency_datasets(..., cfg=cfg) (what "
+                "examples/solo/pretrain.py does), or use num_workers=0."
             )
         self.sgcl_attach(loader)
 
