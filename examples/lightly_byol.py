@@ -155,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             p1 = model(x1)
             z1 = model.forward_momentum(x1)
             loss = 0.5 * (criterion(p0, z1, scores) + criterion(p1, z0, scores))  # SGCL: + scores
-            loss = loss + 0.25 * (inter(p0, scores) + inter(p1, scores))  # SGCL: 2 - 2cos in lightly's -cos scale
+            loss = loss + 0.5 * (inter(p0, scores) + inter(p1, scores))  # SGCL: Eq. 10, in lightly's -cos units
             inter.enqueue(torch.cat([z0, z1]))  # SGCL
             total_loss += loss.detach()
             loss.backward()

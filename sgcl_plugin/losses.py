@@ -230,22 +230,29 @@ def nnclr_loss(
     temperature: float = 0.1,
     image_ids: Optional[ImageIds] = None,
     exclude_same_image: bool = True,
+    pred_a: Optional[Tensor] = None,
+    pred_b: Optional[Tensor] = None,
 ) -> Tensor:
-    """NNCLR per pair: NT-Xent between nearest neighbours from a support set and the other view.
+    """NNCLR per pair: NT-Xent between each view's nearest neighbour in a support set and the other view.
 
     ``NN(x)`` is the row of ``support`` closest to ``x`` in cosine similarity. As NNCLR does, the
-    loss is symmetrized: ``0.5 * (ntxent(NN(a), b) + ntxent(NN(b), a))``, with ``image_ids`` and
-    ``exclude_same_image`` passed to both :func:`ntxent_loss` calls. The support set (NNCLR's
-    queue of past projections) is kept by the caller and passed detached; the neighbour lookup
-    itself has no gradient, so gradients reach ``a`` and ``b`` through the positive side.
+    loss is symmetrized: ``0.5 * (ntxent(NN(a), pred_b) + ntxent(NN(b), pred_a))``, where the
+    predictions are the projections themselves when the method has no predictor (``pred_a=None``:
+    ``0.5 * (ntxent(NN(a), b) + ntxent(NN(b), a))``). This is the one NNCLR definition of the
+    package: the trainer, lightly's and solo-learn's NNCLR all reduce to it. ``image_ids`` and
+    ``exclude_same_image`` go to both :func:`ntxent_loss` calls. The support set (NNCLR's queue of
+    past projections) is kept by the caller and passed detached; the neighbour lookup itself has no
+    gradient, so gradients reach the other view's side.
 
     Args:
-        a: (n, d) embeddings of the first views.
-        b: (n, d) embeddings of the second views.
+        a: (n, d) projections of the first views.
+        b: (n, d) projections of the second views.
         support: (m, d) support set, m >= 1.
         temperature: Softmax temperature, > 0.
         image_ids: (n,) source image of each pair, or None (see :func:`ntxent_loss`).
         exclude_same_image: False keeps same-image views as negatives.
+        pred_a: (n, d) predictions of the first views (NNCLR's prediction head), or None.
+        pred_b: (n, d) predictions of the second views, or None.
 
     Returns:
         (n,) per-pair losses.
@@ -256,10 +263,11 @@ def nnclr_loss(
         torch.Size([8])
     """
     _check_pair(a, b)
+    pred_a, pred_b = (a if pred_a is None else pred_a), (b if pred_b is None else pred_b)
     nn_a = nearest_neighbors(a, support)
     nn_b = nearest_neighbors(b, support)
     kwargs: Dict[str, Any] = dict(temperature=temperature, image_ids=image_ids, exclude_same_image=exclude_same_image)
-    return 0.5 * (ntxent_loss(nn_a, b, **kwargs) + ntxent_loss(nn_b, a, **kwargs))
+    return 0.5 * (ntxent_loss(nn_a, pred_b, **kwargs) + ntxent_loss(nn_b, pred_a, **kwargs))
 
 
 BASE_LOSSES: Dict[str, BaseLoss] = {"byol": byol_loss, "ntxent": ntxent_loss, "nnclr": nnclr_loss}
@@ -496,63 +504,51 @@ def _all_gather_rows(x: Tensor) -> Tensor:
     return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0).to(home)
 
 
-class InterImageLoss(nn.Module):
-    """The inter-image nearest-neighbour loss with its FIFO memory queue (SGCL Eq. 10).
+class FeatureQueue(nn.Module):
+    """A FIFO of L2-normalized feature rows kept in buffers: the inter-image loss's memory and NNCLR's support set.
 
-    The queue of target projections is a set of registered buffers, so it moves with ``.to()`` and
-    lands in ``state_dict()`` / checkpoints: ``queue`` (queue_size, dim) of L2-normalized rows,
-    ``ptr`` (next row to write) and ``count`` (rows filled so far, at most queue_size). Rows that
-    were never written are masked: they are never picked as neighbours (unlike a queue that starts
-    with random entries). Until ``num_neighbors`` rows are filled, ``forward`` returns a zero that
-    still has a ``grad_fn``. Neither ``forward`` nor ``enqueue`` syncs with the host.
+    Buffers (they move with ``.to()`` and land in ``state_dict()`` / checkpoints): ``queue``
+    (size, dim), ``ptr`` (next row to write) and ``count`` (rows filled so far, at most size).
+    Rows that were never written are not returned by :meth:`filled` and are masked by
+    :meth:`valid` (unlike a queue that starts with random entries). ``enqueue`` does not sync with
+    the host.
 
     Args:
-        dim: Dimension of predictions and targets.
-        queue_size: Number of rows kept (FIFO), >= num_neighbors.
-        num_neighbors: l, neighbours per prediction (paper: 5).
-        gamma: Exponent of the scores, >= 0 (paper: 0.5).
+        dim: Row dimension.
+        size: Rows kept, oldest dropped first.
         gather_distributed: With an initialized ``torch.distributed``, ``enqueue`` first all-gathers
-            the targets of all ranks (batch sizes may differ), so every rank keeps the same queue.
-
-    Examples:
-        >>> inter = InterImageLoss(dim=256, queue_size=1024)
-        >>> pred, target, scores = torch.randn(8, 256), torch.randn(8, 256), torch.rand(8)
-        >>> loss = inter(pred, scores)  # zero until 5 rows are filled
-        >>> inter.enqueue(target)  # after the loss: the current batch is not its own neighbour
+            the rows of all ranks (counts may differ), so every rank keeps the same queue.
     """
 
     queue: Tensor
     ptr: Tensor
     count: Tensor
 
-    def __init__(
-        self,
-        dim: int,
-        queue_size: int = 4096,
-        num_neighbors: int = 5,
-        gamma: float = 0.5,
-        gather_distributed: bool = False,
-    ) -> None:
+    def __init__(self, dim: int, size: int = 4096, gather_distributed: bool = False) -> None:
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}.")
-        _check_num_neighbors(num_neighbors)
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < num_neighbors:
-            raise ValueError(f"queue_size must be an integer >= num_neighbors = {num_neighbors}, got {queue_size!r}.")
-        _check_gamma(gamma)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"The queue size must be a positive integer, got {size!r}.")
         self.dim = dim
-        self.queue_size = queue_size
-        self.num_neighbors = num_neighbors
-        self.gamma = float(gamma)
+        self.queue_size = size
         self.gather_distributed = gather_distributed
-        self.register_buffer("queue", torch.zeros(queue_size, dim))
+        self.register_buffer("queue", torch.zeros(size, dim))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     @property
     def num_filled(self) -> int:
-        """Rows filled so far (at most queue_size)."""
+        """Rows filled so far (at most the size)."""
         return int(self.count.item())
+
+    def valid(self) -> Tensor:
+        """(size,) mask of the filled rows (no host sync)."""
+        return torch.arange(self.queue_size, device=self.count.device) < self.count
+
+    def filled(self) -> Tensor:
+        """The filled rows in storage order (a view; all of them once the queue is full)."""
+        return self.queue[: self.num_filled]
 
     def entries(self) -> Tensor:
         """The filled rows, oldest first (a copy, for inspection)."""
@@ -579,33 +575,18 @@ class InterImageLoss(nn.Module):
                 "training has diverged (learning rate? fp16 overflow?). Nothing was added to the queue."
             )
 
-    def forward(self, pred: Tensor, scores: Tensor) -> Tensor:
-        """The loss of n online predictions against the filled queue rows.
-
-        Args:
-            pred: (n, dim) online predictions.
-            scores: (n,) saliency scores in [0, 1].
-
-        Returns:
-            A scalar (zero with a grad_fn while fewer than num_neighbors rows are filled).
-        """
-        self._check_rows(pred, "pred")
-        valid = torch.arange(self.queue_size, device=self.count.device) < self.count
-        return inter_image_loss(pred, self.queue, scores, self.num_neighbors, self.gamma, valid=valid)
-
     @torch.no_grad()
-    def enqueue(self, targets: Tensor) -> None:
-        """Appends target projections (raw or normalized; stored L2-normalized), oldest dropped first.
+    def enqueue(self, rows: Tensor) -> None:
+        """Appends rows (raw or normalized; stored L2-normalized and detached), oldest dropped first.
 
-        Targets are detached here. With ``gather_distributed`` and an initialized
-        ``torch.distributed``, the targets of all ranks are all-gathered (in rank order) first.
-        A batch larger than the queue keeps its last queue_size rows.
+        With ``gather_distributed`` and an initialized ``torch.distributed``, the rows of all ranks
+        are all-gathered (in rank order) first. A batch larger than the queue keeps its last rows.
 
         Args:
-            targets: (k, dim) target projections.
+            rows: (k, dim) features (target projections, NNCLR projections).
         """
-        self._check_rows(targets, "targets")
-        rows = F.normalize(targets.detach(), dim=1).to(device=self.queue.device, dtype=self.queue.dtype)
+        self._check_rows(rows, "targets")
+        rows = F.normalize(rows.detach(), dim=1).to(device=self.queue.device, dtype=self.queue.dtype)
         if self.gather_distributed:
             import torch.distributed as dist
 
@@ -621,7 +602,73 @@ class InterImageLoss(nn.Module):
         self.count.copy_(torch.clamp(self.count + k, max=self.queue_size))
 
     def extra_repr(self) -> str:
+        return f"dim={self.dim}, size={self.queue_size}, gather_distributed={self.gather_distributed}"
+
+
+class InterImageLoss(FeatureQueue):
+    """The inter-image nearest-neighbour loss with its FIFO memory queue (SGCL Eq. 10).
+
+    The queue of target projections is a :class:`FeatureQueue` (buffers ``queue``, ``ptr``,
+    ``count``, in ``state_dict()`` / checkpoints). Until ``num_neighbors`` rows are filled,
+    ``forward`` returns a zero that still has a ``grad_fn``. Neither ``forward`` nor ``enqueue``
+    syncs with the host.
+
+    Args:
+        dim: Dimension of predictions and targets.
+        queue_size: Number of rows kept (FIFO), >= num_neighbors.
+        num_neighbors: l, neighbours per prediction (paper: 5).
+        gamma: Exponent of the scores, >= 0 (paper: 0.5).
+        gather_distributed: With an initialized ``torch.distributed``, ``enqueue`` first all-gathers
+            the targets of all ranks (batch sizes may differ), so every rank keeps the same queue.
+        scale: Multiplies the loss. 1 (default) is the paper's ``2 - 2 cos`` scale, the scale of
+            :func:`byol_loss`; 0.5 is the scale of a ``-cos`` loss such as lightly's
+            ``NegativeCosineSimilarity`` (``-cos = (2 - 2 cos) / 2 - 1``).
+
+    Examples:
+        >>> inter = InterImageLoss(dim=256, queue_size=1024)
+        >>> pred, target, scores = torch.randn(8, 256), torch.randn(8, 256), torch.rand(8)
+        >>> loss = inter(pred, scores)  # zero until 5 rows are filled
+        >>> inter.enqueue(target)  # after the loss: the current batch is not its own neighbour
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        queue_size: int = 4096,
+        num_neighbors: int = 5,
+        gamma: float = 0.5,
+        gather_distributed: bool = False,
+        scale: float = 1.0,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}.")
+        _check_num_neighbors(num_neighbors)
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < num_neighbors:
+            raise ValueError(f"queue_size must be an integer >= num_neighbors = {num_neighbors}, got {queue_size!r}.")
+        _check_gamma(gamma)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}.")
+        super().__init__(dim, queue_size, gather_distributed)
+        self.num_neighbors = num_neighbors
+        self.gamma = float(gamma)
+        self.scale = float(scale)
+
+    def forward(self, pred: Tensor, scores: Tensor) -> Tensor:
+        """The loss of n online predictions against the filled queue rows.
+
+        Args:
+            pred: (n, dim) online predictions.
+            scores: (n,) saliency scores in [0, 1].
+
+        Returns:
+            A scalar (zero with a grad_fn while fewer than num_neighbors rows are filled).
+        """
+        self._check_rows(pred, "pred")
+        loss = inter_image_loss(pred, self.queue, scores, self.num_neighbors, self.gamma, valid=self.valid())
+        return loss if self.scale == 1.0 else loss * self.scale
+
+    def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, queue_size={self.queue_size}, num_neighbors={self.num_neighbors}, "
-            f"gamma={self.gamma}, gather_distributed={self.gather_distributed}"
+            f"gamma={self.gamma}, gather_distributed={self.gather_distributed}, scale={self.scale}"
         )

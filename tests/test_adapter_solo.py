@@ -293,7 +293,7 @@ def solo_cfg(method: str, sgcl: Optional[Dict[str, Any]] = None, augmentations: 
         "sgcl": {
             "num_regions": REGIONS,
             "crop_size": CROP,
-            "inter": {"queue_size": 16, "num_neighbors": 2},
+            "inter": {"enabled": True, "queue_size": 16, "num_neighbors": 2},
             "refresh": {"enabled": False, "saliency_size": 64, "progress": False},
             **(sgcl or {}),
         },

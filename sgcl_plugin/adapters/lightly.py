@@ -589,12 +589,19 @@ def inter_loss_for(
     num_neighbors: int = 5,
     gamma: float = 0.5,
     gather_distributed: bool = False,
+    scale: float = 0.5,
 ) -> InterImageLoss:
-    """SGCL's inter-image loss (Eq. 10) sized for a lightly-style model's head.
+    """SGCL's inter-image loss (Eq. 10) sized for a lightly-style model's head, in lightly's loss units.
 
     The loss pulls each online *prediction* toward its nearest target projections in a queue, so
     for BYOL it needs ``model.prediction_head``; a model without a predictor (SimCLR) can use
-    ``head="projection_head"``.
+    ``head="projection_head"``. ``scale=0.5`` (default) expresses Eq. 10's ``2 - 2 cos`` in the
+    units of lightly's ``NegativeCosineSimilarity`` (``-cos``, the same gradient halved), so BYOL
+    keeps the paper's 1 : 1 of the two losses with the same form for both::
+
+        loss = 0.5 * (criterion(p0, z1, s) + criterion(p1, z0, s)) + 0.5 * (inter(p0, s) + inter(p1, s))
+
+    ``scale=1`` is the paper's (and :class:`~sgcl_plugin.objective.SGCLObjective`'s) scale.
 
     Raises:
         AttributeError: the model has no such head.
@@ -609,7 +616,7 @@ def inter_loss_for(
         )
     return InterImageLoss(
         _output_dim(module), queue_size=queue_size, num_neighbors=num_neighbors, gamma=gamma,
-        gather_distributed=gather_distributed,
+        gather_distributed=gather_distributed, scale=scale,
     )  # fmt: skip
 
 

@@ -49,7 +49,7 @@ from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
 from sgcl_plugin.features import feature_maps
 from sgcl_plugin.items import ImageItem, flatten_pairs
-from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss
+from sgcl_plugin.objective import SGCLObjective
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
 __all__ = [
@@ -90,7 +90,7 @@ SGCL_DEFAULTS: Dict[str, Any] = {
     "exclude_same_image": True,
     "max_regions": 16,
     "regions": "objects",  # "objects" (k-way Ncut parts scored by objectness) or "paper" (Eq. 4-5)
-    "inter": {"enabled": True, "queue_size": 4096, "num_neighbors": 5},
+    "inter": {"enabled": None, "queue_size": 4096, "num_neighbors": 5},  # None: on for BYOL and NNCLR, off for SimCLR
     "refresh": {
         "enabled": True,
         "feature_stride": None,  # None: the backbone's last map; 16: its stride-16 stage (recommended)
@@ -227,7 +227,7 @@ def add_sgcl_cfg(cfg: Any) -> Any:
         raise ValueError(f"sgcl.regions must be 'objects' or 'paper', got {node.regions!r}.")
     if node.refresh.feature_stride is not None:
         _as_int("refresh.feature_stride", node.refresh.feature_stride, 1)
-    if node.inter.enabled:
+    if node.inter.enabled is not False:  # None: the method's default
         _as_int("inter.num_neighbors", node.inter.num_neighbors, 1)
         _as_int("inter.queue_size", node.inter.queue_size, int(node.inter.num_neighbors))
     if node.refresh.enabled:
@@ -419,34 +419,39 @@ def _require(module: Any, names: Sequence[str], method: str) -> None:
 class SGCLMethodMixin:
     """What the SGCL variants share; mixed before solo's method class (``class SGCLBYOL(Mixin, BYOL)``).
 
-    Attributes set by ``_sgcl_init``: ``sgcl_cfg`` (the ``sgcl`` config node), ``sgcl_intra`` (the
-    :class:`SaliencyWeightedLoss`), ``sgcl_inter`` (:class:`InterImageLoss` or None), ``sgcl_bank``
-    and ``sgcl_dataset`` (set when training starts).
+    Attributes set by ``_sgcl_init``: ``sgcl_cfg`` (the ``sgcl`` config node), ``sgcl_objective``
+    (the :class:`~sgcl_plugin.objective.SGCLObjective`; ``sgcl_intra`` / ``sgcl_inter`` are its
+    weighted loss and inter-image loss or None), ``sgcl_bank`` and ``sgcl_dataset`` (set when
+    training starts).
     """
 
     sgcl_bank: Optional[SaliencyBank]
     sgcl_dataset: Optional[SoloSaliencyDataset]
     _sgcl_requires: Tuple[str, ...] = ("projector",)
-    _sgcl_base_loss = "byol"
+    _sgcl_method = "byol"
     _sgcl_solo_method = "BaseMethod"
 
-    def _sgcl_init(self, cfg: Any, dim: int, **base_kwargs: Any) -> None:
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)  # type: ignore[call-arg]
         _require(self, self._sgcl_requires, self._sgcl_solo_method)
-        node = cfg.sgcl
+        node = self.cfg.sgcl  # type: ignore[attr-defined]
         self.sgcl_cfg = node
         self.sgcl_crop_size = int(node.crop_size)
-        self.sgcl_intra = SaliencyWeightedLoss(
-            self._sgcl_base_loss, gamma=float(node.gamma), normalize=node.normalize, **base_kwargs
+        self.sgcl_objective = SGCLObjective(
+            self._sgcl_method,
+            int(self.cfg.method_kwargs.proj_output_dim),  # type: ignore[attr-defined]
+            gamma=float(node.gamma),
+            inter=node.inter.enabled,
+            temperature=float(getattr(self, "temperature", 0.1)),
+            queue_size=int(node.inter.queue_size),
+            num_neighbors=int(node.inter.num_neighbors),
+            support_size=None,  # NNCLR: solo's own queue is the support set
+            exclude_same_image=bool(node.exclude_same_image),
+            normalize=node.normalize,
+            gather_distributed=True,
         )
-        self.sgcl_inter: Optional[InterImageLoss] = None
-        if node.inter.enabled:
-            self.sgcl_inter = InterImageLoss(
-                dim,
-                queue_size=int(node.inter.queue_size),
-                num_neighbors=int(node.inter.num_neighbors),
-                gamma=float(node.gamma),
-                gather_distributed=True,
-            )
+        self.sgcl_intra = self.sgcl_objective.intra
+        self.sgcl_inter = self.sgcl_objective.inter
         self.sgcl_bank = None
         self.sgcl_dataset = None
         self._sgcl_callback: Any = None
@@ -563,13 +568,6 @@ class SGCLMethodMixin:
     def _sgcl_unpack(self, batch: Any) -> RegionBatch:
         return unpack_region_batch(batch, self.sgcl_crop_size)
 
-    def _sgcl_inter_loss(self, preds: Sequence[Tensor], targets: Tensor, scores: Tensor) -> Tensor:
-        if self.sgcl_inter is None:
-            return preds[0].new_zeros(())
-        loss = sum(self.sgcl_inter(p.float(), scores) for p in preds)
-        self.sgcl_inter.enqueue(targets.float())
-        return loss  # type: ignore[return-value]
-
     def _sgcl_step(self, base_step: Callable[..., Dict[str, Any]], batch: Any, batch_idx: int) -> Tensor:
         rb = self._sgcl_unpack(batch)
         out = base_step(self, [rb.image_ids, rb.views, rb.targets], batch_idx)
@@ -579,139 +577,75 @@ class SGCLMethodMixin:
         self.log_dict(metrics, on_epoch=True, sync_dist=True)  # type: ignore[attr-defined]
         return losses["loss"] + out["loss"]
 
-    def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:  # pragma: no cover
-        raise NotImplementedError
+    def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:
+        """The SGCL loss of the step from solo's outputs (:class:`~sgcl_plugin.objective.SGCLObjective`)."""
+        scores, ids = batch.scores, batch.image_ids
+        if self._sgcl_method == "byol":
+            (p1, p2), (t1, t2) = out["p"], out["momentum_z"]
+            return self.sgcl_objective(scores, p1=p1, p2=p2, t1=t1, t2=t2)
+        z1, z2 = out["z"]
+        if self._sgcl_method == "simclr":
+            return self.sgcl_objective(scores, z1=z1, z2=z2, image_ids=ids)
+        module: Any = self
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if module.queue_size % (z1.shape[0] * world) != 0:
+            raise ValueError(
+                f"NNCLR's queue_size ({module.queue_size}) must be a multiple of the pairs per step over all "
+                f"devices, B * t * world = {z1.shape[0]} * {world}: change method_kwargs.queue_size, the batch "
+                "size or sgcl.num_regions."
+            )
+        (p1, p2), (idx1, _) = out["p"], module.find_nn(z1)
+        losses = self.sgcl_objective(scores, z1=z1, z2=z2, p1=p1, p2=p2, image_ids=ids, support=module.queue)
+        losses["nn_acc"] = (batch.targets == module.queue_y[idx1]).float().mean()
+        module.dequeue_and_enqueue(z1, batch.targets)  # solo's FIFO, unchanged
+        return losses
+
+
+# solo class, SGCL method, modules it must have, solo's name for messages
+_SPECS = {
+    "SGCLBYOL": ("BYOL", "byol", ("projector", "predictor", "momentum_projector")),
+    "SGCLSimCLR": ("SimCLR", "simclr", ("projector",)),
+    "SGCLNNCLR": ("NNCLR", "nnclr", ("projector", "predictor")),
+}
+_DOCS = {
+    "SGCLBYOL": "solo's BYOL with SGCL (Chen et al., AAAI 2023): region pairs are BYOL's two views, the "
+    "symmetrized BYOL loss of pair i is weighted by ``scores_i ** gamma``, plus the inter-image loss.",
+    "SGCLSimCLR": "solo's SimCLR with SGCL: per-pair NT-Xent weighted by ``scores_i ** gamma``, other regions of "
+    "the same image out of the negatives (``sgcl.exclude_same_image``); no inter-image loss unless enabled.",
+    "SGCLNNCLR": "solo's NNCLR with SGCL: ``0.5 * (ntxent(NN(z1), p2) + ntxent(NN(z2), p1))`` per pair with "
+    "solo's support queue and FIFO unchanged (``queue_size`` a multiple of B * t * world), weighted by "
+    "``scores_i ** gamma``, plus the inter-image loss.",
+}
 
 
 def _make_classes() -> Dict[str, type]:
     methods = _import_solo()
     from solo.methods.base import BaseMethod, BaseMomentumMethod
 
-    BYOL: Any = methods.BYOL
-    SimCLR: Any = methods.SimCLR
-    NNCLR: Any = methods.NNCLR
-
-    class SGCLBYOL(SGCLMethodMixin, BYOL):
-        """solo's BYOL with SGCL (Chen et al., AAAI 2023, https://arxiv.org/abs/2212.06340).
-
-        Region pairs are BYOL's two views; the symmetrized BYOL loss of pair i is weighted by
-        ``scores_i ** gamma`` and the inter-image loss pulls the predictions toward their nearest
-        momentum projections in a queue. Config: solo's BYOL plus an ``sgcl`` node
-        (:func:`add_sgcl_cfg`).
-        """
-
-        _sgcl_requires = ("projector", "predictor", "momentum_projector")
-        _sgcl_base_loss = "byol"
-        _sgcl_solo_method = "BYOL"
-
-        def __init__(self, cfg: Any) -> None:
-            super().__init__(cfg)
-            self._sgcl_init(self.cfg, int(cfg.method_kwargs.proj_output_dim))
-
-        @staticmethod
-        def add_and_assert_specific_cfg(cfg: Any) -> Any:
-            return add_sgcl_cfg(BYOL.add_and_assert_specific_cfg(cfg))
-
-        def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
-            return self._sgcl_step(BaseMomentumMethod.training_step, batch, batch_idx)
-
-        def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:
-            """Weighted BYOL loss of both directions plus the inter-image loss of both predictions."""
-            P, Z_m = out["p"], out["momentum_z"]
-            intra = self.sgcl_intra(P[1], Z_m[0], batch.scores) + self.sgcl_intra(P[0], Z_m[1], batch.scores)
-            inter = self._sgcl_inter_loss(P, torch.cat(Z_m), batch.scores)
-            return {"intra": intra, "inter": inter, "loss": intra + inter}
-
-    class SGCLSimCLR(SGCLMethodMixin, SimCLR):
-        """solo's SimCLR with SGCL: per-pair NT-Xent weighted by ``scores_i ** gamma``.
-
-        Other regions of the same image are left out of the negatives (``sgcl.exclude_same_image``);
-        negatives come from the local batch of B * t pairs. The inter-image loss (if enabled) pulls
-        the projections toward their nearest past projections.
-        """
-
-        _sgcl_requires = ("projector",)
-        _sgcl_base_loss = "ntxent"
-        _sgcl_solo_method = "SimCLR"
-
-        def __init__(self, cfg: Any) -> None:
-            super().__init__(cfg)
-            self._sgcl_init(
-                self.cfg,
-                int(cfg.method_kwargs.proj_output_dim),
-                temperature=float(self.temperature),
-                exclude_same_image=bool(self.cfg.sgcl.exclude_same_image),
-            )
-
-        @staticmethod
-        def add_and_assert_specific_cfg(cfg: Any) -> Any:
-            return add_sgcl_cfg(SimCLR.add_and_assert_specific_cfg(cfg))
-
-        def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
-            return self._sgcl_step(BaseMethod.training_step, batch, batch_idx)
-
-        def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:
-            z1, z2 = out["z"]
-            intra = self.sgcl_intra(z1, z2, batch.scores, image_ids=batch.image_ids)
-            inter = self._sgcl_inter_loss((z1, z2), torch.cat([z1, z2]).detach(), batch.scores)
-            return {"intra": intra, "inter": inter, "loss": intra + inter}
-
-    class SGCLNNCLR(SGCLMethodMixin, NNCLR):
-        """solo's NNCLR with SGCL: NT-Xent between each view's nearest neighbour in solo's support
-        queue and the other view's prediction, per pair, weighted by ``scores_i ** gamma``.
-
-        ``0.5 * (ntxent(NN(z1), p2) + ntxent(NN(z2), p1))`` per pair; solo's queue, its nearest
-        neighbour search and its FIFO update are used unchanged (``queue_size`` must be a multiple of
-        the global number of pairs per step, B * t * world size).
-        """
-
-        _sgcl_requires = ("projector", "predictor")
-        _sgcl_base_loss = "ntxent"
-        _sgcl_solo_method = "NNCLR"
-
-        def __init__(self, cfg: Any) -> None:
-            super().__init__(cfg)
-            self._sgcl_init(
-                self.cfg,
-                int(cfg.method_kwargs.proj_output_dim),
-                temperature=float(self.temperature),
-                exclude_same_image=bool(self.cfg.sgcl.exclude_same_image),
-            )
-
-        @staticmethod
-        def add_and_assert_specific_cfg(cfg: Any) -> Any:
-            return add_sgcl_cfg(NNCLR.add_and_assert_specific_cfg(cfg))
-
-        def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
-            return self._sgcl_step(BaseMethod.training_step, batch, batch_idx)
-
-        def sgcl_losses(self, out: Dict[str, Any], batch: RegionBatch) -> Dict[str, Tensor]:
-            z1, z2 = out["z"]
-            p1, p2 = out["p"]
-            idx1, nn1 = self.find_nn(z1)
-            _, nn2 = self.find_nn(z2)
-            ids, scores = batch.image_ids, batch.scores
-            intra = 0.5 * (
-                self.sgcl_intra(nn1, p2, scores, image_ids=ids) + self.sgcl_intra(nn2, p1, scores, image_ids=ids)
-            )
-            nn_acc = (batch.targets == self.queue_y[idx1]).float().mean()
-            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-            if self.queue_size % (z1.shape[0] * world) != 0:
-                raise ValueError(
-                    f"NNCLR's queue_size ({self.queue_size}) must be a multiple of the pairs per step over all "
-                    f"devices, B * t * world = {z1.shape[0]} * {world}: change method_kwargs.queue_size, the batch "
-                    "size or sgcl.num_regions."
-                )
-            self.dequeue_and_enqueue(z1, batch.targets)
-            inter = self._sgcl_inter_loss((p1, p2), torch.cat([z1, z2]).detach(), scores)
-            return {"intra": intra, "inter": inter, "loss": intra + inter, "nn_acc": nn_acc}
-
     classes: Dict[str, type] = {}
-    for cls in (SGCLBYOL, SGCLSimCLR, SGCLNNCLR):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-        cls._sgcl_adapter = True  # type: ignore[attr-defined]
-        classes[cls.__name__] = cls
+    for name, (solo_name, method, requires) in _SPECS.items():
+        base: Any = getattr(methods, solo_name)
+        # BYOL's step computes the momentum targets; SimCLR's and NNCLR's are BaseMethod's forward + classifier.
+        base_step = BaseMomentumMethod.training_step if method == "byol" else BaseMethod.training_step
+
+        def add_and_assert_specific_cfg(cfg: Any, base: Any = base) -> Any:
+            return add_sgcl_cfg(base.add_and_assert_specific_cfg(cfg))
+
+        def training_step(self: Any, batch: Sequence[Any], batch_idx: int, base_step: Any = base_step) -> Tensor:
+            return self._sgcl_step(base_step, batch, batch_idx)
+
+        namespace = {
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": _DOCS[name] + " Config: solo's method plus an ``sgcl`` node (:func:`add_sgcl_cfg`).",
+            "_sgcl_requires": requires,
+            "_sgcl_method": method,
+            "_sgcl_solo_method": solo_name,
+            "_sgcl_adapter": True,
+            "add_and_assert_specific_cfg": staticmethod(add_and_assert_specific_cfg),
+            "training_step": training_step,
+        }
+        classes[name] = type(name, (SGCLMethodMixin, base), namespace)
     return classes
 
 
