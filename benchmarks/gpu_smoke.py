@@ -176,7 +176,7 @@ def trainer_row(device: torch.device) -> Row:
 
 
 def lightning_row(device: torch.device) -> Row:
-    check = "Lightning fit, bf16-mixed, SaliencyRefreshCallback"
+    check = "Lightning fit, bf16-mixed, SGCLRefreshCallback"
     try:
         import lightning.pytorch as pl
     except ImportError:
@@ -185,7 +185,7 @@ def lightning_row(device: torch.device) -> Row:
     from torch.utils.data import DataLoader
 
     from sgcl_plugin import SaliencyBank, SaliencyCropDataset, SaliencyCropTransform, SaliencyWeightedLoss
-    from sgcl_plugin.adapters.lightning import SaliencyRefreshCallback
+    from sgcl_plugin.adapters.lightning import SGCLRefreshCallback
     from sgcl_plugin.scenes import ComposedScenes
 
     class Tiny(pl.LightningModule):
@@ -210,7 +210,7 @@ def lightning_row(device: torch.device) -> Row:
         images = [ComposedScenes(16, image_size=96, seed=0, image_only=True)[i] for i in range(16)]
         bank = SaliencyBank(len(images))
         data = SaliencyCropDataset(images, SaliencyCropTransform(bank, num_regions=2, size=32))
-        callback = SaliencyRefreshCallback(bank, images, every_n_epochs=1, saliency_size=128, progress=False)
+        callback = SGCLRefreshCallback(bank, images, every_n_epochs=1, saliency_size=128, progress=False)
         trainer = pl.Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=2, precision="bf16-mixed",
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

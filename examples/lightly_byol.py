@@ -24,7 +24,7 @@ from torch import nn
 
 from sgcl_plugin import SaliencyBank, SaliencyGenerator  # SGCL
 from sgcl_plugin.adapters.lightly import (  # SGCL
-    IndexedDataset,
+    SGCLDataset,
     SGCLLoss,
     SGCLRefresher,
     SGCLTransform,
@@ -118,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     bank = SaliencyBank(len(dataset))  # SGCL: the regions of every image (empty: plain random crops)
     transform = SGCLTransform(bank, num_regions=args.num_regions, size=args.crop_size)  # SGCL: not BYOLTransform
-    dataset = IndexedDataset(dataset, transform)  # SGCL: gives the transform the dataset index
+    dataset = SGCLDataset(dataset, transform)  # SGCL: gives the transform the dataset index
     dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch_size,

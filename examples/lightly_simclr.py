@@ -22,7 +22,7 @@ from lightly.transforms import SimCLRViewTransform
 from torch import nn
 
 from sgcl_plugin import SaliencyBank, SaliencyGenerator  # SGCL
-from sgcl_plugin.adapters.lightly import IndexedDataset, SGCLLoss, SGCLRefresher, SGCLTransform, sgcl_collate  # SGCL
+from sgcl_plugin.adapters.lightly import SGCLDataset, SGCLLoss, SGCLRefresher, SGCLTransform, sgcl_collate  # SGCL
 
 
 class SimCLR(nn.Module):
@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     bank = SaliencyBank(len(dataset))  # SGCL: the regions of every image (empty: plain random crops)
     view = SimCLRViewTransform(input_size=args.crop_size, min_scale=1.0)  # SGCL: SimCLR's views, no second crop
     transform = SGCLTransform(bank, args.num_regions, args.crop_size, view, view)  # SGCL: not SimCLRTransform
-    dataset = IndexedDataset(dataset, transform)  # SGCL: gives the transform the dataset index
+    dataset = SGCLDataset(dataset, transform)  # SGCL: gives the transform the dataset index
     dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch_size,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,8 @@ __all__ = [
     "SaliencyCropDataset",
     "SaliencyCropTransform",
     "byol_view_transforms",
+    "check_crop_size",
+    "check_view_transform",
     "crop_and_resize",
     "jitter_boxes",
     "random_resized_crop_box",
@@ -101,7 +103,7 @@ def _check_boxes(boxes: Tensor, what: str = "boxes") -> Tensor:
     return boxes
 
 
-def _check_size(size: Any) -> int:
+def check_crop_size(size: Any) -> int:
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 2:
         raise ValueError(f"size must be an integer side length >= 2 pixels, got {size!r}.")
     return int(size)
@@ -395,7 +397,7 @@ def crop_and_resize(image: Tensor, boxes: Tensor, size: int) -> Tensor:
         >>> crop_and_resize(torch.rand(3, 120, 160), torch.tensor([[0.0, 0.0, 0.5, 0.5]]), 32).shape
         torch.Size([1, 3, 32, 32])
     """
-    size = _check_size(size)
+    size = check_crop_size(size)
     if not isinstance(image, Tensor) or image.ndim != 3:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
         raise ValueError(f"image must be a (C, H, W) tensor, got {shape}.")
@@ -455,7 +457,7 @@ def byol_view_transforms(
     """
     from torchvision.transforms import v2
 
-    size = _check_size(size)
+    size = check_crop_size(size)
     kernel = _blur_kernel(size)
     jitter, gray_p = _colour_jitter(hue, grayscale_p)
 
@@ -473,6 +475,71 @@ def byol_view_transforms(
         return v2.Compose(steps)
 
     return pipeline(_BLUR_P[0], _SOLARIZE_P[0]), pipeline(_BLUR_P[1], _SOLARIZE_P[1])
+
+
+def _size_pair(value: Any) -> Optional[Tuple[int, int]]:
+    """(h, w) of a torchvision ``size`` argument; None when it only fixes the shorter side."""
+    if isinstance(value, numbers.Integral):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) in (1, 2):
+        return int(value[0]), int(value[-1])
+    return None
+
+
+def _pipeline_steps(transform: Any, depth: int = 0) -> List[Any]:
+    """The steps of a view transform: torchvision ``Compose`` / ``RandomApply`` children, lightly's and
+    solo's pipelines (a ``transform`` attribute), nested ones included."""
+    if depth > 8:
+        return []
+    steps: List[Any] = []
+    inner = getattr(transform, "transform", None)  # lightly's view transforms, PILView
+    if inner is not None and inner is not transform:
+        steps += _pipeline_steps(inner, depth + 1)
+    children = getattr(transform, "transforms", None)  # Compose, RandomApply, RandomOrder
+    if isinstance(children, (list, tuple)):
+        for child in children:
+            steps.append(child)
+            steps += _pipeline_steps(child, depth + 1)
+    return steps
+
+
+def check_view_transform(transform: Any, size: int, name: str = "view transform") -> None:
+    """Rejects a view transform that would crop again or resize to another side than ``size``.
+
+    The saliency-guided crop is already cut and resized to ``size``: a ``RandomResizedCrop`` of
+    scale below 1 (lightly's default view transforms, solo-learn's ``rrc``) would crop a second
+    time, a resize or crop to another size would break the batch.
+
+    Raises:
+        TypeError: not callable.
+        ValueError: a second crop or a mismatched size.
+    """
+    from torchvision import transforms as T1
+    from torchvision.transforms import v2 as T2
+
+    if not callable(transform):
+        raise TypeError(f"{name} must be a callable view transform, got {type(transform).__name__}.")
+    for step in _pipeline_steps(transform):
+        if isinstance(step, (T1.RandomResizedCrop, T2.RandomResizedCrop)):
+            got = _size_pair(step.size)
+            if got != (size, size):
+                raise ValueError(
+                    f"Mismatched crop sizes: {name} resizes to {got} but the crops are {size} x {size}; build it "
+                    f"for {size} px (lightly: input_size={size})."
+                )
+            if min(float(s) for s in step.scale) < 1.0:
+                raise ValueError(
+                    f"{name} crops again (RandomResizedCrop scale={tuple(step.scale)}): the saliency-guided crop is "
+                    "already cut. Use scale (1, 1), the identity on a square crop (lightly: min_scale=1.0, e.g. "
+                    f"BYOLView1Transform(input_size={size}, min_scale=1.0); solo-learn: rrc disabled)."
+                )
+        elif isinstance(step, (T1.Resize, T2.Resize, T1.CenterCrop, T2.CenterCrop, T1.RandomCrop, T2.RandomCrop)):
+            got = _size_pair(step.size)
+            if got is not None and got != (size, size):
+                raise ValueError(
+                    f"Mismatched crop sizes: {name} has {type(step).__name__}(size={step.size}) but the crops are "
+                    f"{size} x {size}."
+                )
 
 
 class PILView:
@@ -556,7 +623,7 @@ class BatchViewAugment(torch.nn.Module):
         if view not in (1, 2):
             raise ValueError(f"view must be 1 or 2, got {view!r}.")
         self.view = view
-        self.size = _check_size(size)
+        self.size = check_crop_size(size)
         blur_p, solarize_p = _BLUR_P[view - 1], _SOLARIZE_P[view - 1]
         steps = [
             K.RandomHorizontalFlip(p=_FLIP_P),
@@ -660,7 +727,7 @@ class SaliencyCropTransform:
             raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
         self.bank = bank
         self.num_regions = _check_count("num_regions", num_regions)
-        self.size = _check_size(size)
+        self.size = check_crop_size(size)
         self.scale = _check_range("scale", scale)
         self.ratio = _check_range("ratio", ratio)
         if before_refresh not in BEFORE_REFRESH:
@@ -684,6 +751,8 @@ class SaliencyCropTransform:
             pair = tuple(view_transforms)
             if len(pair) != 2 or not all(callable(t) for t in pair):
                 raise ValueError("view_transforms must be 'byol' or a pair (view1, view2) of callables.")
+            for view, name in zip(pair, ("view 1 transform", "view 2 transform")):
+                check_view_transform(view, self.size, getattr(view, "name", name))
             self.view_transforms = pair  # type: ignore[assignment]
 
     def __repr__(self) -> str:

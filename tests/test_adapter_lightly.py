@@ -30,8 +30,8 @@ from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Trans
 
 from sgcl_plugin import SaliencyBank, SaliencyCropTransform, SaliencyGenerator, SaliencyWeightedLoss  # noqa: E402
 from sgcl_plugin.adapters.lightly import (  # noqa: E402
-    IndexedDataset,
     SGCLBatch,
+    SGCLDataset,
     SGCLItem,
     SGCLLoss,
     SGCLRefresher,
@@ -285,7 +285,7 @@ def test_end_to_end_byol_steps_on_a_lightly_dataset(photo_dir: Path) -> None:
     torch.manual_seed(0)
     lightly_data = LightlyDataset(str(photo_dir))
     bank = SaliencyBank(len(lightly_data))
-    dataset = IndexedDataset(lightly_data, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
+    dataset = SGCLDataset(lightly_data, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
     loader = DataLoader(dataset, batch_size=3, shuffle=True, drop_last=True, collate_fn=sgcl_collate)
     model = TinyBYOL()
     criterion = SGCLLoss(NegativeCosineSimilarity())
@@ -329,7 +329,7 @@ def test_end_to_end_byol_steps_on_a_lightly_dataset(photo_dir: Path) -> None:
 
 def test_persistent_workers_see_a_bank_refresh(photos: List[Any]) -> None:
     bank = SaliencyBank(len(photos))
-    dataset = IndexedDataset(photos, SGCLTransform(bank, num_regions=REGIONS, size=CROP))  # a plain image list
+    dataset = SGCLDataset(photos, SGCLTransform(bank, num_regions=REGIONS, size=CROP))  # a plain image list
     loader = DataLoader(
         dataset, batch_size=len(photos), num_workers=2, persistent_workers=True, collate_fn=sgcl_collate
     )
@@ -367,25 +367,25 @@ class _Stream(IterableDataset):
 def test_indexed_dataset_formats_and_errors(photos: List[Any], photo_dir: Path) -> None:
     bank = SaliencyBank(len(photos))
     transform = SGCLTransform(bank, num_regions=REGIONS, size=CROP)
-    item = IndexedDataset(_Pairs(photos), transform)[2]  # torchvision-style (image, target)
+    item = SGCLDataset(_Pairs(photos), transform)[2]  # torchvision-style (image, target)
     assert isinstance(item, SGCLItem) and item.target == 12 and item.filename == "2" and item.index == 2
     (v1, v2), target, filename = item[:3]  # lightly's (views, target, filename) positions
     assert v1.shape == v2.shape == (REGIONS, 3, CROP, CROP)
-    dicts = IndexedDataset([{"image": p, "label": 7} for p in photos], transform)
+    dicts = SGCLDataset([{"image": p, "label": 7} for p in photos], transform)
     assert dicts[0].target == 7
-    default = next(iter(DataLoader(IndexedDataset(photos, transform), batch_size=2)))  # default collate: (B, t, ...)
+    default = next(iter(DataLoader(SGCLDataset(photos, transform), batch_size=2)))  # default collate: (B, t, ...)
     assert default.views[0].shape == (2, REGIONS, 3, CROP, CROP) and default.scores.shape == (2, REGIONS)
     with pytest.raises(TypeError, match="map-style"):
-        IndexedDataset(_Stream(), transform)
+        SGCLDataset(_Stream(), transform)
     with pytest.raises(TypeError, match="map-style"):
-        IndexedDataset(iter(photos), transform)
+        SGCLDataset(iter(photos), transform)
     with pytest.raises(ValueError, match="bank holds 7 images but the dataset has 3"):
-        IndexedDataset(photos[:3], transform)
+        SGCLDataset(photos[:3], transform)
     with pytest.raises(TypeError, match="SaliencyCropTransform"):
-        IndexedDataset(photos, BYOLTransform())
+        SGCLDataset(photos, BYOLTransform())
     with pytest.raises(ValueError, match="transform=None"):
-        IndexedDataset(LightlyDataset(str(photo_dir), transform=BYOLTransform()), transform)
-    views_already = IndexedDataset([([p, p], 0) for p in photos], transform)
+        SGCLDataset(LightlyDataset(str(photo_dir), transform=BYOLTransform()), transform)
+    views_already = SGCLDataset([([p, p], 0) for p in photos], transform)
     with pytest.raises(ValueError, match="already holds 2 views"):
         views_already[0]
 
@@ -395,7 +395,7 @@ def test_indexed_dataset_formats_and_errors(photos: List[Any], photo_dir: Path) 
 
 def test_refresh_and_model_errors(photos: List[Any]) -> None:
     bank = SaliencyBank(len(photos))
-    dataset = IndexedDataset(photos, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
+    dataset = SGCLDataset(photos, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
     backbone = tiny_backbone()
     with pytest.raises(ValueError, match="before the bank exists"):
         refresh(backbone, dataset, None)
@@ -462,7 +462,7 @@ def test_refresh_regions_mode_and_feature_stride_on_lightlys_pooled_resnet(photo
     import torchvision
 
     bank = SaliencyBank(len(photos))
-    dataset = IndexedDataset(photos, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
+    dataset = SGCLDataset(photos, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
     resnet = torchvision.models.resnet18()
     backbone = nn.Sequential(*list(resnet.children())[:-1])
     refresh(backbone, dataset, bank, feature_stride=16, saliency_size=128, batch_size=4, progress=False)

@@ -25,7 +25,7 @@ from sgcl_plugin import (  # noqa: E402
     SaliencyGenerator,
     SaliencyWeightedLoss,
 )
-from sgcl_plugin.adapters.lightning import SaliencyRefreshCallback, lightning_callback_bases  # noqa: E402
+from sgcl_plugin.adapters.lightning import SGCLRefreshCallback, lightning_callback_bases  # noqa: E402
 from sgcl_plugin.sample_images import sample_images  # noqa: E402
 
 pytestmark = [
@@ -92,9 +92,9 @@ def make_loader(photos: List[Any], bank: SaliencyBank) -> DataLoader:
     return DataLoader(data, batch_size=BATCH, shuffle=True)
 
 
-def make_callback(bank: Any, dataset: Any, **kwargs: Any) -> SaliencyRefreshCallback:
+def make_callback(bank: Any, dataset: Any, **kwargs: Any) -> SGCLRefreshCallback:
     kwargs.setdefault("every_n_epochs", 1)
-    return SaliencyRefreshCallback(bank, dataset, saliency_size=SALIENCY, batch_size=4, progress=False, **kwargs)
+    return SGCLRefreshCallback(bank, dataset, saliency_size=SALIENCY, batch_size=4, progress=False, **kwargs)
 
 
 def make_trainer(pl: Any = L, **kwargs: Any) -> Any:
@@ -300,7 +300,7 @@ def test_state_round_trip_and_pending_bank(photos: List[Any]) -> None:
         wrong.load_state_dict(state)
     # Callbacks pickle (ddp_spawn, deepcopy) as their concrete Lightning class.
     clone = pickle.loads(pickle.dumps(source))
-    assert type(clone) is type(source) and isinstance(clone, SaliencyRefreshCallback)
+    assert type(clone) is type(source) and isinstance(clone, SGCLRefreshCallback)
     assert clone.state_key == "SaliencyRefreshCallback"
 
 
@@ -407,7 +407,7 @@ def test_missing_lightning_names_the_install(monkeypatch: pytest.MonkeyPatch) ->
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match="pip install lightning"):
-        SaliencyRefreshCallback(SaliencyBank(2), [None, None])
+        SGCLRefreshCallback(SaliencyBank(2), [None, None])
 
 
 # ------------------------------------------------------------------------------ pytorch_lightning
@@ -425,7 +425,7 @@ def test_pytorch_lightning_trainer(photos: List[Any]) -> None:
     assert bank.refreshes == 1 and [h["epoch"] for h in callback.history] == [1.0]
     # forced to one package, it is that package's Callback only
     only_pl = make_callback(bank, photos, package="pytorch_lightning")
-    assert isinstance(only_pl, pl.Callback) and isinstance(only_pl, SaliencyRefreshCallback)
+    assert isinstance(only_pl, pl.Callback) and isinstance(only_pl, SGCLRefreshCallback)
     assert not isinstance(only_pl, L.Callback)
     try:
         trainer = make_trainer(fast_dev_run=True, callbacks=[only_pl])
@@ -446,7 +446,7 @@ def test_import_is_lazy() -> None:
         def loaded():
             return sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning"))
         assert not loaded(), loaded()
-        callback = adapter.SaliencyRefreshCallback(sgcl_plugin.SaliencyBank(1), [None])
+        callback = adapter.SGCLRefreshCallback(sgcl_plugin.SaliencyBank(1), [None])
         import lightning.pytorch, pytorch_lightning
         assert isinstance(callback, lightning.pytorch.Callback) and isinstance(callback, pytorch_lightning.Callback)
         print("ok")
@@ -484,11 +484,11 @@ def test_regions_mode_and_feature_stride(photos: List[Any]) -> None:
 
 def test_lightly_style_pooled_backbone_and_indexed_dataset(photos: List[Any]) -> None:
     """lightly's usual setup: a Sequential backbone ending in global pooling, and lightly's dataset
-    items ((image, target, filename) tuples) behind the lightly adapter's IndexedDataset. The
+    items ((image, target, filename) tuples) behind the lightly adapter's SGCLDataset. The
     callback drops the pooling for the refresh, reads the images behind the wrapper, and checks
     both at fit start."""
     pytest.importorskip("lightly")
-    from sgcl_plugin.adapters.lightly import IndexedDataset, SGCLTransform
+    from sgcl_plugin.adapters.lightly import SGCLDataset, SGCLTransform
 
     class Pooled(TinySimCLR):  # type: ignore[valid-type, misc]
         def __init__(self) -> None:
@@ -497,7 +497,7 @@ def test_lightly_style_pooled_backbone_and_indexed_dataset(photos: List[Any]) ->
 
     bank = SaliencyBank(len(photos), max_regions=8)
     lightly_items = [(image, 0, f"{i}.png") for i, image in enumerate(photos)]
-    wrapped = IndexedDataset(lightly_items, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
+    wrapped = SGCLDataset(lightly_items, SGCLTransform(bank, num_regions=REGIONS, size=CROP))
     callback = make_callback(bank, wrapped)
     torch.manual_seed(0)
     make_trainer(max_epochs=2, limit_train_batches=1, callbacks=[callback]).fit(Pooled(), make_loader(photos, bank))

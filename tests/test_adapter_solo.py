@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sgcl_plugin import InterImageLoss, SaliencyBank, SaliencyCropTransform, SaliencyWeightedLoss
 from sgcl_plugin.adapters import solo as adapter
-from sgcl_plugin.adapters.solo import SoloFeatureMaps, SoloSaliencyDataset, unpack_region_batch
+from sgcl_plugin.adapters.solo import SGCLDataset, SoloFeatureMaps, unpack_region_batch
 from sgcl_plugin.features import feature_maps
 
 pytestmark = [
@@ -115,11 +115,11 @@ def test_old_solo_learn_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         adapter.register()
 
 
-def make_crop_dataset(num_regions: int = REGIONS) -> SoloSaliencyDataset:
+def make_crop_dataset(num_regions: int = REGIONS) -> SGCLDataset:
     transform = SaliencyCropTransform(
         prefilled_bank(), num_regions=num_regions, size=CROP, view_transforms=(identity, identity)
     )
-    return SoloSaliencyDataset(ConstantImages(), transform)
+    return SGCLDataset(ConstantImages(), transform)
 
 
 def test_dataset_yields_solo_items_with_region_scores() -> None:
@@ -130,7 +130,7 @@ def test_dataset_yields_solo_items_with_region_scores() -> None:
     assert set(scores.tolist()) <= set(torch.tensor(image_scores(5)).tolist())
     # solo's dataset_with_index items (index, image, target) are recognised: the index is dropped
     solo_style = [(i, *ConstantImages()[i]) for i in range(N_IMAGES)]
-    index, views, target, _ = SoloSaliencyDataset(solo_style, data.transform)[3]
+    index, views, target, _ = SGCLDataset(solo_style, data.transform)[3]
     assert index == 3 and target == 1 and torch.allclose(views[0], torch.full_like(views[0], 0.4))
     assert torch.equal(data.images[2], ConstantImages()[2][0])
 
@@ -151,15 +151,15 @@ def test_collated_batch_flattens_region_pairs_in_step() -> None:
 
 
 def test_dataset_fallback_and_errors() -> None:
-    data = SoloSaliencyDataset(ConstantImages(), fallback_transform=lambda image: [image, image])
+    data = SGCLDataset(ConstantImages(), fallback_transform=lambda image: [image, image])
     index, views, target = data[1]  # solo's own format for solo's own methods
     assert index == 1 and target == 1 and len(views) == 2
     with pytest.raises(RuntimeError, match="no SaliencyCropTransform yet"):
-        SoloSaliencyDataset(ConstantImages())[0]
+        SGCLDataset(ConstantImages())[0]
     with pytest.raises(ValueError, match="bank holds 3 images"):
-        SoloSaliencyDataset(ConstantImages(), SaliencyCropTransform(SaliencyBank(3)))
+        SGCLDataset(ConstantImages(), SaliencyCropTransform(SaliencyBank(3)))
     with pytest.raises(TypeError, match="map-style"):
-        SoloSaliencyDataset(iter([]))
+        SGCLDataset(iter([]))
 
 
 def test_batch_errors_are_explicit() -> None:
@@ -446,14 +446,14 @@ def test_solo_errors_are_explicit(solo: Dict[str, type]) -> None:
     with pytest.raises(RuntimeError, match="No saliency bank yet"):
         model.sgcl_refresh()
     plain = [(i, [torch.rand(3, CROP, CROP)] * 2, 0) for i in range(N_IMAGES)]  # solo's dataset: no scores
-    with pytest.raises(TypeError, match="SoloSaliencyDataset"):
+    with pytest.raises(TypeError, match="SGCLDataset"):
         fit(model, DataLoader(plain, batch_size=BATCH), max_steps=1)
 
     from lightning.pytorch import LightningDataModule, Trainer
 
     class Data(LightningDataModule):  # loaders from a hook: workers start before the method sees the dataset
         def train_dataloader(self) -> DataLoader:
-            return DataLoader(SoloSaliencyDataset(ConstantImages()), batch_size=BATCH, num_workers=1)
+            return DataLoader(SGCLDataset(ConstantImages()), batch_size=BATCH, num_workers=1)
 
     model = solo["sgcl_simclr"](solo_cfg("sgcl_simclr"))
     model.sgcl_losses = lambda *args: pytest.fail("trained without region crops")

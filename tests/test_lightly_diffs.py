@@ -266,7 +266,7 @@ def test_diffs_import_from_sgcl_plugin() -> None:
     for name in DIFFS:
         fragments, _ = checked_fragments(load(name))
         imported = sgcl_imports([ast.parse(f) for f in fragments])
-        assert {"IndexedDataset", "SGCLLoss", "SGCLTransform", "sgcl_collate", "SaliencyBank"} <= set(imported), name
+        assert {"SGCLDataset", "SGCLLoss", "SGCLTransform", "sgcl_collate", "SaliencyBank"} <= set(imported), name
 
 
 def _bind(target: object, call: ast.Call, method: bool, where: str) -> None:
@@ -291,7 +291,7 @@ def test_sgcl_names_exist_and_calls_bind() -> None:
     except ImportError as err:
         pytest.skip(f"lightly is not importable ({err}): sgcl_plugin.adapters.lightly needs it")
     lightly_adapter = importlib.import_module("sgcl_plugin.adapters.lightly")
-    adapter_names: Set[str] = set(getattr(lightly_adapter, "__all__", ())) | {"SaliencyBank", "SaliencyRefreshCallback"}
+    adapter_names: Set[str] = set(getattr(lightly_adapter, "__all__", ())) | {"SaliencyBank", "SGCLRefreshCallback"}
     for name in DIFFS:
         diff = load(name)
         fragments, _ = checked_fragments(diff)
@@ -343,6 +343,6 @@ def test_lightning_callback_is_importable() -> None:
         pytest.skip("torch is not installed")
     fragments, _ = checked_fragments(load("lightning_byol.diff"))
     imported = sgcl_imports([ast.parse(f) for f in fragments])
-    assert imported.get("SaliencyRefreshCallback") == "sgcl_plugin.adapters.lightning"
+    assert imported.get("SGCLRefreshCallback") == "sgcl_plugin.adapters.lightning"
     module = importlib.import_module("sgcl_plugin.adapters.lightning")
-    assert hasattr(module, "SaliencyRefreshCallback")
+    assert hasattr(module, "SGCLRefreshCallback")

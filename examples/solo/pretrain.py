@@ -7,7 +7,7 @@ It does two things before handing over to solo's ``main()``, unchanged otherwise
 auto-resume, wandb, DDP all work as in solo):
 
 1. ``register()``: ``sgcl_byol``, ``sgcl_simclr`` and ``sgcl_nnclr`` join ``solo.methods.METHODS``.
-2. solo's train dataset is wrapped in ``SoloSaliencyDataset`` (``prepare_saliency_datasets`` takes
+2. solo's train dataset is wrapped in ``SGCLDataset`` (``prepare_saliency_datasets`` takes
    the place of ``prepare_datasets`` in ``main_pretrain``), so that SGCL's crop transform sees each
    image's index. solo's other methods still get their usual crops from the same launcher.
 

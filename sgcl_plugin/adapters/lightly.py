@@ -12,7 +12,7 @@ of the regions every few epochs. This module adds them with lightly's own object
   ``BYOLView1Transform`` / ``BYOLView2Transform`` built **without their own crop**
   (``input_size=size, min_scale=1.0``: a random-resized crop of scale (1, 1) on a square crop is the
   identity, so the image is cropped exactly once).
-- :class:`IndexedDataset` wraps a ``LightlyDataset`` (created with ``transform=None``), a
+- :class:`SGCLDataset` wraps a ``LightlyDataset`` (created with ``transform=None``), a
   torchvision-style dataset or a list of images; with ``collate_fn=sgcl_collate`` a batch is an
   :class:`SGCLBatch` ``(views, target, filename, scores, index)`` whose first three fields are
   lightly's ``(views, target, filename)``: ``x0, x1 = batch[0]`` as in lightly's examples.
@@ -27,7 +27,7 @@ Importing ``sgcl_plugin`` never imports lightly; importing this module needs it
 
 Examples:
     >>> bank = SaliencyBank(len(images))
-    >>> dataset = IndexedDataset(LightlyDataset("photos/"), SGCLTransform(bank, num_regions=4, size=96))
+    >>> dataset = SGCLDataset(LightlyDataset("photos/"), SGCLTransform(bank, num_regions=4, size=96))
     >>> loader = DataLoader(dataset, batch_size=64, collate_fn=sgcl_collate, num_workers=8, persistent_workers=True)
     >>> criterion = SGCLLoss(NegativeCosineSimilarity(), gamma=0.5)
     >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
@@ -41,7 +41,7 @@ Examples:
 
 from __future__ import annotations
 
-import numbers
+import warnings
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform
+from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform, check_crop_size
 from sgcl_plugin.features import feature_map_backbone, feature_maps
 from sgcl_plugin.items import DatasetImages, ImageItem, repeat_rows
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
@@ -72,7 +72,7 @@ except ImportError as _err:  # pragma: no cover - exercised in a subprocess by t
     ) from _err
 
 __all__ = [
-    "IndexedDataset",
+    "SGCLDataset",
     "SGCLBatch",
     "SGCLItem",
     "SGCLLoss",
@@ -94,74 +94,6 @@ ImageIds = Union[Tensor, Sequence[int]]
 # ------------------------------------------------------------------------------------ transform
 
 
-def _check_crop_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 2:
-        raise ValueError(f"size must be an integer side length >= 2 pixels, got {size!r}.")
-    return int(size)
-
-
-def _size_pair(value: Any) -> Optional[Tuple[int, int]]:
-    """(h, w) of a torchvision ``size`` argument; None when it only fixes the shorter side."""
-    if isinstance(value, numbers.Integral):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return int(value[0]), int(value[1])
-    if isinstance(value, (tuple, list)) and len(value) == 1:
-        return int(value[0]), int(value[0])
-    return None
-
-
-def _pipeline_steps(transform: Any, depth: int = 0) -> List[Any]:
-    """The steps of a lightly view transform / torchvision ``Compose``, nested ones included."""
-    if depth > 8:
-        return []
-    steps: List[Any] = []
-    inner = getattr(transform, "transform", None)  # lightly's view transforms hold a Compose
-    if inner is not None and inner is not transform:
-        steps += _pipeline_steps(inner, depth + 1)
-    children = getattr(transform, "transforms", None)  # Compose, RandomApply, RandomOrder
-    if isinstance(children, (list, tuple)):
-        for child in children:
-            steps.append(child)
-            steps += _pipeline_steps(child, depth + 1)
-    return steps
-
-
-def _check_view_transform(transform: Any, size: int, name: str) -> None:
-    """Rejects a view transform that would crop again or produce another size than ``size``."""
-    from torchvision import transforms as T1
-    from torchvision.transforms import v2 as T2
-
-    if isinstance(transform, MultiViewTransform):
-        raise TypeError(
-            f"{name} is a multi-view transform ({type(transform).__name__}): pass the single-view transforms, "
-            f"e.g. BYOLView1Transform(input_size={size}, min_scale=1.0)."
-        )
-    if not callable(transform):
-        raise TypeError(f"{name} must be a callable view transform, got {type(transform).__name__}.")
-    for step in _pipeline_steps(transform):
-        if isinstance(step, (T1.RandomResizedCrop, T2.RandomResizedCrop)):
-            got = _size_pair(step.size)
-            if got != (size, size):
-                raise ValueError(
-                    f"Mismatched crop sizes: {name} resizes to {got} but SGCLTransform(size={size}) makes "
-                    f"{size} x {size} crops; build it with input_size={size}."
-                )
-            if min(float(s) for s in step.scale) < 1.0:
-                raise ValueError(
-                    f"{name} crops again (RandomResizedCrop scale={tuple(step.scale)}): SGCLTransform has already "
-                    f"cut the saliency-guided crop. Build it with min_scale=1.0 (scale (1, 1) on a square crop is the "
-                    f"identity), e.g. BYOLView1Transform(input_size={size}, min_scale=1.0)."
-                )
-        elif isinstance(step, (T1.Resize, T2.Resize, T1.CenterCrop, T2.CenterCrop, T1.RandomCrop, T2.RandomCrop)):
-            got = _size_pair(step.size)
-            if got is not None and got != (size, size):
-                raise ValueError(
-                    f"Mismatched crop sizes: {name} has {type(step).__name__}(size={step.size}) but "
-                    f"SGCLTransform(size={size}) makes {size} x {size} crops."
-                )
-
-
 class SGCLTransform(SaliencyCropTransform):
     """SGCL's crops with lightly's BYOL view augmentations, in the style of lightly's ``BYOLTransform``.
 
@@ -180,7 +112,7 @@ class SGCLTransform(SaliencyCropTransform):
 
     ``transform(image, index)`` returns a :class:`~sgcl_plugin.crops.CropSample` (``views1``,
     ``views2`` (t, 3, size, size), ``scores`` (t,), ...). Wrap the dataset with
-    :class:`IndexedDataset` so the transform gets the index.
+    :class:`SGCLDataset` so the transform gets the index.
 
     Args:
         bank: The dataset's :class:`~sgcl_plugin.bank.SaliencyBank`.
@@ -212,13 +144,17 @@ class SGCLTransform(SaliencyCropTransform):
         scale: Sequence[float] = (0.08, 1.0),
         ratio: Sequence[float] = (3 / 4, 4 / 3),
     ) -> None:
-        size = _check_crop_size(size)
+        size = check_crop_size(size)
         if view_1_transform is None:
             view_1_transform = BYOLView1Transform(input_size=size, min_scale=1.0)
         if view_2_transform is None:
             view_2_transform = BYOLView2Transform(input_size=size, min_scale=1.0)
-        _check_view_transform(view_1_transform, size, "view_1_transform")
-        _check_view_transform(view_2_transform, size, "view_2_transform")
+        for name, view in (("view_1_transform", view_1_transform), ("view_2_transform", view_2_transform)):
+            if isinstance(view, MultiViewTransform):
+                raise TypeError(
+                    f"{name} is a multi-view transform ({type(view).__name__}): pass the single-view transforms, "
+                    f"e.g. BYOLView1Transform(input_size={size}, min_scale=1.0)."
+                )
         self.view_1_transform = view_1_transform
         self.view_2_transform = view_2_transform
         views = (
@@ -232,7 +168,7 @@ class SGCLTransform(SaliencyCropTransform):
 
 
 class SGCLItem(NamedTuple):
-    """One image's item from :class:`IndexedDataset`; the first three fields are lightly's.
+    """One image's item from :class:`SGCLDataset`; the first three fields are lightly's.
 
     Attributes:
         views: ``(views1, views2)``, each (t, 3, size, size): the t pairs of the image.
@@ -281,7 +217,7 @@ def sgcl_collate(items: Sequence[SGCLItem]) -> SGCLBatch:
     if not items:
         raise ValueError("sgcl_collate got an empty batch.")
     if not all(isinstance(item, SGCLItem) for item in items):
-        raise TypeError("sgcl_collate expects SGCLItem items, as IndexedDataset returns them.")
+        raise TypeError("sgcl_collate expects SGCLItem items, as SGCLDataset returns them.")
     t = items[0].scores.shape[0]
     x0 = torch.cat([item.views[0] for item in items])
     x1 = torch.cat([item.views[1] for item in items])
@@ -296,7 +232,7 @@ def sgcl_collate(items: Sequence[SGCLItem]) -> SGCLBatch:
     return SGCLBatch([x0, x1], target, filenames, scores, index)
 
 
-class IndexedDataset(SaliencyCropDataset):
+class SGCLDataset(SaliencyCropDataset):
     """Wraps a map-style dataset so that the SGCL transform sees each item's dataset index.
 
     Works around ``lightly.data.LightlyDataset`` (items ``(image, target, filename)``; create it
@@ -321,7 +257,7 @@ class IndexedDataset(SaliencyCropDataset):
 
     Examples:
         >>> bank = SaliencyBank(len(LightlyDataset("photos/")))
-        >>> dataset = IndexedDataset(LightlyDataset("photos/"), SGCLTransform(bank, size=96))
+        >>> dataset = SGCLDataset(LightlyDataset("photos/"), SGCLTransform(bank, size=96))
         >>> loader = DataLoader(dataset, batch_size=64, shuffle=True, collate_fn=sgcl_collate)
     """
 
@@ -658,7 +594,7 @@ def refresh(
     Args:
         backbone: The online backbone (or a lightly-style model with ``.backbone``); a
             ``Sequential`` ending in global pooling is used without it (:func:`feature_map_backbone`).
-        dataset: The :class:`IndexedDataset` (its bank must be ``bank``) or the raw dataset.
+        dataset: The :class:`SGCLDataset` (its bank must be ``bank``) or the raw dataset.
         bank: The bank the :class:`SGCLTransform` reads.
         generator: The :class:`~sgcl_plugin.SaliencyGenerator` (default settings when omitted).
         regions: ``"objects"`` (default) or ``"paper"``, the mode of the default generator.
@@ -683,7 +619,7 @@ class SGCLRefresher:
 
     Args:
         bank: The bank the :class:`SGCLTransform` reads.
-        dataset: The :class:`IndexedDataset` or the raw dataset.
+        dataset: The :class:`SGCLDataset` or the raw dataset.
         every_n_epochs: Epochs between refreshes (paper: 100 of 800).
         generator: The :class:`~sgcl_plugin.SaliencyGenerator`.
         regions: ``"objects"`` (default) or ``"paper"``, the mode of the default generator.
@@ -753,3 +689,10 @@ class SGCLRefresher:
         """Restores :meth:`state_dict` (the bank in place: running workers see it)."""
         self.bank.load_state_dict(state["bank"])
         self.schedule.load_state_dict(state.get("schedule", {"last_epoch": state["last_epoch"]}))
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: deprecated names
+    if name == "IndexedDataset":
+        warnings.warn("IndexedDataset is now SGCLDataset; the old name goes in 0.3.", DeprecationWarning, 2)
+        return SGCLDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,10 +6,10 @@ Lightning is imported only when a callback is created: importing ``sgcl_plugin``
 never needs it.
 
 Examples:
-    >>> from sgcl_plugin.adapters.lightning import SaliencyRefreshCallback
+    >>> from sgcl_plugin.adapters.lightning import SGCLRefreshCallback
     >>> bank = SaliencyBank(len(train_images))
     >>> data = SaliencyCropDataset(train_images, SaliencyCropTransform(bank))
-    >>> refresh = SaliencyRefreshCallback(bank, train_images, every_n_epochs=10)
+    >>> refresh = SGCLRefreshCallback(bank, train_images, every_n_epochs=10)
     >>> Trainer(max_epochs=100, callbacks=[refresh]).fit(module, DataLoader(data, ...))
 """
 
@@ -30,14 +30,14 @@ from sgcl_plugin.refresh import SaliencyInput, default_device, eval_mode
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 from sgcl_plugin.schedule import RefreshSchedule
 
-__all__ = ["SaliencyRefreshCallback", "lightning_callback_bases"]
+__all__ = ["SGCLRefreshCallback", "lightning_callback_bases"]
 
 _INSTALL_HINT = "pip install lightning"
 _PACKAGES = {"lightning": "lightning.pytorch", "pytorch_lightning": "pytorch_lightning"}
 _CONCRETE_NAMES = {
-    ("lightning",): "_SaliencyRefreshCallbackLightning",
-    ("pytorch_lightning",): "_SaliencyRefreshCallbackPytorchLightning",
-    ("lightning", "pytorch_lightning"): "_SaliencyRefreshCallbackBoth",
+    ("lightning",): "_SGCLRefreshCallbackLightning",
+    ("pytorch_lightning",): "_SGCLRefreshCallbackPytorchLightning",
+    ("lightning", "pytorch_lightning"): "_SGCLRefreshCallbackBoth",
 }
 _CONCRETE: Dict[Tuple[str, ...], type] = {}
 _STATE_FORMAT = 1
@@ -69,23 +69,23 @@ def _resolve_packages(package: str) -> Tuple[str, ...]:
             errors.append(f"{_PACKAGES[name]}: {err}")
     if not found:
         raise ImportError(
-            f"SaliencyRefreshCallback needs PyTorch Lightning: {_INSTALL_HINT} "
+            f"SGCLRefreshCallback needs PyTorch Lightning: {_INSTALL_HINT} "
             f"(or pip install pytorch-lightning). Import errors: {'; '.join(errors)}"
         )
     return tuple(found)
 
 
 def lightning_callback_bases(package: str = "auto") -> Tuple[type, ...]:
-    """The ``Callback`` classes a new :class:`SaliencyRefreshCallback` would subclass."""
+    """The ``Callback`` classes a new :class:`SGCLRefreshCallback` would subclass."""
     return tuple(_import(name).Callback for name in _resolve_packages(package))
 
 
 def _concrete_class(packages: Tuple[str, ...]) -> type:
-    """``SaliencyRefreshCallback`` mixed with the packages' ``Callback``; made once, picklable by name."""
+    """``SGCLRefreshCallback`` mixed with the packages' ``Callback``; made once, picklable by name."""
     if packages not in _CONCRETE:
         bases = tuple(_import(name).Callback for name in packages)
         name = _CONCRETE_NAMES[packages]
-        cls = type(name, (SaliencyRefreshCallback, *bases), {"__module__": __name__, "__doc__": _CONCRETE_DOC})
+        cls = type(name, (SGCLRefreshCallback, *bases), {"__module__": __name__, "__doc__": _CONCRETE_DOC})
         cls.__qualname__ = name
         cls._lightning_packages = packages  # type: ignore[attr-defined]
         _CONCRETE[packages] = cls
@@ -93,21 +93,24 @@ def _concrete_class(packages: Tuple[str, ...]) -> type:
     return _CONCRETE[packages]
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: unpickling a callback in a fresh (spawned) process
+def __getattr__(name: str) -> Any:  # PEP 562: unpickling a callback in a fresh (spawned) process; old names
+    if name == "SaliencyRefreshCallback":
+        warnings.warn("SaliencyRefreshCallback is now SGCLRefreshCallback (until 0.3).", DeprecationWarning, 2)
+        return SGCLRefreshCallback
     for packages, concrete in _CONCRETE_NAMES.items():
         if name == concrete:
             return _concrete_class(packages)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_CONCRETE_DOC = "A SaliencyRefreshCallback bound to Lightning's Callback class(es) (see its docstring)."
+_CONCRETE_DOC = "A SGCLRefreshCallback bound to Lightning's Callback class(es) (see its docstring)."
 
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-class SaliencyRefreshCallback:
+class SGCLRefreshCallback:
     """Refreshes a :class:`~sgcl_plugin.bank.SaliencyBank` with the module's current backbone on schedule.
 
     At the start of every scheduled training epoch (``first_epoch``, ``first_epoch + every_n_epochs``,
@@ -125,7 +128,7 @@ class SaliencyRefreshCallback:
 
     The instance subclasses the ``Callback`` of every installed Lightning package
     (``lightning.pytorch`` and/or ``pytorch_lightning``), so a ``Trainer`` of either accepts it;
-    ``isinstance(cb, SaliencyRefreshCallback)`` holds too.
+    ``isinstance(cb, SGCLRefreshCallback)`` holds too.
 
     Args:
         bank: The bank to refresh (the one the crop transform reads). May be ``None`` and set later
@@ -172,8 +175,8 @@ class SaliencyRefreshCallback:
 
     _lightning_packages: Tuple[str, ...] = ()
 
-    def __new__(cls, *args: Any, package: str = "auto", **kwargs: Any) -> SaliencyRefreshCallback:
-        if cls is SaliencyRefreshCallback:
+    def __new__(cls, *args: Any, package: str = "auto", **kwargs: Any) -> SGCLRefreshCallback:
+        if cls is SGCLRefreshCallback:
             cls = _concrete_class(_resolve_packages(package))
         return object.__new__(cls)
 
@@ -230,7 +233,7 @@ class SaliencyRefreshCallback:
 
     def __repr__(self) -> str:
         return (
-            f"SaliencyRefreshCallback(every_n_epochs={self.every_n_epochs}, first_epoch={self.first_epoch}, "
+            f"SGCLRefreshCallback(every_n_epochs={self.every_n_epochs}, first_epoch={self.first_epoch}, "
             f"saliency_size={self.saliency_size}, last_refresh_epoch={self.last_refresh_epoch}, "
             f"packages={self._lightning_packages!r})"
         )
@@ -262,7 +265,7 @@ class SaliencyRefreshCallback:
     @property
     def state_key(self) -> str:
         """Key of this callback's entry in ``checkpoint["callbacks"]``; the same for both packages."""
-        return "SaliencyRefreshCallback"
+        return "SaliencyRefreshCallback"  # the key of earlier releases: their checkpoints resume
 
     def should_refresh(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is on the schedule (already-made refreshes aside)."""
@@ -294,16 +297,16 @@ class SaliencyRefreshCallback:
         bank = self.resolve_bank()
         if bank is None:
             raise RuntimeError(
-                "SaliencyRefreshCallback: a saliency refresh is due but the bank is None. Pass the SaliencyBank "
+                "SGCLRefreshCallback: a saliency refresh is due but the bank is None. Pass the SaliencyBank "
                 "your SaliencyCropTransform reads (or a callable returning it), or set `callback.bank` before "
                 "the refresh epoch."
             )
         dataset = self.resolve_dataset()
         if dataset is None:
-            raise RuntimeError("SaliencyRefreshCallback: a saliency refresh is due but the dataset is None.")
+            raise RuntimeError("SGCLRefreshCallback: a saliency refresh is due but the dataset is None.")
         if len(dataset) != len(bank):
             raise ValueError(
-                f"SaliencyRefreshCallback: the dataset has {len(dataset)} images but the bank holds {len(bank)}. "
+                f"SGCLRefreshCallback: the dataset has {len(dataset)} images but the bank holds {len(bank)}. "
                 "Refresh the same images, in the same order, that the crop dataset reads (index i of both must "
                 "be the same image)."
             )
@@ -319,14 +322,14 @@ class SaliencyRefreshCallback:
             backbone = self.get_backbone(pl_module)
             if backbone is None or not callable(backbone):
                 raise RuntimeError(
-                    f"SaliencyRefreshCallback: get_backbone({type(pl_module).__name__}) returned "
+                    f"SGCLRefreshCallback: get_backbone({type(pl_module).__name__}) returned "
                     f"{type(backbone).__name__}, not a module or callable mapping images to feature maps."
                 )
         else:
             backbone = getattr(pl_module, "backbone", None)
             if backbone is None or not callable(backbone):
                 raise RuntimeError(
-                    f"SaliencyRefreshCallback: {type(pl_module).__name__} has no `backbone` attribute. Name the "
+                    f"SGCLRefreshCallback: {type(pl_module).__name__} has no `backbone` attribute. Name the "
                     "feature extractor `self.backbone`, or pass backbone=lambda module: module.<your encoder> (a "
                     "module mapping (B, 3, S, S) images to (B, C, h, w) feature maps)."
                 )
@@ -351,7 +354,7 @@ class SaliencyRefreshCallback:
         if trainer_package in _PACKAGES and trainer_package not in self._lightning_packages:
             self._warned_package = True
             warnings.warn(
-                f"SaliencyRefreshCallback subclasses the Callback of {self._lightning_packages} but the Trainer "
+                f"SGCLRefreshCallback subclasses the Callback of {self._lightning_packages} but the Trainer "
                 f"comes from {_PACKAGES[trainer_package]}; create it with package='auto' (the default) or "
                 f"package={trainer_package!r}.",
                 stacklevel=2,
@@ -369,7 +372,7 @@ class SaliencyRefreshCallback:
             x = (self.transform or SaliencyInput(self.saliency_size))(dataset[0])[None]
         except (TypeError, ValueError) as err:
             raise type(err)(
-                f"SaliencyRefreshCallback cannot read dataset[0] as an image for the refresh: {err} Pass the "
+                f"SGCLRefreshCallback cannot read dataset[0] as an image for the refresh: {err} Pass the "
                 "images (PIL, arrays, tensors, or (image, ...) tuples / {'image': ...} dicts) in bank order."
             ) from err
         with torch.no_grad(), eval_mode(backbone):
@@ -483,4 +486,4 @@ class SaliencyRefreshCallback:
         try:
             bank.load_state_dict(state)
         except ValueError as err:
-            raise ValueError(f"SaliencyRefreshCallback: cannot restore the checkpointed saliency bank: {err}") from err
+            raise ValueError(f"SGCLRefreshCallback: cannot restore the checkpointed saliency bank: {err}") from err

@@ -7,7 +7,7 @@ from a clone; PyPI's ``solo-learn`` 1.0.2 (2021) has another API and is refused 
 
 How SGCL maps onto solo (see ``docs/adapters/solo.md``):
 
-- **Data.** :class:`SoloSaliencyDataset` wraps the train dataset so that the
+- **Data.** :class:`SGCLDataset` wraps the train dataset so that the
   :class:`~sgcl_plugin.crops.SaliencyCropTransform` sees each item's index; ``dataset[i]`` is
   ``(i, [views1, views2], target, scores)`` with views (t, 3, s, s) and scores (t,): solo's
   ``[indexes, [X], targets]`` plus the region scores. The SGCL method builds the bank and the
@@ -22,7 +22,7 @@ How SGCL maps onto solo (see ``docs/adapters/solo.md``):
   (:class:`~sgcl_plugin.losses.SaliencyWeightedLoss`), plus the inter-image loss
   (:class:`~sgcl_plugin.losses.InterImageLoss`). solo's online classifier, momentum update, kNN
   and logging are unchanged.
-- **Refresh.** A :class:`~sgcl_plugin.adapters.lightning.SaliencyRefreshCallback` returned by the
+- **Refresh.** A :class:`~sgcl_plugin.adapters.lightning.SGCLRefreshCallback` returned by the
   method's ``configure_callbacks`` refreshes the bank with the online backbone's feature maps, so
   solo's unmodified ``main_pretrain.py`` runs it too; the bank is saved in Lightning checkpoints.
 
@@ -56,7 +56,7 @@ __all__ = [
     "METHOD_NAMES",
     "RegionBatch",
     "SoloFeatureMaps",
-    "SoloSaliencyDataset",
+    "SGCLDataset",
     "add_sgcl_cfg",
     "build_saliency_transform",
     "method_classes",
@@ -277,7 +277,7 @@ def build_saliency_transform(cfg: Any, bank: SaliencyBank) -> SaliencyCropTransf
 # ------------------------------------------------------------------------------------------- data
 
 
-class SoloSaliencyDataset(SaliencyCropDataset):
+class SGCLDataset(SaliencyCropDataset):
     """An index-aware train dataset in solo-learn's format, with SGCL's region crops.
 
     ``dataset[i] -> (i, [views1, views2], target, scores)``: the ``[indexes, [X], targets]`` items
@@ -300,7 +300,7 @@ class SoloSaliencyDataset(SaliencyCropDataset):
 
     Examples:
         >>> bank = SaliencyBank(len(train_set))
-        >>> data = SoloSaliencyDataset(train_set, SaliencyCropTransform(bank, num_regions=4, size=96))
+        >>> data = SGCLDataset(train_set, SaliencyCropTransform(bank, num_regions=4, size=96))
         >>> index, (views1, views2), target, scores = data[0]  # views: (4, 3, 96, 96)
     """
 
@@ -317,8 +317,8 @@ def prepare_saliency_datasets(
     *args: Any,
     cfg: Any = None,
     **kwargs: Any,
-) -> SoloSaliencyDataset:
-    """solo's ``prepare_datasets`` whose dataset is wrapped in a :class:`SoloSaliencyDataset`.
+) -> SGCLDataset:
+    """solo's ``prepare_datasets`` whose dataset is wrapped in a :class:`SGCLDataset`.
 
     Same arguments as ``solo.data.pretrain_dataloader.prepare_datasets``. solo builds the dataset
     without a transform (raw PIL images); its ``transform`` becomes the fallback, so solo's other
@@ -329,7 +329,7 @@ def prepare_saliency_datasets(
     """
     from solo.data.pretrain_dataloader import prepare_datasets
 
-    data = SoloSaliencyDataset(prepare_datasets(dataset, None, *args, **kwargs), fallback_transform=transform)
+    data = SGCLDataset(prepare_datasets(dataset, None, *args, **kwargs), fallback_transform=transform)
     if cfg is not None and str(_select(cfg, "method", "")) in METHOD_NAMES:
         bank = SaliencyBank(len(data), max_regions=int(_select(cfg, "sgcl.max_regions", SGCL_DEFAULTS["max_regions"])))
         data.attach(build_saliency_transform(cfg, bank))
@@ -363,11 +363,11 @@ def unpack_region_batch(batch: Any, crop_size: Optional[int] = None) -> RegionBa
 
     Raises:
         ValueError: a batch without indexes or scores (the dataset is not a
-            :class:`SoloSaliencyDataset`), not two views, views of different or unexpected sizes.
+            :class:`SGCLDataset`), not two views, views of different or unexpected sizes.
     """
     wrap_hint = (
-        "Train SGCL methods on a SoloSaliencyDataset (examples/solo/pretrain.py does it for solo's "
-        "main_pretrain.py; in your own script wrap the dataset: SoloSaliencyDataset(dataset))."
+        "Train SGCL methods on a SGCLDataset (examples/solo/pretrain.py does it for solo's "
+        "main_pretrain.py; in your own script wrap the dataset: SGCLDataset(dataset))."
     )
     if not isinstance(batch, (list, tuple)) or len(batch) != 4:
         size = len(batch) if isinstance(batch, (list, tuple)) else None
@@ -426,7 +426,7 @@ class SGCLMethodMixin:
     """
 
     sgcl_bank: Optional[SaliencyBank]
-    sgcl_dataset: Optional[SoloSaliencyDataset]
+    sgcl_dataset: Optional[SGCLDataset]
     _sgcl_requires: Tuple[str, ...] = ("projector",)
     _sgcl_method = "byol"
     _sgcl_solo_method = "BaseMethod"
@@ -459,19 +459,19 @@ class SGCLMethodMixin:
     # --- data ------------------------------------------------------------------------------------
 
     def sgcl_attach(self, data: Any) -> SaliencyBank:
-        """Links the method to its train data (a DataLoader or :class:`SoloSaliencyDataset`).
+        """Links the method to its train data (a DataLoader or :class:`SGCLDataset`).
 
         A dataset without transform gets a new bank and the config's crop transform; a dataset that
         has one lends its bank (its crop size must be ``sgcl.crop_size``). Called on train start.
         """
         dataset = data.dataset if isinstance(data, DataLoader) else data
-        if not isinstance(dataset, SoloSaliencyDataset):
+        if not isinstance(dataset, SGCLDataset):
             raise TypeError(
                 f"{type(self).__name__} needs its train dataset wrapped in "
-                f"sgcl_plugin.adapters.solo.SoloSaliencyDataset (got {type(dataset).__name__}), so that "
+                f"sgcl_plugin.adapters.solo.SGCLDataset (got {type(dataset).__name__}), so that "
                 "region crops see the dataset index and batches carry region scores. With solo's "
                 "main_pretrain.py use examples/solo/pretrain.py; with your own script, "
-                "DataLoader(SoloSaliencyDataset(dataset), ...)."
+                "DataLoader(SGCLDataset(dataset), ...)."
             )
         if dataset.transform is None:
             bank = self.sgcl_bank
@@ -508,13 +508,13 @@ class SGCLMethodMixin:
         loader = self.trainer.train_dataloader  # type: ignore[attr-defined]
         dataset = loader.dataset if isinstance(loader, DataLoader) else loader
         if (
-            isinstance(dataset, SoloSaliencyDataset)
+            isinstance(dataset, SGCLDataset)
             and dataset.transform is None
             and getattr(loader, "num_workers", 0) > 0
         ):
             raise RuntimeError(
                 "The train DataLoader's workers started before the SGCL method could attach its crop transform: "
-                "build the dataset with it, SoloSaliencyDataset(dataset, build_saliency_transform(cfg, "
+                "build the dataset with it, SGCLDataset(dataset, build_saliency_transform(cfg, "
                 "SaliencyBank(len(dataset)))) or prepare_saliency_datasets(..., cfg=cfg) (what "
                 "examples/solo/pretrain.py does), or use num_workers=0."
             )
@@ -525,9 +525,9 @@ class SGCLMethodMixin:
         callbacks = list(super().configure_callbacks() or [])  # type: ignore[misc]
         refresh = self.sgcl_cfg.refresh
         if refresh.enabled:
-            from sgcl_plugin.adapters.lightning import SaliencyRefreshCallback
+            from sgcl_plugin.adapters.lightning import SGCLRefreshCallback
 
-            self._sgcl_callback = SaliencyRefreshCallback(
+            self._sgcl_callback = SGCLRefreshCallback(
                 self._sgcl_get_bank,
                 self._sgcl_get_images,
                 every_n_epochs=int(refresh.every_n_epochs),
@@ -689,6 +689,9 @@ def register(overwrite: bool = False) -> Dict[str, type]:
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: SGCLBYOL & co. are built (and solo imported) on first use
+    if name == "SoloSaliencyDataset":
+        warnings.warn("SoloSaliencyDataset is now SGCLDataset; the old name goes in 0.3.", DeprecationWarning, 2)
+        return SGCLDataset
     if name in _SOLO_BASES:
         method_classes()
         return _CLASSES[name]
