@@ -1,42 +1,9 @@
-"""SGCL for lightly users: an index-aware dataset, a BYOL-style crop transform, per-sample losses, a refresh hook.
+"""SGCL for lightly: an index-aware dataset, a BYOL-style crop transform, per-sample losses, a refresh.
 
-lightly (https://github.com/lightly-ai/lightly) builds SSL loops from a dataset whose transform makes
-the views (``LightlyDataset(folder, transform=BYOLTransform())``), a model with ``backbone`` /
-``projection_head`` / ``prediction_head`` attributes and a loss returning the batch mean. SGCL needs
-three things lightly does not give: the **dataset index** in the transform (to look up the image's
-saliency regions), **per-sample losses** (to weight pair i by ``P_i ** gamma``) and a **refresh**
-of the regions every few epochs. This module adds them with lightly's own objects:
-
-- :class:`SGCLTransform` mirrors ``BYOLTransform(view_1_transform=..., view_2_transform=...)``: the
-  saliency-guided crops of :class:`~sgcl_plugin.crops.SaliencyCropTransform`, then lightly's
-  ``BYOLView1Transform`` / ``BYOLView2Transform`` built **without their own crop**
-  (``input_size=size, min_scale=1.0``: a random-resized crop of scale (1, 1) on a square crop is the
-  identity, so the image is cropped exactly once).
-- :class:`SGCLDataset` wraps a ``LightlyDataset`` (created with ``transform=None``), a
-  torchvision-style dataset or a list of images; with ``collate_fn=sgcl_collate`` a batch is an
-  :class:`SGCLBatch` ``(views, target, filename, scores, index)`` whose first three fields are
-  lightly's ``(views, target, filename)``: ``x0, x1 = batch[0]`` as in lightly's examples.
-- :class:`SGCLLoss` weights lightly's ``NegativeCosineSimilarity`` or ``NTXentLoss`` (memory bank
-  included) by ``P ** gamma``; with all scores 1 or ``gamma=0`` it equals lightly's loss.
-  :func:`nnclr_neighbours` does NNCLR's lookup with lightly's ``NNMemoryBankModule``.
-- :func:`refresh` / :class:`SGCLRefresher` recompute the regions with the current backbone (a
-  lightly-style ``Sequential`` ending in global pooling is used without its pooling).
-
-Importing ``sgcl_plugin`` never imports lightly; importing this module needs it
-(``pip install 'sgcl_plugin[lightly]'``). Verified with lightly 1.6.0.
-
-Examples:
-    >>> bank = SaliencyBank(len(images))
-    >>> dataset = SGCLDataset(LightlyDataset("photos/"), SGCLTransform(bank, num_regions=4, size=96))
-    >>> loader = DataLoader(dataset, batch_size=64, collate_fn=sgcl_collate, num_workers=8, persistent_workers=True)
-    >>> criterion = SGCLLoss(NegativeCosineSimilarity(), gamma=0.5)
-    >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
-    >>> for epoch in range(epochs):
-    ...     refresher.maybe_refresh(epoch, model.backbone)
-    ...     for batch in loader:
-    ...         x0, x1 = batch[0]                         # (B * t, 3, 96, 96) each
-    ...         loss = 0.5 * (criterion(model(x0), model.forward_momentum(x1), batch.scores)
-    ...                       + criterion(model(x1), model.forward_momentum(x0), batch.scores))
+lightly's transforms do not see the dataset index, its losses return batch means and nothing refreshes the
+regions: :class:`SGCLDataset` / :class:`SGCLTransform`, :class:`SGCLLoss` and :class:`SGCLRefresher` add that
+with lightly's own objects. Needs lightly (``pip install 'sgcl_plugin[lightly]'``; verified with 1.6.0), which
+``import sgcl_plugin`` never imports. Usage, patches for lightly's examples and details: docs/adapters/lightly.md.
 """
 
 from __future__ import annotations
@@ -57,8 +24,6 @@ from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 from sgcl_plugin.schedule import RefreshSchedule
 
-_INSTALL_HINT = "pip install 'sgcl_plugin[lightly]'"
-
 try:
     from lightly.data import LightlyDataset
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
@@ -67,160 +32,88 @@ try:
     from lightly.transforms.multi_view_transform import MultiViewTransform
 except ImportError as _err:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        f"sgcl_plugin.adapters.lightly needs lightly: {_INSTALL_HINT} (or pip install lightly). "
+        "sgcl_plugin.adapters.lightly needs lightly: pip install 'sgcl_plugin[lightly]' (or pip install lightly). "
         f"Importing it failed with: {_err}"
     ) from _err
 
 __all__ = [
-    "SGCLDataset",
-    "SGCLBatch",
-    "SGCLItem",
-    "SGCLLoss",
-    "SGCLRefresher",
-    "SGCLTransform",
-    "feature_map_backbone",
-    "inter_loss_for",
-    "nnclr_neighbours",
-    "per_sample_negative_cosine_similarity",
-    "per_sample_nnclr",
-    "per_sample_ntxent",
-    "refresh",
-    "sgcl_collate",
-]
+    "SGCLDataset", "SGCLBatch", "SGCLItem", "SGCLLoss", "SGCLRefresher", "SGCLTransform", "feature_map_backbone",
+    "inter_loss_for", "nnclr_neighbours", "per_sample_negative_cosine_similarity", "per_sample_nnclr",
+    "per_sample_ntxent", "refresh", "sgcl_collate",
+]  # fmt: skip
 
 ImageIds = Union[Tensor, Sequence[int]]
 
 
-# ------------------------------------------------------------------------------------ transform
-
-
 class SGCLTransform(SaliencyCropTransform):
-    """SGCL's crops with lightly's BYOL view augmentations, in the style of lightly's ``BYOLTransform``.
+    """SGCL's region crops, then lightly's BYOL view augmentations: the SGCL version of ``BYOLTransform``.
 
-    For image ``index``: ``num_regions`` regions of ``bank[index]`` drawn with probability
-    proportional to their score, two rule-R crops inside each, resized to ``size`` (see
-    :class:`~sgcl_plugin.crops.SaliencyCropTransform`; before the first refresh, plain BYOL
-    random-resized crops of the whole image with score 1), then ``view_1_transform`` on the first
-    crop of each pair and ``view_2_transform`` on the second.
-
-    The default view transforms are lightly's ``BYOLView1Transform(input_size=size, min_scale=1.0)``
-    and ``BYOLView2Transform(input_size=size, min_scale=1.0)``: flip, colour jitter, grayscale, blur,
-    solarization and ImageNet normalization as lightly does them, and a random-resized crop of scale
-    (1, 1) which on the square ``size`` crop is the identity, so the image is cropped exactly once.
-    Your own view transforms must not crop again and must keep the size: a ``RandomResizedCrop``
-    with a scale below 1 or any resize/crop to another size is rejected.
-
-    ``transform(image, index)`` returns a :class:`~sgcl_plugin.crops.CropSample` (``views1``,
-    ``views2`` (t, 3, size, size), ``scores`` (t,), ...). Wrap the dataset with
-    :class:`SGCLDataset` so the transform gets the index.
+    ``transform(image, index)`` returns a :class:`~sgcl_plugin.crops.CropSample` (``views1``, ``views2`` (t, 3,
+    size, size), ``scores`` (t,), ...). The default views are ``BYOLView1Transform`` / ``BYOLView2Transform``
+    with ``input_size=size, min_scale=1.0``, whose crop is then the identity: the image is cropped once.
 
     Args:
         bank: The dataset's :class:`~sgcl_plugin.bank.SaliencyBank`.
-        num_regions: Pairs per image (t; paper: 4).
-        size: Side of the crops (paper: 96).
-        view_1_transform: First view's augmentation (PIL image in, tensor out); default above.
-        view_2_transform: Second view's augmentation; default above.
-        scale: Crop area range as a fraction of the region box.
-        ratio: Crop aspect ratio range.
+        num_regions, size, scale, ratio: As in :class:`~sgcl_plugin.crops.SaliencyCropTransform` (paper: 4, 96).
+        view_1_transform, view_2_transform: The views' augmentations (PIL in, tensor out), without crop or resize.
 
     Raises:
         TypeError: a multi-view transform (``BYOLTransform``) as a view transform.
-        ValueError: view transforms that crop again or resize to another size than ``size``.
-
-    Examples:
-        >>> transform = SGCLTransform(bank, num_regions=4, size=96)
-        >>> transform = SGCLTransform(
-        ...     bank, size=96, view_1_transform=BYOLView1Transform(input_size=96, min_scale=1.0, cj_strength=0.5)
-        ... )
+        ValueError: a view transform that crops again or resizes to another size than ``size``.
     """
 
+    view_1_transform: Callable[[Any], Tensor]
+    view_2_transform: Callable[[Any], Tensor]
+
     def __init__(
-        self,
-        bank: SaliencyBank,
-        num_regions: int = 4,
-        size: int = 96,
+        self, bank: SaliencyBank, num_regions: int = 4, size: int = 96,
         view_1_transform: Optional[Callable[[Any], Tensor]] = None,
         view_2_transform: Optional[Callable[[Any], Tensor]] = None,
-        scale: Sequence[float] = (0.08, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-    ) -> None:
+        scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+    ) -> None:  # fmt: skip
         size = check_crop_size(size)
-        if view_1_transform is None:
-            view_1_transform = BYOLView1Transform(input_size=size, min_scale=1.0)
-        if view_2_transform is None:
-            view_2_transform = BYOLView2Transform(input_size=size, min_scale=1.0)
-        for name, view in (("view_1_transform", view_1_transform), ("view_2_transform", view_2_transform)):
+        views = []
+        for i, view in enumerate((view_1_transform, view_2_transform)):
+            name, default = f"view_{i + 1}_transform", (BYOLView1Transform, BYOLView2Transform)[i]
+            view = default(input_size=size, min_scale=1.0) if view is None else view
             if isinstance(view, MultiViewTransform):
                 raise TypeError(
                     f"{name} is a multi-view transform ({type(view).__name__}): pass the single-view transforms, "
                     f"e.g. BYOLView1Transform(input_size={size}, min_scale=1.0)."
                 )
-        self.view_1_transform = view_1_transform
-        self.view_2_transform = view_2_transform
-        views = (
-            PILView(view_1_transform, size, "view_1_transform"),
-            PILView(view_2_transform, size, "view_2_transform"),
-        )
+            setattr(self, name, view)
+            views.append(PILView(view, size, name))
         super().__init__(bank, num_regions=num_regions, size=size, view_transforms=views, scale=scale, ratio=ratio)
 
 
-# -------------------------------------------------------------------------------------- dataset
-
-
 class SGCLItem(NamedTuple):
-    """One image's item from :class:`SGCLDataset`; the first three fields are lightly's.
+    """One image's item from :class:`SGCLDataset`; the first three fields are lightly's."""
 
-    Attributes:
-        views: ``(views1, views2)``, each (t, 3, size, size): the t pairs of the image.
-        target: The wrapped dataset's target (-1 when it has none).
-        filename: lightly's filename of the image (``str(index)`` for datasets without files, as
-            lightly names them).
-        scores: (t,) saliency score of the region of each pair (1.0 before the first refresh).
-        index: The dataset index.
-    """
-
-    views: Tuple[Tensor, Tensor]
-    target: Any
-    filename: str
-    scores: Tensor
+    views: Tuple[Tensor, Tensor]  # (views1, views2), each (t, 3, size, size)
+    target: Any  # the wrapped dataset's target (-1 when it has none)
+    filename: str  # lightly's filename (str(index) for datasets without files)
+    scores: Tensor  # (t,) region score of each pair (1.0 before the first refresh)
     index: int  # type: ignore[assignment]  # the dataset index, as lightly names it; shadows tuple.index
 
 
 class SGCLBatch(NamedTuple):
-    """A batch from :func:`sgcl_collate`: **one row per view pair**, ``B * t`` rows, image-major.
+    """A batch from :func:`sgcl_collate`: one row per view pair (``B * t`` rows, image-major)."""
 
-    ``batch[0]``, ``batch[1]``, ``batch[2]`` are lightly's ``(views, targets, filenames)``, so
-    ``x0, x1 = batch[0]`` works as in lightly's examples; rows ``i * t`` to ``i * t + t - 1`` come
-    from the i-th image of the batch.
-
-    Attributes:
-        views: ``[x0, x1]``, each (B * t, 3, size, size).
-        target: (B * t,) targets (a list when they cannot be stacked).
-        filename: B * t filenames.
-        scores: (B * t,) region scores ``P`` in [0, 1], for :class:`SGCLLoss`.
-        index: (B * t,) dataset index of each row's image (``image_ids`` for NT-Xent).
-    """
-
-    views: List[Tensor]
-    target: Any
-    filename: List[str]
-    scores: Tensor
-    index: Tensor  # type: ignore[assignment]  # shadows tuple.index, on purpose (see above)
+    views: List[Tensor]  # [x0, x1], each (B * t, 3, size, size): x0, x1 = batch[0] as in lightly's examples
+    target: Any  # (B * t,) targets (a list when they cannot be stacked)
+    filename: List[str]  # B * t filenames
+    scores: Tensor  # (B * t,) region scores in [0, 1], for SGCLLoss
+    index: Tensor  # type: ignore[assignment]  # (B * t,) dataset index of each row's image (image_ids for NT-Xent)
 
 
 def sgcl_collate(items: Sequence[SGCLItem]) -> SGCLBatch:
-    """Collates :class:`SGCLItem` s into an :class:`SGCLBatch` with one row per view pair.
-
-    Use it as the DataLoader's ``collate_fn``. (The default collate works too and gives
-    (B, t, 3, size, size) views, (B, t) scores and (B,) indices.)
-    """
+    """The DataLoader ``collate_fn`` for :class:`SGCLDataset`: :class:`SGCLItem` s to an :class:`SGCLBatch`."""
     if not items:
         raise ValueError("sgcl_collate got an empty batch.")
     if not all(isinstance(item, SGCLItem) for item in items):
         raise TypeError("sgcl_collate expects SGCLItem items, as SGCLDataset returns them.")
     t = items[0].scores.shape[0]
-    x0 = torch.cat([item.views[0] for item in items])
-    x1 = torch.cat([item.views[1] for item in items])
+    views = [torch.cat([item.views[k] for item in items]) for k in (0, 1)]
     scores = torch.cat([item.scores for item in items]).float()
     index = torch.as_tensor([item.index for item in items], dtype=torch.int64).repeat_interleave(t)
     targets = list(repeat_rows([item.target for item in items], t))
@@ -228,35 +121,19 @@ def sgcl_collate(items: Sequence[SGCLItem]) -> SGCLBatch:
         target: Any = default_collate(targets)
     except (TypeError, RuntimeError):
         target = targets
-    filenames = list(repeat_rows([item.filename for item in items], t))
-    return SGCLBatch([x0, x1], target, filenames, scores, index)
+    return SGCLBatch(views, target, list(repeat_rows([item.filename for item in items], t)), scores, index)
 
 
 class SGCLDataset(SaliencyCropDataset):
-    """Wraps a map-style dataset so that the SGCL transform sees each item's dataset index.
-
-    Works around ``lightly.data.LightlyDataset`` (items ``(image, target, filename)``; create it
-    with ``transform=None``), torchvision-style datasets (``(image, target)``), lists of images and
-    dicts with ``"image"``. ``dataset[i]`` is an :class:`SGCLItem`
-    ``(views=(views1, views2), target, filename, scores, index)``; with ``collate_fn=sgcl_collate``
-    batches are :class:`SGCLBatch` es with one row per view pair (``x0, x1 = batch[0]``). Works
-    with DataLoader workers, ``persistent_workers=True`` included: the bank lives in shared memory,
-    so a refresh in the main process reaches running workers at their next item. The core's
-    :class:`~sgcl_plugin.crops.SaliencyCropDataset` in lightly's item layout.
-
-    Args:
-        dataset: The map-style dataset (``__len__`` and ``__getitem__``).
-        transform: The :class:`SGCLTransform` (any
-            :class:`~sgcl_plugin.crops.SaliencyCropTransform`); its bank must have ``len(dataset)`` rows.
+    """Wraps a map-style dataset (a ``LightlyDataset`` with ``transform=None``, torchvision-style, a list of
+    images) so that ``dataset[i]`` is an :class:`SGCLItem` of the crops of image i; batch with :func:`sgcl_collate`.
+    ``transform`` is the :class:`SGCLTransform`, whose bank must have ``len(dataset)`` rows.
 
     Raises:
-        TypeError: an iterable-style dataset or one without ``__len__`` / ``__getitem__`` (SGCL finds
-            an image's regions by its index), or a transform that is not an SGCL transform.
-        ValueError: a bank of another size than the dataset, or a dataset that already applies a
-            transform making several views.
+        TypeError: a dataset that is not map-style, or a transform that is not an SGCL transform.
+        ValueError: a bank of another size, a ``LightlyDataset`` with a transform, items with several views.
 
     Examples:
-        >>> bank = SaliencyBank(len(LightlyDataset("photos/")))
         >>> dataset = SGCLDataset(LightlyDataset("photos/"), SGCLTransform(bank, size=96))
         >>> loader = DataLoader(dataset, batch_size=64, shuffle=True, collate_fn=sgcl_collate)
     """
@@ -275,9 +152,6 @@ class SGCLDataset(SaliencyCropDataset):
         return SGCLItem((sample.views1, sample.views2), item.target, item.filename, sample.scores, index)
 
 
-# --------------------------------------------------------------------------------------- losses
-
-
 def _check_same_shape(a: Any, b: Any, names: Tuple[str, str]) -> None:
     for name, x in zip(names, (a, b)):
         if not isinstance(x, Tensor):
@@ -285,49 +159,24 @@ def _check_same_shape(a: Any, b: Any, names: Tuple[str, str]) -> None:
         if x.ndim < 2 or x.shape[0] < 1:
             raise ValueError(f"{name} must have shape (n, d) with n >= 1, got {tuple(x.shape)}.")
     if a.shape != b.shape:
-        raise ValueError(
-            f"{names[0]} and {names[1]} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}."
-        )
+        raise ValueError(f"{' and '.join(names)} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
 
 
 def per_sample_negative_cosine_similarity(x0: Tensor, x1: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    """lightly's ``NegativeCosineSimilarity`` per sample: ``-cos(x0_i, x1_i)``, shape (n,).
-
-    Its mean is lightly's loss (for inputs with more than two dimensions, the per-sample value is
-    the mean over the remaining positions, so the mean over samples is still lightly's mean).
-    """
+    """lightly's ``NegativeCosineSimilarity`` per sample, ``-cos(x0_i, x1_i)`` (n,); its mean is lightly's loss."""
     _check_same_shape(x0, x1, ("x0", "x1"))
-    values = -F.cosine_similarity(x0, x1, dim=dim, eps=eps)
-    return values.reshape(x0.shape[0], -1).mean(dim=1)
+    return -F.cosine_similarity(x0, x1, dim=dim, eps=eps).reshape(x0.shape[0], -1).mean(dim=1)
 
 
 def per_sample_ntxent(
-    out0: Tensor,
-    out1: Tensor,
-    temperature: float = 0.5,
-    negatives: Optional[Tensor] = None,
-    image_ids: Optional[ImageIds] = None,
-    exclude_same_image: bool = True,
-) -> Tensor:
+    out0: Tensor, out1: Tensor, temperature: float = 0.5, negatives: Optional[Tensor] = None,
+    image_ids: Optional[ImageIds] = None, exclude_same_image: bool = True,
+) -> Tensor:  # fmt: skip
     """lightly's ``NTXentLoss`` per view pair, shape (n,); its mean is lightly's loss.
 
-    Without ``negatives`` (SimCLR): NT-Xent over the 2n embeddings; pair i gets the mean of the
-    losses of its two anchors (``out0_i`` with positive ``out1_i``, and the reverse), so the mean
-    over pairs is lightly's mean over the 2n anchors. With ``image_ids`` (the dataset index of each
-    pair, ``batch.index``) views of *other* pairs from the same image are left out of the negatives
-    (SGCL samples regions with replacement: they may show the same object); ``image_ids=None`` is
-    lightly's loss exactly.
-
-    With ``negatives`` (m, d) (MoCo-style, lightly's ``NTXentLoss(memory_bank_size=...)``): anchor
-    ``out0_i`` against its positive ``out1_i`` and the m negatives; ``image_ids`` must be None.
-
-    Args:
-        out0: (n, d) first-view embeddings.
-        out1: (n, d) second-view embeddings.
-        temperature: lightly's default 0.5.
-        negatives: (m, d) memory-bank rows, or None.
-        image_ids: (n,) source image of each pair, or None.
-        exclude_same_image: False keeps same-image views as negatives even with ``image_ids``.
+    ``negatives``: (m, d) memory-bank rows (MoCo-style), or None (SimCLR: the 2n embeddings). ``image_ids``:
+    (n,) source image of each pair, not with ``negatives``; other pairs of the same image are then not
+    negatives (unless ``exclude_same_image=False``). None: lightly's loss exactly.
     """
     _check_same_shape(out0, out1, ("out0", "out1"))
     if negatives is None:
@@ -341,25 +190,15 @@ def per_sample_ntxent(
         raise ValueError(f"negatives must have shape (m, {out0.shape[1]}), got {shape}.")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-    a = F.normalize(out0, dim=1)
-    b = F.normalize(out1, dim=1)
+    a, b = F.normalize(out0, dim=1), F.normalize(out1, dim=1)
     neg = F.normalize(negatives.to(device=a.device, dtype=a.dtype), dim=1)
     logits = torch.cat([(a * b).sum(dim=1, keepdim=True), a @ neg.T], dim=1) / temperature
     return torch.logsumexp(logits, dim=1) - logits[:, 0]
 
 
 def nnclr_neighbours(memory_bank: Any, z0: Tensor, z1: Tensor, update: bool = True) -> Tuple[Tensor, Tensor]:
-    """NNCLR's nearest-neighbour lookup with lightly's ``NNMemoryBankModule``, as lightly's NNCLR does it.
-
-    ``z0``'s neighbours are looked up without updating the bank, then ``z1``'s with ``update``
-    (which appends ``z1``). Then, with ``criterion = SGCLLoss(NTXentLoss(...))``:
-    ``loss = 0.5 * (criterion(nn0, p1, scores) + criterion(nn1, p0, scores))``. Note that lightly's
-    bank starts with random unit vectors (SGCL's own queue, :class:`~sgcl_plugin.InterImageLoss`,
-    masks unfilled rows instead).
-
-    Returns:
-        ``(nn0, nn1)``: (n, d) neighbours of the detached ``z0`` and ``z1``.
-    """
+    """NNCLR's lookup in lightly's ``NNMemoryBankModule`` as lightly does it (``z0`` without update, then ``z1``
+    with ``update``, which appends it): ``(nn0, nn1)``, each (n, d)."""
     if not isinstance(memory_bank, NNMemoryBankModule):
         raise TypeError(f"memory_bank must be lightly's NNMemoryBankModule, got {type(memory_bank).__name__}.")
     _check_same_shape(z0, z1, ("z0", "z1"))
@@ -367,75 +206,43 @@ def nnclr_neighbours(memory_bank: Any, z0: Tensor, z1: Tensor, update: bool = Tr
 
 
 def per_sample_nnclr(
-    z0: Tensor,
-    p0: Tensor,
-    z1: Tensor,
-    p1: Tensor,
-    memory_bank: Any,
-    temperature: float = 0.5,
-    image_ids: Optional[ImageIds] = None,
-    exclude_same_image: bool = True,
-    update: bool = True,
-) -> Tensor:
-    """lightly's NNCLR loss per view pair: ``0.5 * (ntxent(NN(z0), p1) + ntxent(NN(z1), p0))``, shape (n,).
-
-    Neighbours come from the real ``NNMemoryBankModule`` (:func:`nnclr_neighbours`, which updates it
-    with ``z1`` when ``update``); the mean is lightly's NNCLR loss with ``NTXentLoss(temperature)``.
-    """
+    z0: Tensor, p0: Tensor, z1: Tensor, p1: Tensor, memory_bank: Any, temperature: float = 0.5,
+    image_ids: Optional[ImageIds] = None, exclude_same_image: bool = True, update: bool = True,
+) -> Tensor:  # fmt: skip
+    """lightly's NNCLR loss per pair, ``0.5 * (ntxent(NN(z0), p1) + ntxent(NN(z1), p0))`` (n,), NN from
+    :func:`nnclr_neighbours`; its mean is lightly's NNCLR loss."""
     nn0, nn1 = nnclr_neighbours(memory_bank, z0, z1, update=update)
     kwargs: Dict[str, Any] = dict(temperature=temperature, image_ids=image_ids, exclude_same_image=exclude_same_image)
     return 0.5 * (per_sample_ntxent(nn0, p1, **kwargs) + per_sample_ntxent(nn1, p0, **kwargs))
 
 
-_LOSS_NAMES = {
-    "negative_cosine_similarity": NegativeCosineSimilarity,
-    "NegativeCosineSimilarity": NegativeCosineSimilarity,
-    "ntxent": NTXentLoss,
-    "NTXentLoss": NTXentLoss,
-}
-
-
-def _distributed_world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+_LOSS_NAMES = {"negative_cosine_similarity": NegativeCosineSimilarity, "ntxent": NTXentLoss}
+_LOSS_NAMES.update({cls.__name__: cls for cls in (NegativeCosineSimilarity, NTXentLoss)})
 
 
 class SGCLLoss(nn.Module):
-    """A lightly loss made per-sample and weighted by region saliency, ``sum_i P_i ** gamma * L_i / n``.
-
-    Supported: lightly's ``NegativeCosineSimilarity`` (BYOL, SimSiam) and ``NTXentLoss`` (SimCLR,
-    NNCLR with :func:`nnclr_neighbours`, and MoCo-style with its memory bank, which is queried and
-    updated as lightly does), given as objects or names (``"negative_cosine_similarity"``,
-    ``"ntxent"``; ``loss_kwargs`` build them, e.g. ``temperature=0.1``), or any callable returning
-    per-sample losses. With ``gamma=0`` or all scores 1, ``criterion(a, b, scores)`` equals
-    ``lightly_loss(a, b)`` (and ``image_ids=None``).
+    """A lightly loss made per-sample and weighted by region saliency: ``sum_i P_i ** gamma * L_i / n``.
 
     Args:
-        loss: The lightly loss object, its name, or a callable ``loss(a, b) -> Tensor[n]``.
-        gamma: Exponent of the scores (paper: 0.5; 0 turns the weighting off).
+        loss: lightly's ``NegativeCosineSimilarity`` or ``NTXentLoss`` (memory bank included), its name
+            (``"negative_cosine_similarity"``, ``"ntxent"``; built with ``**loss_kwargs``), or a callable
+            ``loss(a, b) -> Tensor[n]``.
+        gamma: Exponent of the scores (paper: 0.5). With 0, or all scores 1, the loss is the lightly loss.
         normalize: ``"count"`` divides by n (default), ``"weight"`` by ``sum_i P_i ** gamma``.
-        **loss_kwargs: Arguments of the lightly loss when given by name.
 
     Raises:
-        TypeError: another lightly loss (they return batch means that cannot be weighted per pair).
-        NotImplementedError: ``NTXentLoss(gather_distributed=True)`` without a memory bank under
-            ``torch.distributed`` with several processes.
+        TypeError: another lightly loss (a batch mean cannot be weighted per pair).
+        NotImplementedError: ``NTXentLoss(gather_distributed=True)`` without memory bank, several processes.
 
     Examples:
-        >>> criterion = SGCLLoss(NegativeCosineSimilarity())              # BYOL
-        >>> loss = 0.5 * (criterion(p0, z1, scores) + criterion(p1, z0, scores))
-        >>> criterion = SGCLLoss(NTXentLoss(temperature=0.5))             # SimCLR
-        >>> loss = criterion(z0, z1, scores, image_ids=batch.index)
+        >>> criterion = SGCLLoss(NTXentLoss(temperature=0.5))  # SimCLR; BYOL: SGCLLoss(NegativeCosineSimilarity())
+        >>> loss = criterion(z0, z1, batch.scores, image_ids=batch.index)
     """
 
     def __init__(
-        self,
-        loss: Union[str, nn.Module, Callable[..., Tensor]] = "negative_cosine_similarity",
-        gamma: float = 0.5,
-        normalize: str = "count",
-        **loss_kwargs: Any,
-    ) -> None:
+        self, loss: Union[str, nn.Module, Callable[..., Tensor]] = "negative_cosine_similarity", gamma: float = 0.5,
+        normalize: str = "count", **loss_kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__()
         if isinstance(loss, str):
             if loss not in _LOSS_NAMES:
@@ -443,19 +250,15 @@ class SGCLLoss(nn.Module):
             loss = _LOSS_NAMES[loss](**loss_kwargs)
         elif loss_kwargs:
             raise TypeError(f"loss_kwargs {sorted(loss_kwargs)} are only used when the loss is given by name.")
-        if isinstance(loss, NegativeCosineSimilarity):
-            self.kind = "negative_cosine_similarity"
-        elif isinstance(loss, NTXentLoss):
-            self.kind = "ntxent"
-        elif type(loss).__module__.startswith("lightly."):
+        kinds = {NegativeCosineSimilarity: "negative_cosine_similarity", NTXentLoss: "ntxent"}
+        self.kind = next((kind for cls, kind in kinds.items() if isinstance(loss, cls)), "callable")
+        if self.kind == "callable" and type(loss).__module__.startswith("lightly."):
             raise TypeError(
                 f"SGCLLoss supports lightly's NegativeCosineSimilarity and NTXentLoss (NNCLR: NTXentLoss with "
                 f"nnclr_neighbours), not {type(loss).__name__}: it returns a batch mean that cannot be weighted per "
                 "pair. Pass a callable returning per-sample losses (n,) instead."
             )
-        elif callable(loss):
-            self.kind = "callable"
-        else:
+        if not callable(loss):
             raise TypeError(f"loss must be a lightly loss, its name or a callable, got {type(loss).__name__}.")
         self.loss: Any = loss  # a lightly loss module or a per-sample callable, told apart by self.kind
         self.weighted = SaliencyWeightedLoss(self._per_sample, gamma=gamma, normalize=normalize)  # type: ignore[arg-type]
@@ -469,10 +272,11 @@ class SGCLLoss(nn.Module):
             return per_sample_negative_cosine_similarity(a, b, dim=self.loss.dim, eps=self.loss.eps)
         if self.kind == "callable":
             return self.loss(a, b) if image_ids is None else self.loss(a, b, image_ids=image_ids)
-        # NTXentLoss
-        memory_bank = self.loss.memory_bank
+        memory_bank = self.loss.memory_bank  # NTXentLoss
         if memory_bank.size[0] == 0:
-            if self.loss.gather_distributed and _distributed_world() > 1:
+            dist = torch.distributed
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            if self.loss.gather_distributed and world > 1:
                 raise NotImplementedError(
                     "SGCLLoss does not gather negatives across processes: use NTXentLoss(gather_distributed=False) "
                     "(each process's batch gives the negatives)."
@@ -481,8 +285,7 @@ class SGCLLoss(nn.Module):
         if image_ids is not None:
             raise ValueError("image_ids cannot be used with NTXentLoss's memory bank (negatives of unknown images).")
         _check_same_shape(a, b, ("a", "b"))
-        b_normed = F.normalize(b, dim=1)
-        b_normed, bank = memory_bank(b_normed, update=a.requires_grad)  # lightly's query-then-update
+        b_normed, bank = memory_bank(F.normalize(b, dim=1), update=a.requires_grad)  # lightly's query-then-update
         negatives = bank.T if memory_bank.feature_dim_first else bank
         return per_sample_ntxent(a, b_normed, temperature=self.loss.temperature, negatives=negatives)
 
@@ -491,15 +294,8 @@ class SGCLLoss(nn.Module):
         return self.weighted.per_sample(a, b, image_ids=image_ids)
 
     def forward(self, a: Tensor, b: Tensor, scores: Tensor, image_ids: Optional[ImageIds] = None) -> Tensor:
-        """The weighted loss of n pairs.
-
-        Args:
-            a: (n, d) first side, as you would pass it to the lightly loss.
-            b: (n, d) second side.
-            scores: (n,) region scores in [0, 1] (``batch.scores``).
-            image_ids: (n,) dataset index of each pair (``batch.index``), NT-Xent only: views of the
-                same image are then not negatives of each other. Ignored by the cosine loss.
-        """
+        """The weighted loss of n pairs: ``a``, ``b`` (n, d) as for the lightly loss, ``scores`` (n,)
+        (``batch.scores``), ``image_ids`` (n,) (``batch.index``; NT-Xent only, ignored by the cosine loss)."""
         if self.kind == "negative_cosine_similarity":
             image_ids = None
         return self.weighted(a, b, scores, image_ids=image_ids)
@@ -508,39 +304,18 @@ class SGCLLoss(nn.Module):
         return f"gamma={self.weighted.gamma}, normalize={self.weighted.normalize!r}"
 
 
-# ------------------------------------------------------------------------------- model helpers
-
-
-def _output_dim(head: nn.Module) -> int:
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"Cannot tell the output size of {type(head).__name__}: it has no nn.Linear layer.")
-    return linears[-1].out_features
-
-
 def inter_loss_for(
-    model: nn.Module,
-    head: str = "prediction_head",
-    queue_size: int = 4096,
-    num_neighbors: int = 5,
-    gamma: float = 0.5,
-    gather_distributed: bool = False,
-    scale: float = 0.5,
-) -> InterImageLoss:
-    """SGCL's inter-image loss (Eq. 10) sized for a lightly-style model's head, in lightly's loss units.
+    model: nn.Module, head: str = "prediction_head", queue_size: int = 4096, num_neighbors: int = 5,
+    gamma: float = 0.5, gather_distributed: bool = False, scale: float = 0.5,
+) -> InterImageLoss:  # fmt: skip
+    """SGCL's inter-image loss (Eq. 10) sized for the output of ``model.<head>``'s last ``nn.Linear``.
 
-    The loss pulls each online *prediction* toward its nearest target projections in a queue, so
-    for BYOL it needs ``model.prediction_head``; a model without a predictor (SimCLR) can use
-    ``head="projection_head"``. ``scale=0.5`` (default) expresses Eq. 10's ``2 - 2 cos`` in the
-    units of lightly's ``NegativeCosineSimilarity`` (``-cos``, the same gradient halved), so BYOL
-    keeps the paper's 1 : 1 of the two losses with the same form for both::
-
-        loss = 0.5 * (criterion(p0, z1, s) + criterion(p1, z0, s)) + 0.5 * (inter(p0, s) + inter(p1, s))
-
-    ``scale=1`` is the paper's (and :class:`~sgcl_plugin.objective.SGCLObjective`'s) scale.
+    ``scale=0.5`` gives it in lightly's ``-cos`` units, so that ``0.5 * (criterion(p0, z1, s) + criterion(p1, z0,
+    s)) + 0.5 * (inter(p0, s) + inter(p1, s))`` keeps the paper's 1 : 1; ``scale=1`` is the paper's own scale.
 
     Raises:
-        AttributeError: the model has no such head.
+        AttributeError: the model has no such head (use ``head="projection_head"`` without a predictor).
+        ValueError: the head has no ``nn.Linear``.
     """
     module = getattr(model, head, None)
     if not isinstance(module, nn.Module):
@@ -550,13 +325,13 @@ def inter_loss_for(
             "SGCL's inter-image loss pulls the online predictions toward the queue. For a method without a "
             "predictor use head='projection_head'."
         )
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"Cannot tell the output size of {type(module).__name__}: it has no nn.Linear layer.")
     return InterImageLoss(
-        _output_dim(module), queue_size=queue_size, num_neighbors=num_neighbors, gamma=gamma,
+        linears[-1].out_features, queue_size=queue_size, num_neighbors=num_neighbors, gamma=gamma,
         gather_distributed=gather_distributed, scale=scale,
     )  # fmt: skip
-
-
-# -------------------------------------------------------------------------------------- refresh
 
 
 def _refresh_images(dataset: Any, bank: Any) -> DatasetImages:
@@ -572,93 +347,57 @@ def _refresh_images(dataset: Any, bank: Any) -> DatasetImages:
             "This bank is not the one the dataset's SGCLTransform reads: the refresh would never reach the crops."
         )
     images = DatasetImages(dataset)
-    if len(images) != len(bank):
-        raise ValueError(
-            f"Dataset size does not match the bank: the dataset has {len(images)} images, the bank {len(bank)}."
-        )
+    if (n := len(images)) != len(bank):
+        raise ValueError(f"Dataset size does not match the bank: the dataset has {n} images, the bank {len(bank)}.")
     return images
 
 
 def refresh(
-    backbone: Any,
-    dataset: Any,
-    bank: Optional[SaliencyBank],
-    *,
-    generator: Optional[SaliencyGenerator] = None,
-    regions: Optional[str] = None,
-    feature_stride: Optional[int] = None,
-    **kwargs: Any,
-) -> SaliencyBank:
-    """SGCL Step 1: recompute every image's saliency regions with the current backbone, in place.
+    backbone: Any, dataset: Any, bank: Optional[SaliencyBank], *, generator: Optional[SaliencyGenerator] = None,
+    regions: Optional[str] = None, feature_stride: Optional[int] = None, **kwargs: Any,
+) -> SaliencyBank:  # fmt: skip
+    """SGCL Step 1: recomputes every image's regions into ``bank``, in place, with the current backbone.
 
     Args:
-        backbone: The online backbone (or a lightly-style model with ``.backbone``); a
-            ``Sequential`` ending in global pooling is used without it (:func:`feature_map_backbone`).
+        backbone: The online backbone or a model with ``.backbone`` (trailing global pooling is skipped).
         dataset: The :class:`SGCLDataset` (its bank must be ``bank``) or the raw dataset.
         bank: The bank the :class:`SGCLTransform` reads.
-        generator: The :class:`~sgcl_plugin.SaliencyGenerator` (default settings when omitted).
-        regions: ``"objects"`` (default) or ``"paper"``, the mode of the default generator.
-        feature_stride: Read the backbone's stage at this stride (16 recommended for object-level
-            regions) instead of its last feature map; ``None`` (default) keeps the last map.
-        **kwargs: :meth:`SaliencyGenerator.refresh` options: ``batch_size``, ``saliency_size``
-            (default 640), ``device``, ``num_workers``, ``progress``, ``distributed``, ...
-
-    Returns:
-        ``bank``, refreshed (DataLoader workers, persistent ones included, see it at once).
+        generator, regions: The :class:`~sgcl_plugin.SaliencyGenerator`, or the mode of the default one.
+        feature_stride: Read the backbone's stage at this stride (16 recommended) instead of its last map.
+        **kwargs: :meth:`SaliencyGenerator.refresh` options (``saliency_size`` (default 640), ``batch_size``, ...).
 
     Raises:
-        ValueError: no bank yet, a bank of another size than the dataset, or a bank that is not the
-            one the dataset's transform reads.
+        ValueError: no bank yet, or a bank of another size than the dataset or not the dataset's.
     """
     images = _refresh_images(dataset, bank)
     return resolve_generator(generator, regions).refresh(feature_maps(backbone, feature_stride), images, bank, **kwargs)
 
 
 class SGCLRefresher:
-    """Refreshes the bank every ``every_n_epochs`` epochs (never at epoch 0): one call per epoch.
-
-    Args:
-        bank: The bank the :class:`SGCLTransform` reads.
-        dataset: The :class:`SGCLDataset` or the raw dataset.
-        every_n_epochs: Epochs between refreshes (paper: 100 of 800).
-        generator: The :class:`~sgcl_plugin.SaliencyGenerator`.
-        regions: ``"objects"`` (default) or ``"paper"``, the mode of the default generator.
-        first_epoch: The first refresh epoch; default ``every_n_epochs``
-            (:class:`~sgcl_plugin.schedule.RefreshSchedule`).
-        feature_stride, saliency_size, batch_size, num_workers, progress, device: As in :func:`refresh`.
+    """Refreshes the bank every ``every_n_epochs`` epochs (never at epoch 0, first at ``first_epoch``, default
+    ``every_n_epochs``): call :meth:`maybe_refresh` at the start of every epoch. The other arguments are those
+    of :func:`refresh`; raises as it does, and for a bad schedule.
 
     Examples:
-        >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
+        >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640, feature_stride=16)
         >>> for epoch in range(epochs):
-        ...     refresher.maybe_refresh(epoch, model.backbone)
-        ...     ...
-        >>> torch.save({"model": model.state_dict(), "sgcl": refresher.state_dict()}, "ckpt.pt")
+        ...     refresher.maybe_refresh(epoch, model.backbone)  # then train the epoch
     """
 
     def __init__(
-        self,
-        bank: Optional[SaliencyBank],
-        dataset: Any,
-        every_n_epochs: int = 10,
-        generator: Optional[SaliencyGenerator] = None,
-        regions: Optional[str] = None,
-        first_epoch: Optional[int] = None,
-        feature_stride: Optional[int] = None,
-        saliency_size: int = 640,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        progress: bool = True,
+        self, bank: Optional[SaliencyBank], dataset: Any, every_n_epochs: int = 10,
+        generator: Optional[SaliencyGenerator] = None, regions: Optional[str] = None,
+        first_epoch: Optional[int] = None, feature_stride: Optional[int] = None, saliency_size: int = 640,
+        batch_size: int = 32, num_workers: int = 0, progress: bool = True,
         device: Optional[Union[str, torch.device]] = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.schedule = RefreshSchedule(every_n_epochs, first_epoch)
         _refresh_images(dataset, bank)  # fail now, not after the first epochs
         self.bank: SaliencyBank = bank  # type: ignore[assignment]
         self.dataset: Any = dataset
         self.generator: SaliencyGenerator = resolve_generator(generator, regions)
-        self.refresh_kwargs: Dict[str, Any] = dict(
-            feature_stride=feature_stride, saliency_size=saliency_size, batch_size=batch_size,
-            num_workers=num_workers, progress=progress, device=device,
-        )  # fmt: skip
+        options = dict(saliency_size=saliency_size, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        self.refresh_kwargs: Dict[str, Any] = dict(feature_stride=feature_stride, **options, device=device)
 
     @property
     def last_epoch(self) -> int:
@@ -679,11 +418,8 @@ class SGCLRefresher:
 
     def state_dict(self) -> Dict[str, Any]:
         """The bank and the schedule (last refreshed epoch, history), for checkpoints."""
-        return {
-            "last_epoch": self.schedule.last_epoch,
-            "schedule": self.schedule.state_dict(),
-            "bank": self.bank.state_dict(),
-        }
+        schedule = self.schedule
+        return {"last_epoch": schedule.last_epoch, "schedule": schedule.state_dict(), "bank": self.bank.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restores :meth:`state_dict` (the bank in place: running workers see it)."""

@@ -1,16 +1,7 @@
 """Lightning callback that refreshes the saliency bank on schedule (SGCL Step 1) during ``Trainer.fit``.
 
-Works with both ``lightning.pytorch`` (``pip install lightning``) and the standalone
-``pytorch_lightning`` package: a callback subclasses the ``Callback`` of each one installed.
-Lightning is imported only when a callback is created: importing ``sgcl_plugin`` or this module
-never needs it.
-
-Examples:
-    >>> from sgcl_plugin.adapters.lightning import SGCLRefreshCallback
-    >>> bank = SaliencyBank(len(train_images))
-    >>> data = SaliencyCropDataset(train_images, SaliencyCropTransform(bank))
-    >>> refresh = SGCLRefreshCallback(bank, train_images, every_n_epochs=10)
-    >>> Trainer(max_epochs=100, callbacks=[refresh]).fit(module, DataLoader(data, ...))
+Works with ``lightning.pytorch`` and the standalone ``pytorch_lightning``, imported only when a callback is
+created (``import sgcl_plugin`` never needs them). Usage, checkpoints and DDP: docs/adapters/lightning.md.
 """
 
 from __future__ import annotations
@@ -32,44 +23,30 @@ from sgcl_plugin.schedule import RefreshSchedule
 
 __all__ = ["SGCLRefreshCallback", "lightning_callback_bases"]
 
-_INSTALL_HINT = "pip install lightning"
 _PACKAGES = {"lightning": "lightning.pytorch", "pytorch_lightning": "pytorch_lightning"}
-_CONCRETE_NAMES = {
-    ("lightning",): "_SGCLRefreshCallbackLightning",
-    ("pytorch_lightning",): "_SGCLRefreshCallbackPytorchLightning",
+_CONCRETE_NAMES = {  # the classes a callback gets, by the packages it subclasses; pickled by name
+    ("lightning",): "_SGCLRefreshCallbackLightning", ("pytorch_lightning",): "_SGCLRefreshCallbackPytorchLightning",
     ("lightning", "pytorch_lightning"): "_SGCLRefreshCallbackBoth",
-}
+}  # fmt: skip
 _CONCRETE: Dict[Tuple[str, ...], type] = {}
-_STATE_FORMAT = 1
 
 BankSource = Union[SaliencyBank, Callable[[], Optional[SaliencyBank]], None]
 BackboneGetter = Callable[[Any], Union[nn.Module, Callable[[Tensor], Tensor]]]
 
 
-def _import(package: str) -> Any:
-    return importlib.import_module(_PACKAGES[package])
-
-
 def _resolve_packages(package: str) -> Tuple[str, ...]:
-    """The Lightning packages whose ``Callback`` to subclass: the one asked for, or every installed one.
-
-    A callback that subclasses both ``lightning.pytorch.Callback`` and ``pytorch_lightning.Callback``
-    is accepted by a ``Trainer`` of either package (Lightning 2.1 refuses a callback of the other
-    package at ``Trainer`` init; 2.6 accepts it by duck typing).
-    """
     if package not in ("auto", *_PACKAGES):
         raise ValueError(f"package must be 'auto', 'lightning' or 'pytorch_lightning', got {package!r}.")
-    candidates = tuple(_PACKAGES) if package == "auto" else (package,)
     found, errors = [], []
-    for name in candidates:
+    for name in tuple(_PACKAGES) if package == "auto" else (package,):
         try:
-            _import(name)
+            importlib.import_module(_PACKAGES[name])
             found.append(name)
         except ImportError as err:
             errors.append(f"{_PACKAGES[name]}: {err}")
     if not found:
         raise ImportError(
-            f"SGCLRefreshCallback needs PyTorch Lightning: {_INSTALL_HINT} "
+            "SGCLRefreshCallback needs PyTorch Lightning: pip install lightning "
             f"(or pip install pytorch-lightning). Import errors: {'; '.join(errors)}"
         )
     return tuple(found)
@@ -77,19 +54,18 @@ def _resolve_packages(package: str) -> Tuple[str, ...]:
 
 def lightning_callback_bases(package: str = "auto") -> Tuple[type, ...]:
     """The ``Callback`` classes a new :class:`SGCLRefreshCallback` would subclass."""
-    return tuple(_import(name).Callback for name in _resolve_packages(package))
+    return tuple(importlib.import_module(_PACKAGES[name]).Callback for name in _resolve_packages(package))
 
 
 def _concrete_class(packages: Tuple[str, ...]) -> type:
-    """``SGCLRefreshCallback`` mixed with the packages' ``Callback``; made once, picklable by name."""
     if packages not in _CONCRETE:
-        bases = tuple(_import(name).Callback for name in packages)
         name = _CONCRETE_NAMES[packages]
-        cls = type(name, (SGCLRefreshCallback, *bases), {"__module__": __name__, "__doc__": _CONCRETE_DOC})
+        doc = "A SGCLRefreshCallback bound to Lightning's Callback class(es) (see its docstring)."
+        bases = tuple(importlib.import_module(_PACKAGES[package]).Callback for package in packages)
+        cls = type(name, (SGCLRefreshCallback, *bases), {"__module__": __name__, "__doc__": doc})
         cls.__qualname__ = name
         cls._lightning_packages = packages  # type: ignore[attr-defined]
-        _CONCRETE[packages] = cls
-        globals()[name] = cls
+        _CONCRETE[packages] = globals()[name] = cls
     return _CONCRETE[packages]
 
 
@@ -103,74 +79,33 @@ def __getattr__(name: str) -> Any:  # PEP 562: unpickling a callback in a fresh 
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_CONCRETE_DOC = "A SGCLRefreshCallback bound to Lightning's Callback class(es) (see its docstring)."
-
-
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class SGCLRefreshCallback:
-    """Refreshes a :class:`~sgcl_plugin.bank.SaliencyBank` with the module's current backbone on schedule.
+    """Refreshes a :class:`~sgcl_plugin.bank.SaliencyBank` in place with the module's backbone, on schedule.
 
-    At the start of every scheduled training epoch (``first_epoch``, ``first_epoch + every_n_epochs``,
-    ...; never epoch 0, when the backbone is still random) it runs
-    :meth:`SaliencyGenerator.refresh <sgcl_plugin.saliency.SaliencyGenerator.refresh>` over
-    ``dataset`` with the backbone of the LightningModule on the module's device, and writes the
-    regions into ``bank`` **in place**: DataLoader workers (``persistent_workers=True`` included)
-    see them from their next item on. Under DDP (``torch.distributed`` initialized by the Trainer)
-    every rank refreshes a shard and the results are gathered by dataset index, so all ranks hold
-    the same bank.
-
-    The bank, the epoch of the last refresh and the refresh history are stored in every Lightning
-    checkpoint (``checkpoint["callbacks"]["SaliencyRefreshCallback"]``) and restored in place by
-    ``Trainer.fit(ckpt_path=...)``; a refresh already made for the resumed epoch is not made again.
-
-    The instance subclasses the ``Callback`` of every installed Lightning package
-    (``lightning.pytorch`` and/or ``pytorch_lightning``), so a ``Trainer`` of either accepts it;
-    ``isinstance(cb, SGCLRefreshCallback)`` holds too.
+    At the start of epochs ``first_epoch`` (default ``every_n_epochs``, never 0), ``first_epoch +
+    every_n_epochs``, ... it runs :meth:`~sgcl_plugin.saliency.SaliencyGenerator.refresh` over ``dataset``
+    (sharded under DDP). Bank and schedule are saved in checkpoints and restored on resume.
 
     Args:
-        bank: The bank to refresh (the one the crop transform reads). May be ``None`` and set later
-            (``callback.bank = ...``), or a no-argument callable returning it (e.g. ``lambda:
-            datamodule.bank`` when the datamodule builds it in ``setup``).
-        dataset: The training images (a map-style dataset of PIL images, arrays, tensors, or
-            tuples/dicts holding one), in the bank's index order; a
-            :class:`~sgcl_plugin.crops.SaliencyCropDataset` is unwrapped to the dataset it wraps.
-            May also be a no-argument callable returning it.
-        generator: The saliency source; default :class:`~sgcl_plugin.saliency.SaliencyGenerator`
-            in ``regions`` mode.
-        regions: ``"objects"`` (default) or ``"paper"``: the region mode of the default generator
-            (not together with ``generator``).
-        feature_stride: Read the backbone's stage at this stride (16 recommended for object-level
-            regions; works on backbones that end in global pooling) through
-            :class:`~sgcl_plugin.features.FeatureMaps`; ``None`` (default) uses the backbone's output.
-        every_n_epochs: Refresh interval in epochs (paper: every 100 of 800 epochs; Table 6 finds 5-20
-            about equally good in 100-epoch runs).
-        first_epoch: First refresh epoch (0-based ``trainer.current_epoch``); default
-            ``every_n_epochs``. Must be >= 1.
-        backbone: ``None`` to use ``pl_module.backbone``, or a callable ``get_backbone(pl_module)``
-            returning a module / callable that maps a (B, 3, S, S) batch to feature maps
-            (B, C, h, w).
-        saliency_size: Side of the square refresh input (paper: 640).
-        batch_size: Images per refresh forward pass.
-        num_workers: DataLoader workers of the refresh (image loading and resizing).
-        progress: tqdm bar during refreshes (global rank 0 only).
-        log_stats: Log the bank statistics (``sgcl/refreshes``, ``sgcl/regions_per_image``, ...) with
-            ``pl_module.log`` after each refresh, i.e. to the Trainer's loggers at the epoch's end.
-        transform: Replaces the refresh's default resize + ImageNet normalization.
-        package: ``"auto"`` (default: the ``Callback`` of every installed package),
-            ``"lightning"`` or ``"pytorch_lightning"`` (that package's only).
-
-    Attributes:
-        last_refresh_epoch: Epoch of the last refresh (-1 before the first).
-        history: One dict per refresh: ``epoch``, ``global_step``, ``seconds`` and the bank stats.
+        bank: The bank the crop transform reads; None (set ``callback.bank`` later); or a callable returning it.
+        dataset: The training images in the bank's order (a crop dataset is unwrapped), or a callable.
+        generator, regions: The saliency source, or the mode (``"objects"``, ``"paper"``) of the default one.
+        every_n_epochs, first_epoch: The schedule above (paper: every 100 of 800 epochs).
+        backbone: None for ``pl_module.backbone``, or ``get_backbone(pl_module)`` returning the module mapping
+            (B, 3, S, S) images to feature maps (B, C, h, w).
+        saliency_size, batch_size, num_workers, transform, progress: Options of the refresh.
+        log_stats: Log the bank statistics (``sgcl/...``) after each refresh.
+        package: ``"auto"`` (subclass every installed package's ``Callback``), ``"lightning"``, ``"pytorch_lightning"``.
+        feature_stride: Read the backbone's stage at this stride (16 recommended) instead of its output.
 
     Raises:
         ImportError: Neither ``lightning`` nor ``pytorch_lightning`` is installed.
-        ValueError: Bad schedule arguments; a dataset whose size is not the bank's (at fit start when
-            both exist, else at the refresh).
-        RuntimeError: A refresh is due but the bank is ``None``; the module has no ``backbone``.
+        ValueError: Bad arguments; a dataset whose size is not the bank's (at fit start, else at the refresh).
+        RuntimeError: A refresh is due but the bank is None; the module has no ``backbone``.
     """
 
     _lightning_packages: Tuple[str, ...] = ()
@@ -181,23 +116,12 @@ class SGCLRefreshCallback:
         return object.__new__(cls)
 
     def __init__(
-        self,
-        bank: BankSource,
-        dataset: Any,
-        generator: Optional[SaliencyGenerator] = None,
-        every_n_epochs: int = 10,
-        first_epoch: Optional[int] = None,
-        backbone: Optional[BackboneGetter] = None,
-        saliency_size: int = 640,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        progress: bool = True,
-        log_stats: bool = True,
-        transform: Optional[Callable[[Any], Tensor]] = None,
-        package: str = "auto",
-        regions: Optional[str] = None,
+        self, bank: BankSource, dataset: Any, generator: Optional[SaliencyGenerator] = None, every_n_epochs: int = 10,
+        first_epoch: Optional[int] = None, backbone: Optional[BackboneGetter] = None, saliency_size: int = 640,
+        batch_size: int = 32, num_workers: int = 0, progress: bool = True, log_stats: bool = True,
+        transform: Optional[Callable[[Any], Tensor]] = None, package: str = "auto", regions: Optional[str] = None,
         feature_stride: Optional[int] = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         if feature_stride is not None and (
             isinstance(feature_stride, bool) or not isinstance(feature_stride, int) or feature_stride < 1
@@ -209,23 +133,15 @@ class SGCLRefreshCallback:
             )
         if backbone is not None and not callable(backbone):
             raise TypeError("backbone must be None or a callable get_backbone(pl_module).")
-        if saliency_size < 2 or batch_size < 1 or num_workers < 0:
-            raise ValueError(
-                f"Need saliency_size >= 2, batch_size >= 1, num_workers >= 0; got {saliency_size}, "
-                f"{batch_size}, {num_workers}."
-            )
+        if saliency_size < 2 or batch_size < 1 or num_workers < 0:  # fail now, not at the first refresh
+            got = f"{saliency_size}, {batch_size}, {num_workers}"
+            raise ValueError(f"Need saliency_size >= 2, batch_size >= 1, num_workers >= 0; got {got}.")
         self.schedule = RefreshSchedule(every_n_epochs, first_epoch)
-        self.bank = bank
-        self.dataset = dataset
+        self.bank, self.dataset, self.get_backbone, self.transform = bank, dataset, backbone, transform
         self.generator = resolve_generator(generator, regions)
         self.feature_stride = feature_stride
-        self.get_backbone = backbone
-        self.saliency_size = int(saliency_size)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.progress = bool(progress)
-        self.log_stats = bool(log_stats)
-        self.transform = transform
+        self.saliency_size, self.batch_size, self.num_workers = int(saliency_size), int(batch_size), int(num_workers)
+        self.progress, self.log_stats = bool(progress), bool(log_stats)
         self._pending_bank_state: Optional[Dict[str, Any]] = None
         self._warned_package = False
         self._probed_bank: Optional[int] = None  # id() of the bank whose cross-rank sharing was probed
@@ -237,8 +153,6 @@ class SGCLRefreshCallback:
             f"saliency_size={self.saliency_size}, last_refresh_epoch={self.last_refresh_epoch}, "
             f"packages={self._lightning_packages!r})"
         )
-
-    # ------------------------------------------------------------------------------------ schedule
 
     @property
     def every_n_epochs(self) -> int:
@@ -271,8 +185,6 @@ class SGCLRefreshCallback:
         """Whether ``epoch`` (0-based) is on the schedule (already-made refreshes aside)."""
         return self.schedule.on_schedule(epoch)
 
-    # ------------------------------------------------------------------------------ bank, dataset
-
     def resolve_bank(self) -> Optional[SaliencyBank]:
         """The bank (calling ``bank`` when it is a callable); applies a checkpointed state waiting for it."""
         bank = self.bank
@@ -286,8 +198,7 @@ class SGCLRefreshCallback:
         return bank
 
     def resolve_dataset(self) -> Optional[DatasetImages]:
-        """The refresh's images (calling ``dataset`` when it is a callable); a crop dataset gives the
-        images it wraps (:class:`~sgcl_plugin.items.DatasetImages`)."""
+        """The refresh's images (calling ``dataset`` when it is a callable; a crop dataset gives its images)."""
         dataset = self.dataset
         if dataset is not None and not hasattr(dataset, "__getitem__") and callable(dataset):
             dataset = dataset()
@@ -297,45 +208,35 @@ class SGCLRefreshCallback:
         bank = self.resolve_bank()
         if bank is None:
             raise RuntimeError(
-                "SGCLRefreshCallback: a saliency refresh is due but the bank is None. Pass the SaliencyBank "
-                "your SaliencyCropTransform reads (or a callable returning it), or set `callback.bank` before "
-                "the refresh epoch."
+                "SGCLRefreshCallback: a saliency refresh is due but the bank is None. Pass the SaliencyBank your "
+                "SaliencyCropTransform reads (or a callable returning it), or set `callback.bank` before that epoch."
             )
         dataset = self.resolve_dataset()
         if dataset is None:
             raise RuntimeError("SGCLRefreshCallback: a saliency refresh is due but the dataset is None.")
         if len(dataset) != len(bank):
             raise ValueError(
-                f"SGCLRefreshCallback: the dataset has {len(dataset)} images but the bank holds {len(bank)}. "
-                "Refresh the same images, in the same order, that the crop dataset reads (index i of both must "
-                "be the same image)."
+                f"SGCLRefreshCallback: the dataset has {len(dataset)} images but the bank holds {len(bank)}. Refresh "
+                "the images the crop dataset reads, in the same order (index i of both must be the same image)."
             )
         return bank, dataset
 
-    # ----------------------------------------------------------------------------------- backbone
-
     def backbone_of(self, pl_module: Any) -> Union[nn.Module, Callable[[Tensor], Tensor]]:
-        """What a refresh runs: :func:`~sgcl_plugin.features.feature_maps` of ``get_backbone(pl_module)``
-        or of ``pl_module.backbone`` (at ``feature_stride`` when set)."""
-        backbone: Any
-        if self.get_backbone is not None:
-            backbone = self.get_backbone(pl_module)
-            if backbone is None or not callable(backbone):
+        """What a refresh runs: :func:`~sgcl_plugin.features.feature_maps` of the module's backbone."""
+        getter = self.get_backbone
+        backbone = getattr(pl_module, "backbone", None) if getter is None else getter(pl_module)
+        if backbone is None or not callable(backbone):
+            if getter is not None:
                 raise RuntimeError(
                     f"SGCLRefreshCallback: get_backbone({type(pl_module).__name__}) returned "
                     f"{type(backbone).__name__}, not a module or callable mapping images to feature maps."
                 )
-        else:
-            backbone = getattr(pl_module, "backbone", None)
-            if backbone is None or not callable(backbone):
-                raise RuntimeError(
-                    f"SGCLRefreshCallback: {type(pl_module).__name__} has no `backbone` attribute. Name the "
-                    "feature extractor `self.backbone`, or pass backbone=lambda module: module.<your encoder> (a "
-                    "module mapping (B, 3, S, S) images to (B, C, h, w) feature maps)."
-                )
+            raise RuntimeError(
+                f"SGCLRefreshCallback: {type(pl_module).__name__} has no `backbone` attribute. Name the "
+                "feature extractor `self.backbone`, or pass backbone=lambda module: module.<your encoder> (a "
+                "module mapping (B, 3, S, S) images to (B, C, h, w) feature maps)."
+            )
         return feature_maps(backbone, self.feature_stride)
-
-    # --------------------------------------------------------------------------------------- hooks
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Starts a new run's schedule; probes whether the ranks share one bank in memory (under DDP)."""
@@ -344,25 +245,19 @@ class SGCLRefreshCallback:
             if int(trainer.current_epoch) == 0:  # a new run (a resume restores the state right after setup)
                 self.schedule.reset()
             self._prepare(trainer)
-        self._check_package(trainer)
-
-    def _check_package(self, trainer: Any) -> None:
-        """Warns when the Trainer's package is not one the callback subclasses (``package=`` forced)."""
-        if self._warned_package or not self._lightning_packages:
-            return
-        trainer_package = type(trainer).__module__.split(".")[0]
-        if trainer_package in _PACKAGES and trainer_package not in self._lightning_packages:
+        trainer_package = type(trainer).__module__.split(".")[0]  # warn if not one the callback subclasses
+        packages = self._lightning_packages
+        if not self._warned_package and packages and trainer_package in _PACKAGES and trainer_package not in packages:
             self._warned_package = True
             warnings.warn(
-                f"SGCLRefreshCallback subclasses the Callback of {self._lightning_packages} but the Trainer "
-                f"comes from {_PACKAGES[trainer_package]}; create it with package='auto' (the default) or "
+                f"SGCLRefreshCallback subclasses the Callback of {packages} but the Trainer comes from "
+                f"{_PACKAGES[trainer_package]}; create it with package='auto' (the default) or "
                 f"package={trainer_package!r}.",
                 stacklevel=2,
             )
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        """Restores a checkpointed bank; fails early on a module without backbone, an unreadable dataset
-        or a backbone without feature maps (one image, one forward), or a size mismatch."""
+        """Restores a checkpointed bank; fails early on a missing backbone or feature maps, or a bad dataset."""
         self._prepare(trainer)
         backbone = self.backbone_of(pl_module)  # no stage at that stride: fail now
         if self.resolve_bank() is None or self.resolve_dataset() is None:
@@ -379,11 +274,8 @@ class SGCLRefreshCallback:
             check_feature_output(backbone(x.to(default_device(backbone))), x)
 
     def _prepare(self, trainer: Any) -> Optional[SaliencyBank]:
-        """Probes cross-rank sharing of a new bank and applies a checkpointed state waiting for it.
-
-        Called on every rank at the same points (``setup``, ``on_fit_start``, each refresh): the
-        probe and the barrier after a restore are collective.
-        """
+        # Probes cross-rank sharing of a new bank and applies a checkpointed state waiting for it. Called on
+        # every rank at the same points (setup, on_fit_start, each refresh): the probe and barrier are collective.
         bank = self.resolve_bank()
         if bank is None:
             return None
@@ -409,51 +301,32 @@ class SGCLRefreshCallback:
         if self.schedule.is_due(int(trainer.current_epoch)):  # a resumed run does not repeat its refresh
             values = self.refresh(trainer, pl_module)
             if self.log_stats:  # inside a hook, where LightningModule.log is allowed
-                # Every rank holds the same bank after the gather, so the mean over ranks is the value
-                # itself (sync_dist=True: a few scalars reduced once an epoch, no warning under DDP).
+                # Every rank holds the same bank after the gather: sync_dist=True reduces a few equal scalars.
                 stats = {k: v for k, v in self.history[-1].items() if k not in ("epoch", "global_step")}
                 stats["version"], stats["refresh_seconds"] = float(values.version), stats.pop("seconds")
-                pl_module.log_dict(
-                    {f"sgcl/{k}": float(v) for k, v in stats.items()},
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=1,
-                    sync_dist=True,
-                )
+                metrics = {f"sgcl/{k}": float(v) for k, v in stats.items()}
+                pl_module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
 
     def refresh(self, trainer: Any, pl_module: Any) -> SaliencyBank:
-        """Refreshes the bank now with the module's current backbone, whatever the schedule.
-
-        Call it on every rank at once under DDP (the refresh is sharded and gathered). The bank
-        statistics are logged only by the scheduled refreshes (a Lightning hook).
-        """
+        """Refreshes the bank now, whatever the schedule (under DDP: on every rank at once); logs nothing."""
         self._prepare(trainer)
         bank, dataset = self._checked_bank_and_dataset()
-        # A rank whose bank is rank 0's shared memory (ddp_fork, ddp_spawn) takes its part in the
-        # sharded refresh but writes into a scratch bank: one writer per table keeps the version
-        # counter and the sequence lock right.
+        # A rank whose bank is rank 0's shared memory (ddp_fork, ddp_spawn) does its share of the refresh but
+        # writes into a scratch bank: one writer per table keeps the version counter and the sequence lock right.
         target = bank if self._writer else SaliencyBank(len(bank), bank.max_regions)
         backbone = self.backbone_of(pl_module)
         has_params = isinstance(backbone, nn.Module) and next(backbone.parameters(), None) is not None
         start = time.perf_counter()
         self.generator.refresh(
-            backbone,
-            dataset,
-            target,
-            batch_size=self.batch_size,
-            saliency_size=self.saliency_size,
-            transform=self.transform,
-            device=None if has_params else getattr(pl_module, "device", None),
-            num_workers=self.num_workers,
-            progress=self.progress and bool(getattr(trainer, "is_global_zero", True)),
-        )
+            backbone, dataset, target, batch_size=self.batch_size, saliency_size=self.saliency_size,
+            transform=self.transform, device=None if has_params else getattr(pl_module, "device", None),
+            num_workers=self.num_workers, progress=self.progress and bool(getattr(trainer, "is_global_zero", True)),
+        )  # fmt: skip
         if int(getattr(trainer, "world_size", 1)) > 1 and _distributed():
             trainer.strategy.barrier("sgcl_refresh")  # every rank's table is written before training resumes
         record = {"global_step": float(trainer.global_step), "seconds": time.perf_counter() - start, **bank.stats()}
         self.schedule.mark_done(int(trainer.current_epoch), record)
         return bank
-
-    # -------------------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> Dict[str, Any]:
         """Saved by Lightning in every checkpoint: the bank, the last refresh epoch and the history."""
@@ -461,25 +334,18 @@ class SGCLRefreshCallback:
         bank_state = self._pending_bank_state  # a restored state not yet applied wins
         if bank_state is None and bank is not None:
             bank_state = bank.state_dict()
-        return {
-            "format": _STATE_FORMAT,
-            "bank": bank_state,
-            "last_refresh_epoch": self.schedule.last_epoch,
-            "history": [dict(h) for h in self.history],
-        }
+        state = {"format": 1, "bank": bank_state, "last_refresh_epoch": self.schedule.last_epoch}
+        return {**state, "history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores the state of a checkpoint; the bank is overwritten in place (workers see it)."""
-        self.schedule.load_state_dict(
-            {"last_epoch": state_dict.get("last_refresh_epoch", -1), "history": state_dict.get("history", [])}
-        )
-        bank_state = state_dict.get("bank")
-        if bank_state is None:
-            return
-        # Applied in place as soon as the bank exists; under torch.distributed at on_fit_start, after
-        # the probe of whether the ranks share one bank (then only rank 0 writes it).
-        self._pending_bank_state = bank_state
-        self.resolve_bank()
+        history = state_dict.get("history", [])
+        self.schedule.load_state_dict({"last_epoch": state_dict.get("last_refresh_epoch", -1), "history": history})
+        if state_dict.get("bank") is not None:
+            # Applied in place as soon as the bank exists; under torch.distributed at on_fit_start, after
+            # the probe of whether the ranks share one bank (then only rank 0 writes it).
+            self._pending_bank_state = state_dict["bank"]
+            self.resolve_bank()
 
     @staticmethod
     def _load_bank(bank: SaliencyBank, state: Dict[str, Any]) -> None:
