@@ -102,7 +102,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     # the phase where training lowers object accuracy below that of the random network (docs/RESULTS.md).
     "cpu": {
         "options": ["--arch", "efficientnet-lite0", "--lr", "3e-4", "--num-images", "192", "--epochs", "4",
-                    "--refresh-at-start", "--refresh-interval", "2", "--eval-every", "2",
+                    "--refresh-at-start", "--every-n-epochs", "2", "--eval-every", "2",
                     "--eval-train", "1000", "--eval-test", "1000", "--pictures", "6"],
         "interval_alt": 4,
         "seeds": [0, 1, 2],
@@ -111,7 +111,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     "gpu": {
         "options": ["--arch", "efficientnet-lite0", "--lr", "1e-3", "--num-images", "4096", "--image-size", "224",
                     "--crop-size", "96", "--saliency-size", "448", "--epochs", "20", "--refresh-at-start",
-                    "--refresh-interval", "5", "--batch-size", "128", "--warmup-epochs", "2", "--augment-on-device",
+                    "--every-n-epochs", "5", "--batch-size", "128", "--warmup-epochs", "2", "--augment-on-device",
                     "--workers", "8", "--eval-every", "5", "--eval-train", "4000", "--eval-test", "2000"],
         "interval_alt": 10,
         "seeds": [0, 1, 2],
@@ -147,7 +147,7 @@ def start_weights(config: Dict[str, Any]) -> str:
 
 def interval_label(config: Dict[str, Any], alternative: bool) -> str:
     a = sgcl_train.parse_args(config["options"])
-    n = config["interval_alt"] if alternative else a.refresh_interval
+    n = config["interval_alt"] if alternative else a.every_n_epochs
     text = f"refresh every {n} epoch{'s' if n > 1 else ''}"
     if n >= a.epochs:
         text += " (only " + ("the one before the first step)" if a.refresh_at_start else "never)")
@@ -160,9 +160,9 @@ def row_argv(name: str, config: Dict[str, Any], seed: int, out: Path, extra: Seq
         method = config.get("method", "byol")
     argv = ["--method", method, *config["options"], *options, "--seed", str(seed), "--out", str(out), "--no-progress"]
     if name == "interval-alt":
-        argv += ["--refresh-interval", str(config["interval_alt"])]
+        argv += ["--every-n-epochs", str(config["interval_alt"])]
     if name == "warmup":
-        warmup = config.get("warmup", 2 * sgcl_train.parse_args(config["options"]).refresh_interval)
+        warmup = config.get("warmup", 2 * sgcl_train.parse_args(config["options"]).every_n_epochs)
         argv += ["--first-refresh", str(warmup)]
     return [*argv, *extra]
 

@@ -8,7 +8,7 @@
 
 `examples/byol.py`, `examples/simclr.py` and `examples/nnclr.py` are this script with the method
 preset. Every switch of the paper's ablations is an option: `--no-inter` (intra loss only),
-`--no-scores` (gamma = 0), `--num-regions`, `--refresh-interval`, `--saliency-size`.
+`--no-scores` (gamma = 0), `--num-regions`, `--every-n-epochs`, `--saliency-size`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sgcl_plugin import ChannelSumGenerator, FeatureMaps, SaliencyBank, SaliencyGenerator
+from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
 from sgcl_plugin.evaluation import embed, knn_accuracy, linear_probe_accuracy
-from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss
+from sgcl_plugin.features import feature_maps
+from sgcl_plugin.image_folder import ImageFiles
+from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
+from sgcl_plugin.schedule import RefreshSchedule
 
 METHODS = ("byol", "simclr", "nnclr")
 
@@ -58,11 +61,12 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.5)
     p.add_argument("--num-regions", type=int, default=4, help="t: region pairs per image")
     p.add_argument(
-        "--refresh-interval", type=int, default=2, help="epochs between saliency refreshes (never at epoch 0)"
-    )
+        "--every-n-epochs", "--refresh-interval", dest="every_n_epochs", type=int, default=2,
+        help="epochs between saliency refreshes (never at epoch 0); --refresh-interval is its old name",
+    )  # fmt: skip
     p.add_argument(
         "--first-refresh", type=int, default=0,
-        help="epoch of the first refresh (0: --refresh-interval); a warm-up of random crops before it, as the "
+        help="epoch of the first refresh (0: --every-n-epochs); a warm-up of random crops before it, as the "
         "paper's first 100 epochs",
     )  # fmt: skip
     p.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
@@ -90,9 +94,18 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--num-neighbors", type=int, default=5, help="l: neighbours per prediction in the inter loss")
     p.add_argument("--temperature", type=float, default=0.2, help="SimCLR / NNCLR temperature")
     # data
-    p.add_argument("--data", default="composed", help="'composed' (default scenes) or a folder of images")
+    p.add_argument(
+        "--data", default="composed",
+        help="'composed' (default scenes, kept in RAM) or a folder of images (sub-folders too, e.g. COCO's "
+        "train2017/), read lazily by the --workers at each file's own size and aspect ratio",
+    )  # fmt: skip
     p.add_argument("--num-images", type=int, default=512, help="composed scenes to generate")
     p.add_argument("--image-size", type=int, default=160, help="composed scene side in pixels")
+    p.add_argument(
+        "--max-side", type=int, default=0,
+        help="--data <folder>: shrink images whose longer side exceeds this (aspect kept; bounds the decoding "
+        "cost of large photos); 0: each file at its own size",
+    )  # fmt: skip
     p.add_argument("--crop-size", type=int, default=64, help="region crop size (paper: 96)")
     p.add_argument(
         "--object-scale", type=float, nargs=2, default=(0.15, 0.45), metavar=("LOW", "HIGH"),
@@ -168,7 +181,7 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
 EVAL_NAMES = {"objects": "scene", "isolated": "isolated scene", "fashion": "Fashion-MNIST"}
 
 SMOKE = dict(
-    num_images=16, image_size=96, crop_size=32, saliency_size=128, epochs=2, batch_size=8, refresh_interval=1,
+    num_images=16, image_size=96, crop_size=32, saliency_size=128, epochs=2, batch_size=8, every_n_epochs=1,
     workers=0, hidden_dim=64, proj_dim=32, queue_size=64, pictures=4, eval_train=200, eval_test=100, ckpt_every=2,
 )  # fmt: skip
 
@@ -180,7 +193,7 @@ SMOKE = dict(
 TESTBED = dict(
     arch="tiny-resnet", width=16, image_size=96, crop_size=32, object_scale=[0.25, 0.45], objects=[4, 8],
     crop_scale=[0.2, 1.0], hue=0.5, grayscale_p=0.5, num_images=2048, batch_size=64, num_regions=2, hidden_dim=512,
-    saliency_size=192, epochs=48, refresh_interval=8, workers=0, augment_on_device=True, pictures=6,
+    saliency_size=192, epochs=48, every_n_epochs=8, workers=0, augment_on_device=True, pictures=6,
 )  # fmt: skip
 
 
@@ -196,8 +209,8 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         args = parser.parse_args(argv)
     if args.inter is None:
         args.inter = args.method != "simclr"
-    if args.num_regions < 1 or args.refresh_interval < 1:
-        parser.error("--num-regions and --refresh-interval must be >= 1")
+    if args.num_regions < 1 or args.every_n_epochs < 1:
+        parser.error("--num-regions and --every-n-epochs must be >= 1")
     if args.saliency_stride not in (8, 16, 32):
         parser.error(f"--saliency-stride must be 8, 16 or 32, got {args.saliency_stride}")
     if not (math.isfinite(args.box_jitter) and args.box_jitter >= 0):
@@ -209,7 +222,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         ("--num-neighbors", args.num_neighbors, 1), ("--workers", args.workers, 0), ("--min-area", args.min_area, 1),
         ("--eval-train", args.eval_train, 1), ("--eval-test", args.eval_test, 1), ("--eval-every", args.eval_every, 0),
         ("--stop-after-steps", args.stop_after_steps, 0), ("--pictures", args.pictures, 0),
-        ("--first-refresh", args.first_refresh, 0), ("--width", args.width, 1),
+        ("--first-refresh", args.first_refresh, 0), ("--width", args.width, 1), ("--max-side", args.max_side, 0),
     ):  # fmt: skip
         if value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
@@ -242,6 +255,10 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
                 f"--out {args.out} is inside the --data folder {args.data}: the run's pictures and checkpoints would "
                 "mix with (and be read as) training images; choose an --out outside it"
             )
+    if args.max_side and args.data == "composed":
+        parser.error("--max-side applies to --data <folder>; composed scenes are drawn at --image-size")
+    if args.sgcl and args.regions == "gt" and args.data != "composed":
+        parser.error("--regions gt needs the composed scenes (--data composed): a folder has no boxes")
     if args.epochs == 0 and args.no_eval:
         parser.error("--epochs 0 with --no-eval does nothing: evaluate the untrained network, or train")
     return args
@@ -282,36 +299,35 @@ def composed_scene_table(args: argparse.Namespace) -> ImageTable:
     )
 
 
-def folder_table(folder: str, size: int) -> ImageTable:
-    from PIL import Image
-
-    from sgcl_plugin.refresh import to_image_tensor
-
+def folder_images(folder: str, max_side: int = 0) -> ImageFiles:
+    """``--data <folder>``: its image files, listed once and decoded lazily (by the DataLoader workers of the
+    training and of the refresh), each at its own size and aspect ratio until the crop; ``max_side`` > 0 shrinks
+    larger images. Memory holds the file names, never the images; an unreadable file stops the run, named."""
     if not Path(folder).is_dir():
         raise ValueError(f"--data {folder} is neither 'composed' nor a folder.")
-    files = sorted(
-        p for p in Path(folder).rglob("*")
-        if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)  # hidden, e.g. macOS ._x.jpg
-    )  # fmt: skip
-    if not files:
-        raise ValueError(f"No images (.jpg, .png, ...) under {folder}.")
-    out, skipped = [], []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                t = to_image_tensor(im)  # 8- and 16-bit, grey, RGBA: all scaled to [0, 1]
-        except Exception as err:  # noqa: BLE001  (PIL raises many types for bad files)
-            skipped.append(f"{f} ({type(err).__name__}: {err})")
-            continue
-        t = nn.functional.interpolate(t[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out.append(t[0].mul(255).round().clamp(0, 255).to(torch.uint8))
-    if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable image file(s):\n  " + "\n  ".join(skipped), file=sys.stderr)
-    if not out:
-        raise ValueError(f"None of the {len(files)} image files under {folder} could be read.")
-    return ImageTable(torch.stack(out))
+    return ImageFiles(folder, max_side=max_side or None)
+
+
+def steady_worker_heaps() -> None:
+    """Fixes glibc malloc's mmap threshold at its 128 KiB default, for this process and the DataLoader workers it
+    forks (spawned ones read ``MALLOC_MMAP_THRESHOLD_``): buffers of image size (a decoded photo, its float copy)
+    are then mapped and unmapped per image. With glibc's adaptive threshold, each worker decoding a folder kept
+    growing its heap, by tens of kB per 640 x 480 image read, without levelling off (docs/benchmarks.md). A no-op
+    without glibc, or when ``MALLOC_MMAP_THRESHOLD_`` is already set (glibc read it at start-up)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 131072)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def training_images(args: argparse.Namespace) -> Union[ImageTable, ImageFiles]:
+    """The run's images: composed scenes in one shared uint8 table, or a folder's files read lazily."""
+    return composed_scene_table(args) if args.data == "composed" else folder_images(args.data, args.max_side)
 
 
 class SeededItems(Dataset):
@@ -469,28 +485,6 @@ class SSLModel(nn.Module):
                 bt.copy_(bo)
 
 
-class SupportQueue(nn.Module):
-    """NNCLR's support set: a FIFO of detached projections, saved with the model."""
-
-    def __init__(self, size: int, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("queue", torch.zeros(size, dim))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
-
-    def filled(self) -> Tensor:
-        return self.queue[: int(self.count)]
-
-    @torch.no_grad()
-    def push(self, z: Tensor) -> None:
-        z = z.detach().float()[-self.queue.shape[0] :]
-        n, ptr = z.shape[0], int(self.ptr)
-        idx = (torch.arange(n, device=z.device) + ptr) % self.queue.shape[0]
-        self.queue[idx] = z
-        self.ptr.fill_((ptr + n) % self.queue.shape[0])
-        self.count.fill_(min(int(self.count) + n, self.queue.shape[0]))
-
-
 # ----------------------------------------------------------------------------- schedules
 
 
@@ -592,9 +586,11 @@ class Trainer:
         random.seed(args.seed)
         np.random.seed(args.seed)
 
-        self.images = (
-            composed_scene_table(args) if args.data == "composed" else folder_table(args.data, args.image_size)
-        )
+        # Composed scenes: one shared uint8 table. A folder: its files, decoded by the loaders' workers as
+        # they are read (the crops and every refresh read the same dataset), so memory holds no image.
+        self.images = training_images(args)
+        if isinstance(self.images, ImageFiles):
+            steady_worker_heaps()  # before any worker is forked
         n = len(self.images)
         self.bank = SaliencyBank(n, max_regions=16)
         if args.sgcl or args.baseline_views == "pairs":
@@ -637,16 +633,12 @@ class Trainer:
         self.online: nn.Module = self.model
         if self.world > 1:
             self.online = nn.parallel.DistributedDataParallel(self.model)
-        gamma = args.gamma if args.scores else 0.0
-        base = {"byol": "byol", "simclr": "ntxent", "nnclr": "nnclr"}[args.method]
-        kwargs = {} if base == "byol" else {"temperature": args.temperature}
-        self.intra = SaliencyWeightedLoss(base, gamma=gamma, **kwargs)
-        self.use_inter = args.sgcl and args.inter
-        self.inter = InterImageLoss(
-            args.proj_dim, queue_size=args.queue_size, num_neighbors=args.num_neighbors, gamma=gamma,
-            gather_distributed=self.world > 1,
+        # The step's loss: the method's weighted intra loss and the inter-image loss (sgcl_plugin.objective).
+        self.objective = SGCLObjective(
+            args.method, args.proj_dim, gamma=args.gamma if args.scores else 0.0, inter=args.sgcl and args.inter,
+            temperature=args.temperature, queue_size=args.queue_size, num_neighbors=args.num_neighbors,
+            support_size=args.queue_size, gather_distributed=self.world > 1,
         ).to(self.device)  # fmt: skip
-        self.support = SupportQueue(args.queue_size, args.proj_dim).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if args.optimizer == "sgd":
             self.opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -662,7 +654,7 @@ class Trainer:
         # What the refresh reads: the backbone's stage at --saliency-stride (its own output at 32; the heat
         # map is ContrastiveCrop's, on the last map).
         stride = 32 if args.regions == "heatmap" else args.saliency_stride
-        self.saliency_backbone = self.model.backbone if stride == 32 else FeatureMaps(self.model.backbone, stride)
+        self.saliency_backbone = feature_maps(self.model.backbone, None if stride == 32 else stride)
         if args.sgcl and args.regions == "gt":
             if args.data != "composed":
                 raise ValueError("--regions gt needs the composed scenes (--data composed): a folder has no boxes.")
@@ -670,7 +662,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * args.epochs
         self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.refreshed_epoch = -1  # the epoch whose refresh is done (not redone after a resume)
+        # Refreshes at --first-refresh (default: --every-n-epochs), then every --every-n-epochs; each made once.
+        self.schedule = RefreshSchedule(args.every_n_epochs, args.first_refresh or None)
         self.refresh_stats: List[Dict[str, float]] = []  # this process's refreshes, for reports
         self._masks: Optional[List[Tensor]] = None  # object masks of the first scenes, for pair rates
         self.log_path = self.out / "log.csv"
@@ -684,13 +677,12 @@ class Trainer:
             "args": vars(self.args),
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
-            "inter": self.inter.state_dict(),
-            "support": self.support.state_dict(),
+            "objective": self.objective.state_dict(),
             "bank": self.bank.state_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
-            "refreshed_epoch": self.refreshed_epoch,
+            "refreshed_epoch": self.schedule.last_epoch,
             "history": self.history,
             "world_size": self.world,
             "rng": {
@@ -713,11 +705,10 @@ class Trainer:
         check_resumable(self.args, state.get("args", {}), self.world, int(state.get("world_size", 1)))
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
-        self.inter.load_state_dict(state["inter"])
-        self.support.load_state_dict(state["support"])
+        self.objective.load_state_dict(state["objective"])
         self.bank.load_state_dict(state["bank"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        self.refreshed_epoch = state["refreshed_epoch"]
+        self.schedule.last_epoch = int(state["refreshed_epoch"])
         self.history = list(state.get("history", []))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -743,9 +734,12 @@ class Trainer:
 
     def refresh(self) -> None:
         t0 = time.perf_counter()
+        # A folder is decoded by --workers processes; the composed table is decoded already (and refreshes
+        # in the main process, as it always did).
+        workers = self.args.workers if isinstance(self.images, ImageFiles) else 0
         self.generator.refresh(
             self.saliency_backbone, self.images, self.bank, batch_size=32, saliency_size=self.args.saliency_size,
-            device=self.device, progress=self.main and not self.args.no_progress,
+            device=self.device, num_workers=workers, progress=self.main and not self.args.no_progress,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         stats = self.bank.stats()
@@ -782,15 +776,16 @@ class Trainer:
         from sgcl_plugin.viewer import contact_sheet, render_saliency
 
         k = min(self.args.pictures, len(self.images))
-        x = torch.stack([SaliencyInput(self.args.saliency_size)(self.images[i]) for i in range(k)])
+        shown = [self.images[i] for i in range(k)]  # a folder's RGB PIL images at their sizes, or uint8 tensors
+        x = torch.stack([SaliencyInput(self.args.saliency_size)(image) for image in shown])
         with torch.no_grad():
             from sgcl_plugin.refresh import eval_mode
 
             with eval_mode(self.model.backbone):
                 result = self.generator(self.saliency_backbone(x.to(self.device)))
         items = []
-        for i in range(k):
-            image = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())
+        for i, item in enumerate(shown):
+            image = item if isinstance(item, Image.Image) else Image.fromarray(item.permute(1, 2, 0).numpy())
             picture = render_saliency(image, result.maps[i].cpu(), result.regions[i], max_boxes=8)  # the 8 best
             items.append((f"image {i}", picture))
         contact_sheet(items, columns=2).save(self.out / "saliency" / name)
@@ -815,29 +810,17 @@ class Trainer:
             v1, v2 = self.augment_views(v1, v2)
         scores = batch["scores"].flatten().to(self.device).float()
         image_ids = batch["index"].repeat_interleave(t).to(self.device)
-        method = self.args.method
-        out: Dict[str, Tensor] = {}
         # Both views in one forward: one DDP call per step, BatchNorm statistics over both views.
         z1, z2 = self.project(torch.cat([v1, v2])).chunk(2)
-        if method == "byol":
+        if self.args.method == "byol":
             p1, p2 = self.model.predictor(torch.cat([z1, z2])).chunk(2)
             t1, t2 = self.model.target(torch.cat([v1, v2])).chunk(2)
-            out["intra"] = self.intra(p1, t2, scores) + self.intra(p2, t1, scores)
-            preds, targets = (p1, p2), torch.cat([t1, t2])
-        elif method == "simclr":
-            out["intra"] = self.intra(z1, z2, scores, image_ids=image_ids)
-            preds, targets = (z1, z2), torch.cat([z1, z2]).detach()
-        else:  # nnclr: each view's nearest neighbour in the support set is the other view's positive
-            support = self.support.filled() if int(self.support.count) > 0 else z1.detach()
-            out["intra"] = self.intra(z1, z2, scores, support=support, image_ids=image_ids)
-            preds, targets = (z1, z2), torch.cat([z1, z2]).detach()
-            self.support.push(z1.detach().float())
-        if self.use_inter:
-            out["inter"] = sum(self.inter(p.float(), scores) for p in preds)  # type: ignore[assignment]
-            self.inter.enqueue(targets.float())
+            out = self.objective(scores, p1=p1, p2=p2, t1=t1, t2=t2)
+        else:  # SimCLR; NNCLR: each view's nearest neighbour in the support set is the other view's positive
+            out = self.objective(scores, z1=z1, z2=z2, image_ids=image_ids)
         if self.args.intra_reduction == "sum":  # Eq. 9 sums over the t pairs of an image, Eq. 10 averages
             out["intra"] = out["intra"] * t
-        out["loss"] = out["intra"] + out.get("inter", torch.zeros((), device=self.device))
+            out["loss"] = out["intra"] + out["inter"]
         return out
 
     def project(self, x: Tensor) -> Tensor:
@@ -872,12 +855,10 @@ class Trainer:
         if args.eval_every and self.global_step == 0 and not self.history:
             self.record_history()  # the starting point of the curves: the randomly initialised backbone
         while self.epoch < args.epochs:
-            first = args.first_refresh or args.refresh_interval
-            scheduled = self.epoch >= first and (self.epoch - first) % args.refresh_interval == 0
-            due = args.sgcl and args.regions != "gt" and (scheduled or (self.epoch == 0 and args.refresh_at_start))
-            if due and self.refreshed_epoch != self.epoch:
+            at_start = self.epoch == 0 and args.refresh_at_start and self.schedule.last_epoch < 0
+            if args.sgcl and args.regions != "gt" and (self.schedule.is_due(self.epoch) or at_start):
                 self.refresh()
-                self.refreshed_epoch = self.epoch
+                self.schedule.mark_done(self.epoch)
                 self.save()
             self.sampler.epoch = self.epoch
             self.sampler.skip_batches = self.step_in_epoch

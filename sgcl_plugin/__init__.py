@@ -11,8 +11,11 @@ from sgcl_plugin.crops import (
     sample_crop_in_box,
     sample_regions,
 )
-from sgcl_plugin.features import FeatureMaps
+from sgcl_plugin.features import FeatureMaps, feature_maps
+from sgcl_plugin.image_folder import ImageFiles, UnreadableImageError
+from sgcl_plugin.items import DatasetImages, split_item
 from sgcl_plugin.losses import (
+    FeatureQueue,
     InterImageLoss,
     SaliencyWeightedLoss,
     byol_loss,
@@ -22,15 +25,25 @@ from sgcl_plugin.losses import (
     saliency_weighted_loss,
 )
 from sgcl_plugin.ncut import fiedler_vector, ncut_embedding
+from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.refresh import SaliencyInput, refresh_bank
 from sgcl_plugin.regions import Regions, extract_regions
 from sgcl_plugin.saliency import ChannelSumGenerator, SaliencyGenerator, SaliencyResult, orient
+from sgcl_plugin.schedule import RefreshSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChannelSumGenerator",
+    "DatasetImages",
     "FeatureMaps",
+    "FeatureQueue",
+    "ImageFiles",
+    "RefreshSchedule",
+    "SGCLObjective",
+    "UnreadableImageError",
+    "feature_maps",
+    "split_item",
     "CropSample",
     "SaliencyCropDataset",
     "SaliencyCropTransform",

@@ -1,0 +1,114 @@
+"""The core pieces every adapter shares: item parser, DatasetImages, flatten_pairs, RefreshSchedule, feature_maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import IterableDataset
+
+from sgcl_plugin import SaliencyBank, SaliencyCropDataset, SaliencyCropTransform
+from sgcl_plugin.features import feature_maps
+from sgcl_plugin.items import DatasetImages, flatten_pairs, split_item
+from sgcl_plugin.schedule import RefreshSchedule
+
+IMAGE = torch.rand(3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        (IMAGE, (-1, "4")),
+        ((IMAGE, 7), (7, "4")),
+        ((IMAGE, 7, "cat.jpg"), (7, "cat.jpg")),  # lightly's (image, target, filename)
+        ((4, IMAGE, 7), (7, "4")),  # solo-learn's (index, image, target): the index is dropped
+        ({"image": IMAGE, "label": 7, "filename": "cat.jpg"}, (7, "cat.jpg")),
+        ({"image": IMAGE, "target": None}, (-1, "4")),
+    ],
+)
+def test_split_item_reads_every_host_format(item: object, expected: tuple) -> None:
+    parsed = split_item(item, 4)
+    assert parsed.image is IMAGE and (parsed.target, parsed.filename) == expected
+
+
+def test_split_item_refuses_what_it_cannot_read() -> None:
+    with pytest.raises(ValueError, match="empty tuple"):
+        split_item((), 0)
+    with pytest.raises(ValueError, match="without an 'image' key"):
+        split_item({"img": IMAGE}, 0)
+    with pytest.raises(ValueError, match="already holds 2 views"):
+        split_item(([IMAGE, IMAGE], 0), 0)
+    # (5, image, target) at index 4 is not solo's format: the 5 is taken for the image, and the crop fails later
+    assert split_item((5, IMAGE, 7), 4).image == 5
+
+
+def test_dataset_images_unwraps_crop_datasets_and_refuses_streams() -> None:
+    items = [(torch.rand(3, 8, 8), i % 2) for i in range(3)]
+    crops = SaliencyCropDataset(items, SaliencyCropTransform(SaliencyBank(3), num_regions=1, size=4))
+    for source in (items, crops, crops.images):
+        images = DatasetImages(source)
+        assert images.dataset is items and len(images) == 3 and images[2] is items[2][0]
+
+    class Stream(IterableDataset):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield IMAGE
+
+    with pytest.raises(TypeError, match="map-style"):
+        DatasetImages(Stream())
+
+
+def test_flatten_pairs_keeps_views_scores_and_images_aligned() -> None:
+    B, t, s = 3, 2, 4
+    views1 = torch.arange(B * t, dtype=torch.float32).reshape(B, t, 1, 1, 1).expand(B, t, 3, s, s)
+    scores = torch.arange(B * t, dtype=torch.float32).reshape(B, t) / 10
+    rows = flatten_pairs([views1, views1 + 100], scores, torch.tensor([7, 8, 9]), torch.tensor([0, 1, 0]))
+    assert rows.num_regions == t and rows.views1.shape == (B * t, 3, s, s)
+    for k in range(B * t):  # row k: pair k % t of image k // t
+        assert float(rows.views1[k, 0, 0, 0]) == k and float(rows.views2[k, 0, 0, 0]) == k + 100
+        assert float(rows.scores[k]) == pytest.approx(k / 10)
+    assert rows.image_ids.tolist() == [7, 7, 8, 8, 9, 9] and rows.targets.tolist() == [0, 0, 1, 1, 0, 0]
+    with pytest.raises(ValueError, match="exactly two views"):
+        flatten_pairs([views1], scores, torch.tensor([7, 8, 9]))
+    with pytest.raises(ValueError, match="are 4x4 px but 8x8"):
+        flatten_pairs([views1, views1], scores, torch.tensor([7, 8, 9]), crop_size=8)
+    with pytest.raises(ValueError, match=r"scores must be \(B, t\)"):
+        flatten_pairs([views1, views1], scores[:, :1], torch.tensor([7, 8, 9]))
+
+
+def test_refresh_schedule_never_refreshes_twice_or_at_epoch_zero() -> None:
+    schedule = RefreshSchedule(every_n_epochs=3, first_epoch=2)
+    assert [e for e in range(10) if schedule.is_due(e)] == [2, 5, 8]
+    assert schedule.refreshes_before(9) == 3 and schedule.refreshes_before(2) == 0
+    schedule.mark_done(5, {"regions_per_image": 2.0})
+    assert not schedule.is_due(5) and not schedule.is_due(2) and schedule.is_due(8)  # a resume skips done ones
+    restored = RefreshSchedule(3, 2)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.last_epoch == 5 and restored.history == [{"epoch": 5.0, "regions_per_image": 2.0}]
+    assert [e for e in range(7) if RefreshSchedule(3).is_due(e)] == [3, 6]
+    for bad in ({"every_n_epochs": 0}, {"first_epoch": 0}, {"every_n_epochs": True}):
+        with pytest.raises(ValueError):
+            RefreshSchedule(**bad)  # type: ignore[arg-type]
+
+
+def test_feature_maps_of_lightly_solo_and_bf16_backbones() -> None:
+    import torchvision
+
+    x = torch.randn(2, 3, 64, 64)
+    resnet = torchvision.models.resnet18().eval()
+    pooled = nn.Sequential(*list(torchvision.models.resnet18().children())[:-1]).eval()  # lightly's backbone
+
+    class Model(nn.Module):  # lightly / solo-learn models hold the backbone as an attribute
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.head = resnet, nn.Linear(512, 8)
+
+    with torch.no_grad():
+        expected = nn.Sequential(*list(resnet.children())[:-2])(x)
+        torch.testing.assert_close(feature_maps(resnet)(x), expected)  # the classifier is skipped
+        torch.testing.assert_close(feature_maps(Model())(x), expected)
+        assert feature_maps(pooled)(x).shape == (2, 512, 2, 2)  # the trailing pooling is dropped
+        assert feature_maps(pooled, stride=16)(x).shape == (2, 256, 4, 4)
+        half = feature_maps(nn.Sequential(*list(resnet.children())[:-2]).to(torch.bfloat16))(x)
+        assert half.dtype == torch.float32 and half.shape == (2, 512, 2, 2)
+    with pytest.raises(ValueError, match="only pooling layers"):
+        feature_maps(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
