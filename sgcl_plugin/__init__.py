@@ -4,6 +4,7 @@ from sgcl_plugin.affinity import cosine_affinity, tokens_to_map
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.crops import (
     CropSample,
+    RegionCrops,
     SaliencyCropDataset,
     SaliencyCropTransform,
     byol_view_transforms,
@@ -45,6 +46,7 @@ __all__ = [
     "feature_maps",
     "split_item",
     "CropSample",
+    "RegionCrops",
     "SaliencyCropDataset",
     "SaliencyCropTransform",
     "byol_view_transforms",

@@ -30,6 +30,7 @@ __all__ = [
     "BatchViewAugment",
     "CropSample",
     "PILView",
+    "RegionCrops",
     "SaliencyCropDataset",
     "SaliencyCropTransform",
     "byol_view_transforms",
@@ -675,18 +676,19 @@ class CropSample(NamedTuple):
     regions: Tensor
 
 
-class SaliencyCropTransform:
-    """SGCL's crop transform: score-weighted regions, two rule-R crops in each, BYOL's two views.
+class RegionCrops:
+    """SGCL's crop step, stateless: score-weighted regions, two rule-R crops in each, BYOL's two views.
 
-    For image ``index``: draw ``num_regions`` regions of ``bank[index]`` with replacement and
+    For an image and its regions (boxes and scores): draw ``num_regions`` regions with replacement and
     probability proportional to their scores; for each, two independent rule-R crops inside its box
     (:func:`sample_crops_in_boxes`), cut out and resized to ``size`` (bilinear, antialiased), then
     the view-1 / view-2 augmentations. An image without regions (before the first refresh) gets
     pairs of independent BYOL random-resized crops of the whole image, with score 1.0 and region -1.
 
+    It reads no bank: in the torchvision-v2 style it takes ``(image, boxes, scores)`` and fits in a
+    ``v2.Compose``; :class:`SaliencyCropTransform` is this step fed from a bank by dataset index.
+
     Args:
-        bank: The :class:`~sgcl_plugin.bank.SaliencyBank` of the dataset (read at every call, so
-            refreshes are seen by running DataLoader workers).
         num_regions: Pairs per image (t; paper: 4).
         size: Side of the crops (paper: 96).
         view_transforms: ``None`` or ``"byol"`` for :func:`byol_view_transforms`, or a pair of
@@ -705,15 +707,14 @@ class SaliencyCropTransform:
             to the pairs.
 
     Examples:
-        >>> transform = SaliencyCropTransform(bank, num_regions=4, size=96)
-        >>> sample = transform(pil_image, index=17)
+        >>> crops = RegionCrops(num_regions=4, size=96)
+        >>> sample = crops(pil_image, boxes, scores)  # boxes: (K, 4) normalized xyxy, or tv_tensors.BoundingBoxes
         >>> sample.views1.shape, sample.scores.shape
         (torch.Size([4, 3, 96, 96]), torch.Size([4]))
     """
 
     def __init__(
         self,
-        bank: SaliencyBank,
         num_regions: int = 4,
         size: int = 96,
         view_transforms: Optional[Union[str, Sequence[ViewTransform]]] = None,
@@ -723,9 +724,6 @@ class SaliencyCropTransform:
         before_refresh: str = "crops",
         box_jitter: float = 0.0,
     ) -> None:
-        if not isinstance(bank, SaliencyBank):
-            raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
-        self.bank = bank
         self.num_regions = _check_count("num_regions", num_regions)
         self.size = check_crop_size(size)
         self.scale = _check_range("scale", scale)
@@ -762,14 +760,15 @@ class SaliencyCropTransform:
             f"box_jitter={self.box_jitter})"
         )
 
-    def sample_boxes(self, index: int, image_size: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The crop geometry of one call: ``(boxes1, boxes2, scores, regions)`` for image ``index``.
+    def region_boxes(
+        self, boxes: Tensor, scores: Tensor, image_size: Sequence[int], what: str = "boxes"
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The crop geometry of one image with regions ``boxes`` (K, 4, normalized xyxy) and ``scores`` (K,):
+        ``(boxes1, boxes2, scores, regions)``, K = 0 meaning no regions yet (``before_refresh``).
 
         Raises:
-            IndexError: ``index`` is outside the bank.
-            ValueError: the bank entry holds boxes outside [0, 1], empty boxes or bad scores.
+            ValueError: boxes outside [0, 1], empty boxes or bad scores.
         """
-        boxes, scores = self.bank[index]
         t = self.num_regions
         if boxes.shape[0] == 0:
             if self.before_refresh == "crops":
@@ -779,7 +778,7 @@ class SaliencyCropTransform:
             chosen = random_resized_crop_boxes(t, image_size, self.scale, self.ratio)
             scores_t, regions = torch.ones(t), torch.full((t,), -1, dtype=torch.int64)
         else:
-            _check_boxes(boxes, what=f"bank[{index}] boxes")
+            _check_boxes(boxes, what=what)
             regions = sample_regions(scores, t)
             chosen, scores_t = boxes[regions], scores[regions].float()
         chosen = chosen.repeat(2, 1)
@@ -788,17 +787,97 @@ class SaliencyCropTransform:
         crops = sample_crops_in_boxes(chosen, image_size, self.scale, self.ratio)
         return crops[:t], crops[t:], scores_t, regions
 
-    def __call__(self, image: Any, index: int) -> CropSample:
-        """Makes the t view pairs of ``image`` (PIL, HWC array or CHW tensor), dataset index ``index``."""
+    def crop(self, image: Any, boxes: Tensor, scores: Tensor, what: str = "boxes") -> CropSample:
+        """The t view pairs of ``image`` (PIL, HWC array or CHW tensor) from its regions ``boxes`` / ``scores``."""
         img = to_image_tensor(image)
-        boxes1, boxes2, scores, regions = self.sample_boxes(index, tuple(img.shape[-2:]))
+        boxes1, boxes2, scores_t, regions = self.region_boxes(boxes, scores, tuple(img.shape[-2:]), what)
         views1 = crop_and_resize(img, boxes1, self.size)
         views2 = crop_and_resize(img, boxes2, self.size)
         if self.view_transforms is not None:
             first, second = self.view_transforms
             views1 = torch.stack([first(v) for v in views1])
             views2 = torch.stack([second(v) for v in views2])
-        return CropSample(views1, views2, scores, boxes1, boxes2, regions)
+        return CropSample(views1, views2, scores_t, boxes1, boxes2, regions)
+
+    def __call__(self, *inputs: Any) -> CropSample:
+        """``crops(image, boxes, scores)`` or ``crops((image, boxes, scores))`` (what ``v2.Compose`` passes).
+
+        ``boxes`` are normalized xyxy (K, 4) or torchvision ``tv_tensors.BoundingBoxes`` of any format
+        (converted with their ``canvas_size``); ``scores`` (K,) may be None (all 1).
+        """
+        if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
+            inputs = tuple(inputs[0])
+        if len(inputs) not in (2, 3):
+            raise TypeError(f"RegionCrops takes (image, boxes[, scores]), got {len(inputs)} inputs.")
+        image, boxes = inputs[0], inputs[1]
+        scores = inputs[2] if len(inputs) == 3 else None
+        boxes = _normalized_boxes(boxes)
+        scores = torch.ones(boxes.shape[0]) if scores is None else torch.as_tensor(scores, dtype=torch.float32)
+        return self.crop(image, boxes, scores)
+
+
+def _normalized_boxes(boxes: Any) -> Tensor:
+    """(K, 4) normalized xyxy from a tensor of them or from torchvision ``BoundingBoxes`` (pixels, any format)."""
+    canvas = getattr(boxes, "canvas_size", None)
+    if canvas is not None:
+        from torchvision.transforms.v2 import functional as TF
+        from torchvision.tv_tensors import BoundingBoxFormat
+
+        xyxy = TF.convert_bounding_box_format(boxes, new_format=BoundingBoxFormat.XYXY).as_subclass(Tensor).float()
+        h, w = canvas
+        return (xyxy / torch.tensor([w, h, w, h], dtype=torch.float32)).clamp(0, 1)
+    return torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+class SaliencyCropTransform(RegionCrops):
+    """SGCL's crop transform: :class:`RegionCrops` of the regions the bank holds for each image.
+
+    ``transform(image, index)`` reads ``bank[index]`` at every call (so refreshes are seen by running
+    DataLoader workers) and returns :meth:`RegionCrops.crop` of them.
+
+    Args:
+        bank: The :class:`~sgcl_plugin.bank.SaliencyBank` of the dataset.
+        **kwargs: :class:`RegionCrops` options (``num_regions``, ``size``, ``view_transforms``,
+            ``augment``, ``scale``, ``ratio``, ``before_refresh``, ``box_jitter``).
+
+    Examples:
+        >>> transform = SaliencyCropTransform(bank, num_regions=4, size=96)
+        >>> sample = transform(pil_image, index=17)
+        >>> sample.views1.shape, sample.scores.shape
+        (torch.Size([4, 3, 96, 96]), torch.Size([4]))
+    """
+
+    def __init__(
+        self,
+        bank: SaliencyBank,
+        num_regions: int = 4,
+        size: int = 96,
+        view_transforms: Optional[Union[str, Sequence[ViewTransform]]] = None,
+        augment: bool = True,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        before_refresh: str = "crops",
+        box_jitter: float = 0.0,
+    ) -> None:
+        if not isinstance(bank, SaliencyBank):
+            raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
+        self.bank = bank
+        super().__init__(num_regions, size, view_transforms, augment, scale, ratio, before_refresh, box_jitter)
+
+    def sample_boxes(self, index: int, image_size: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The crop geometry of one call: ``(boxes1, boxes2, scores, regions)`` for image ``index``.
+
+        Raises:
+            IndexError: ``index`` is outside the bank.
+            ValueError: the bank entry holds boxes outside [0, 1], empty boxes or bad scores.
+        """
+        boxes, scores = self.bank[index]
+        return self.region_boxes(boxes, scores, image_size, what=f"bank[{index}] boxes")
+
+    def __call__(self, image: Any, index: int) -> CropSample:  # type: ignore[override]
+        """Makes the t view pairs of ``image`` (PIL, HWC array or CHW tensor), dataset index ``index``."""
+        boxes, scores = self.bank[index]
+        return self.crop(image, boxes, scores, what=f"bank[{index}] boxes")
 
 
 # -------------------------------------------------------------------------------------- dataset
@@ -818,10 +897,12 @@ class SaliencyCropDataset(Dataset):
 
     Args:
         dataset: Any map-style dataset (``__len__`` and ``__getitem__``).
-        transform: The :class:`SaliencyCropTransform`; its bank must have ``len(dataset)`` rows.
-            May be None and attached later (:meth:`attach`).
+        transform: The crop step: a :class:`SaliencyCropTransform` (its bank is used) or a stateless
+            :class:`RegionCrops` with ``bank``; the bank must have ``len(dataset)`` rows. May be None
+            and attached later (:meth:`attach`).
         fallback_transform: Used while no crop transform is attached: ``dataset[i]`` is then
             :meth:`format_fallback` of ``fallback_transform(image)``.
+        bank: The bank to look regions up in, for a :class:`RegionCrops` transform.
 
     Attributes:
         images: The wrapped dataset's images by index (what a refresh reads).
@@ -836,33 +917,41 @@ class SaliencyCropDataset(Dataset):
     def __init__(
         self,
         dataset: Any,
-        transform: Optional[SaliencyCropTransform] = None,
+        transform: Optional[RegionCrops] = None,
         fallback_transform: Optional[Callable[[Any], Any]] = None,
+        bank: Optional[SaliencyBank] = None,
     ) -> None:
         check_map_style(dataset, type(self).__name__)
         if fallback_transform is not None and not callable(fallback_transform):
             raise TypeError("fallback_transform must be callable.")
         self.dataset = dataset
         self.fallback_transform = fallback_transform
-        self.transform: Optional[SaliencyCropTransform] = None
+        self.transform: Optional[RegionCrops] = None
+        self._bank: Optional[SaliencyBank] = None
         if transform is not None:
-            self.attach(transform)
+            self.attach(transform, bank)
 
-    def attach(self, transform: SaliencyCropTransform) -> None:
-        """Sets the crop transform; its bank must have one row per image."""
-        if not isinstance(transform, SaliencyCropTransform):
-            raise TypeError(f"transform must be a SaliencyCropTransform, got {type(transform).__name__}.")
-        if len(transform.bank) != len(self):
+    def attach(self, transform: RegionCrops, bank: Optional[SaliencyBank] = None) -> None:
+        """Sets the crop step and the bank the dataset looks regions up in (default: the transform's own,
+        for a :class:`SaliencyCropTransform`); the bank must have one row per image."""
+        if not isinstance(transform, RegionCrops):
+            raise TypeError(
+                f"transform must be a SaliencyCropTransform or RegionCrops, got {type(transform).__name__}."
+            )
+        bank = bank if bank is not None else getattr(transform, "bank", None)
+        if not isinstance(bank, SaliencyBank):
+            raise TypeError(f"A RegionCrops transform needs the dataset's bank: pass bank=, got {type(bank).__name__}.")
+        if len(bank) != len(self):
             raise ValueError(
-                f"The bank holds {len(transform.bank)} images but the dataset has {len(self)}: create it with "
+                f"The bank holds {len(bank)} images but the dataset has {len(self)}: create it with "
                 "SaliencyBank(len(dataset))."
             )
-        self.transform = transform
+        self.transform, self._bank = transform, bank
 
     @property
     def bank(self) -> Optional[SaliencyBank]:
-        """The bank the crop transform reads (None before one is attached)."""
-        return None if self.transform is None else self.transform.bank
+        """The bank the dataset looks each image's regions up in (None before a transform is attached)."""
+        return self._bank
 
     @property
     def images(self) -> DatasetImages:
@@ -881,7 +970,9 @@ class SaliencyCropDataset(Dataset):
                     "before the DataLoader starts its workers."
                 )
             return self.format_fallback(index, item, self.fallback_transform(item.image))
-        return self.format(index, item, self.transform(item.image, index))
+        assert self._bank is not None
+        boxes, scores = self._bank[index]  # the bank lookup: the crop step itself is stateless
+        return self.format(index, item, self.transform.crop(item.image, boxes, scores, what=f"bank[{index}] boxes"))
 
     def format(self, index: int, item: ImageItem, sample: CropSample) -> Any:
         """The item handed to the DataLoader; override it for another host's layout."""

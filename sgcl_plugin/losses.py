@@ -154,6 +154,7 @@ def ntxent_loss(
     temperature: float = 0.1,
     image_ids: Optional[ImageIds] = None,
     exclude_same_image: bool = True,
+    negatives: Optional[Tensor] = None,
 ) -> Tensor:
     """SimCLR's NT-Xent per pair, with views of the same source image kept out of the negatives.
 
@@ -175,6 +176,9 @@ def ntxent_loss(
         image_ids: (n,) source image of each pair (dataset indices, say); None gives the standard
             NT-Xent.
         exclude_same_image: False keeps same-image views as negatives even with ``image_ids``.
+        negatives: (m, d) memory-bank rows (MoCo-style, e.g. lightly's ``NTXentLoss(memory_bank_size=...)``):
+            then anchor ``a_i`` against its positive ``b_i`` and these m negatives only (one direction);
+            ``image_ids`` must be None (the rows' source images are unknown).
 
     Returns:
         (n,) per-pair losses.
@@ -187,6 +191,15 @@ def ntxent_loss(
     """
     _check_pair(a, b)
     _check_temperature(temperature)
+    if negatives is not None:
+        if image_ids is not None:
+            raise ValueError("image_ids cannot be used with memory-bank negatives (their source images are unknown).")
+        if not isinstance(negatives, Tensor) or negatives.ndim != 2 or negatives.shape[1] != a.shape[1]:
+            raise ValueError(f"negatives must have shape (m, {a.shape[1]}), got {_shape(negatives)}.")
+        a_n, b_n = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        neg = F.normalize(negatives.to(device=a.device, dtype=a.dtype), dim=1)
+        logits = torch.cat([(a_n * b_n).sum(dim=1, keepdim=True), a_n @ neg.T], dim=1) / temperature
+        return torch.logsumexp(logits, dim=1) - logits[:, 0]
     n = a.shape[0]
     z = F.normalize(torch.cat([a, b], dim=0), dim=1)
     logits = z @ z.T / temperature

@@ -373,8 +373,21 @@ def test_indexed_dataset_formats_and_errors(photos: List[Any], photo_dir: Path) 
     assert v1.shape == v2.shape == (REGIONS, 3, CROP, CROP)
     dicts = SGCLDataset([{"image": p, "label": 7} for p in photos], transform)
     assert dicts[0].target == 7
-    default = next(iter(DataLoader(SGCLDataset(photos, transform), batch_size=2)))  # default collate: (B, t, ...)
-    assert default.views[0].shape == (2, REGIONS, 3, CROP, CROP) and default.scores.shape == (2, REGIONS)
+    # forgetting collate_fn=sgcl_collate is harmless: torch's default collate gives the same batch
+    import random
+
+    import numpy as np
+
+    def seeded_batch(**kwargs: Any) -> Any:  # lightly's view transforms draw from torch, numpy and random
+        torch.manual_seed(0), np.random.seed(0), random.seed(0)
+        return next(iter(DataLoader(SGCLDataset(photos, transform), batch_size=2, **kwargs)))
+
+    default, ours = seeded_batch(), seeded_batch(collate_fn=sgcl_collate)
+    assert isinstance(default, SGCLBatch) and default.views[0].shape == (2 * REGIONS, 3, CROP, CROP)
+    for name in ("scores", "index", "target"):
+        torch.testing.assert_close(getattr(default, name), getattr(ours, name))
+    torch.testing.assert_close(default.views[1], ours.views[1])
+    assert default.filename == ours.filename == ["0", "0", "1", "1"]
     with pytest.raises(TypeError, match="map-style"):
         SGCLDataset(_Stream(), transform)
     with pytest.raises(TypeError, match="map-style"):

@@ -112,3 +112,32 @@ def test_feature_maps_of_lightly_solo_and_bf16_backbones() -> None:
         assert half.dtype == torch.float32 and half.shape == (2, 512, 2, 2)
     with pytest.raises(ValueError, match="only pooling layers"):
         feature_maps(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+
+
+def test_region_crops_is_a_stateless_v2_step_and_the_dataset_looks_regions_up() -> None:
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from sgcl_plugin import RegionCrops
+
+    image = torch.rand(3, 40, 60)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.25, 1.0, 1.0]])
+    scores = torch.tensor([1.0, 0.5])
+    bank = SaliencyBank(1, max_regions=4)
+    bank.write(torch.cat([boxes, torch.zeros(2, 4)])[None], torch.cat([scores, torch.zeros(2)])[None],
+               torch.tensor([2]), torch.zeros(1, dtype=torch.bool))  # fmt: skip
+    options = dict(num_regions=3, size=8, augment=False)
+    crops = RegionCrops(**options)
+    pixels = tv_tensors.BoundingBoxes(boxes * torch.tensor([60, 40, 60, 40]), format="XYXY", canvas_size=(40, 60))
+    torch.manual_seed(0)
+    composed = v2.Compose([crops])((image, pixels, scores))  # what a v2 pipeline hands on: one tuple
+    torch.manual_seed(0)
+    banked = SaliencyCropTransform(bank, **options)(image, 0)  # the same step fed from the bank
+    torch.manual_seed(0)
+    data = SaliencyCropDataset([image], RegionCrops(**options), bank=bank)[0]  # the dataset does the lookup
+    for name in ("views1", "views2", "scores"):
+        torch.testing.assert_close(getattr(composed, name), getattr(banked, name))
+        torch.testing.assert_close(data[name], getattr(banked, name))
+    assert set(composed.regions.tolist()) <= {0, 1}
+    with pytest.raises(TypeError, match="needs the dataset's bank"):
+        SaliencyCropDataset([image], RegionCrops(**options))

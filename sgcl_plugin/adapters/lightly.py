@@ -86,14 +86,29 @@ class SGCLTransform(SaliencyCropTransform):
         super().__init__(bank, num_regions=num_regions, size=size, view_transforms=views, scale=scale, ratio=ratio)
 
 
-class SGCLItem(NamedTuple):
-    """One image's item from :class:`SGCLDataset`; the first three fields are lightly's."""
-
+class _ItemFields(NamedTuple):
     views: Tuple[Tensor, Tensor]  # (views1, views2), each (t, 3, size, size)
     target: Any  # the wrapped dataset's target (-1 when it has none)
     filename: str  # lightly's filename (str(index) for datasets without files)
     scores: Tensor  # (t,) region score of each pair (1.0 before the first refresh)
     index: int  # type: ignore[assignment]  # the dataset index, as lightly names it; shadows tuple.index
+
+
+class SGCLItem(_ItemFields):
+    """One image's item from :class:`SGCLDataset` (the first three fields are lightly's); built from collated
+    fields (torch's default collate does that) it is the :class:`SGCLBatch` of :func:`sgcl_collate` instead."""
+
+    __slots__ = ()
+
+    def __new__(cls, views: Any, target: Any, filename: Any, scores: Any, index: Any) -> Any:
+        batched = isinstance(scores, Tensor) and scores.ndim == 2 and isinstance(views, (list, tuple))
+        if not (batched and all(isinstance(v, Tensor) and v.ndim == 5 for v in views)):
+            return super().__new__(cls, views, target, filename, scores, index)
+        t = scores.shape[1]
+        target = target.repeat_interleave(t) if isinstance(target, Tensor) else list(repeat_rows(target, t))
+        index = torch.as_tensor(index, dtype=torch.int64).repeat_interleave(t)
+        flat = [v.flatten(0, 1) for v in views]
+        return SGCLBatch(flat, target, list(repeat_rows(filename, t)), scores.reshape(-1).float(), index)
 
 
 class SGCLBatch(NamedTuple):
@@ -107,21 +122,16 @@ class SGCLBatch(NamedTuple):
 
 
 def sgcl_collate(items: Sequence[SGCLItem]) -> SGCLBatch:
-    """The DataLoader ``collate_fn`` for :class:`SGCLDataset`: :class:`SGCLItem` s to an :class:`SGCLBatch`."""
-    if not items:
-        raise ValueError("sgcl_collate got an empty batch.")
-    if not all(isinstance(item, SGCLItem) for item in items):
-        raise TypeError("sgcl_collate expects SGCLItem items, as SGCLDataset returns them.")
-    t = items[0].scores.shape[0]
-    views = [torch.cat([item.views[k] for item in items]) for k in (0, 1)]
-    scores = torch.cat([item.scores for item in items]).float()
-    index = torch.as_tensor([item.index for item in items], dtype=torch.int64).repeat_interleave(t)
-    targets = list(repeat_rows([item.target for item in items], t))
+    """The DataLoader ``collate_fn`` for :class:`SGCLDataset` (torch's default collate now gives the same batch)."""
+    if not items or not all(isinstance(item, SGCLItem) for item in items):
+        raise (ValueError if not items else TypeError)("sgcl_collate expects SGCLItems, as SGCLDataset returns them.")
     try:
-        target: Any = default_collate(targets)
+        target: Any = default_collate([item.target for item in items])
     except (TypeError, RuntimeError):
-        target = targets
-    return SGCLBatch(views, target, list(repeat_rows([item.filename for item in items], t)), scores, index)
+        target = [item.target for item in items]
+    views = [torch.stack([item.views[k] for item in items]) for k in (0, 1)]
+    scores = torch.stack([item.scores for item in items])
+    return SGCLItem(views, target, [item.filename for item in items], scores, [item.index for item in items])
 
 
 class SGCLDataset(SaliencyCropDataset):
@@ -179,21 +189,7 @@ def per_sample_ntxent(
     negatives (unless ``exclude_same_image=False``). None: lightly's loss exactly.
     """
     _check_same_shape(out0, out1, ("out0", "out1"))
-    if negatives is None:
-        return ntxent_loss(
-            out0, out1, temperature=temperature, image_ids=image_ids, exclude_same_image=exclude_same_image
-        )
-    if image_ids is not None:
-        raise ValueError("image_ids cannot be used with memory-bank negatives (their source images are unknown).")
-    if not isinstance(negatives, Tensor) or negatives.ndim != 2 or negatives.shape[1] != out0.shape[1]:
-        shape = tuple(negatives.shape) if isinstance(negatives, Tensor) else type(negatives).__name__
-        raise ValueError(f"negatives must have shape (m, {out0.shape[1]}), got {shape}.")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-    a, b = F.normalize(out0, dim=1), F.normalize(out1, dim=1)
-    neg = F.normalize(negatives.to(device=a.device, dtype=a.dtype), dim=1)
-    logits = torch.cat([(a * b).sum(dim=1, keepdim=True), a @ neg.T], dim=1) / temperature
-    return torch.logsumexp(logits, dim=1) - logits[:, 0]
+    return ntxent_loss(out0, out1, temperature, image_ids, exclude_same_image, negatives=negatives)
 
 
 def nnclr_neighbours(memory_bank: Any, z0: Tensor, z1: Tensor, update: bool = True) -> Tuple[Tensor, Tensor]:
