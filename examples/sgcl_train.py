@@ -705,7 +705,12 @@ class Trainer:
         check_resumable(self.args, state.get("args", {}), self.world, int(state.get("world_size", 1)))
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
-        self.objective.load_state_dict(state["objective"])
+        if "objective" in state:
+            self.objective.load_state_dict(state["objective"])
+        else:  # a checkpoint written before SGCLObjective: its queues under "inter" and "support"
+            for name in ("inter", "support"):
+                if getattr(self.objective, name) is not None:
+                    getattr(self.objective, name).load_state_dict(state[name])
         self.bank.load_state_dict(state["bank"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.schedule.last_epoch = int(state["refreshed_epoch"])

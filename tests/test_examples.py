@@ -125,6 +125,23 @@ def test_killed_run_resumes_exactly(tmp_path) -> None:
         torch.testing.assert_close(a["bank"][key], b["bank"][key], rtol=0, atol=0)
 
 
+def test_a_checkpoint_from_before_the_objective_resumes(tmp_path) -> None:
+    """Checkpoints written before SGCLObjective kept the queues under "inter" and "support": they still load."""
+    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
+    sgcl_train.main([*common, "--stop-after-steps", "3", "--ckpt-every", "2"], method="nnclr")
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    queues = state.pop("objective")
+    for name in ("inter", "support"):
+        state[name] = {k.split(".", 1)[1]: v for k, v in queues.items() if k.startswith(name + ".")}
+    assert state["support"]["count"] > 0
+    torch.save(state, path)
+    trainer = sgcl_train.Trainer(sgcl_train.parse_args([*common], method="nnclr"))
+    trainer.load(str(path))
+    for key, value in queues.items():
+        torch.testing.assert_close(trainer.objective.state_dict()[key], value, rtol=0, atol=0)
+
+
 def test_a_checkpoint_never_runs_code(tmp_path) -> None:
     """--resume loads with weights_only=True: a crafted file is refused and its payload never runs."""
     import os
