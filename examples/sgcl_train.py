@@ -36,6 +36,7 @@ from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_v
 from sgcl_plugin.evaluation import embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.features import feature_maps
 from sgcl_plugin.image_folder import ImageFiles
+from sgcl_plugin.items import flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
 from sgcl_plugin.schedule import RefreshSchedule
@@ -664,7 +665,6 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         # Refreshes at --first-refresh (default: --every-n-epochs), then every --every-n-epochs; each made once.
         self.schedule = RefreshSchedule(args.every_n_epochs, args.first_refresh or None)
-        self.refresh_stats: List[Dict[str, float]] = []  # this process's refreshes, for reports
         self._masks: Optional[List[Tensor]] = None  # object masks of the first scenes, for pair rates
         self.log_path = self.out / "log.csv"
         self.eval_sets: Optional[Dict[str, Tensor]] = None
@@ -751,7 +751,7 @@ class Trainer:
         rate = self.pair_rate()
         if rate is not None:
             stats["pair_rate"] = rate
-        self.refresh_stats.append({"epoch": float(self.epoch), "seconds": seconds, **stats})
+        self.schedule.mark_done(self.epoch, {"seconds": seconds, **stats})  # history: this process's refreshes
         if self.main:
             pairs = f", pairs showing one object {100 * rate:.1f}%" if rate is not None else ""
             print(
@@ -808,13 +808,14 @@ class Trainer:
             return self.device_views[0](v1), self.device_views[1](v2)
 
     def losses(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        t = self.pairs_per_image
-        v1 = batch["views1"].flatten(0, 1).to(self.device, non_blocking=True)
-        v2 = batch["views2"].flatten(0, 1).to(self.device, non_blocking=True)
+        rows = flatten_pairs([batch["views1"], batch["views2"]], batch["scores"], batch["index"])  # B * t pairs
+        t = rows.num_regions
+        v1 = rows.views1.to(self.device, non_blocking=True)
+        v2 = rows.views2.to(self.device, non_blocking=True)
         if self.device_views is not None:
             v1, v2 = self.augment_views(v1, v2)
-        scores = batch["scores"].flatten().to(self.device).float()
-        image_ids = batch["index"].repeat_interleave(t).to(self.device)
+        scores = rows.scores.to(self.device)
+        image_ids = rows.image_ids.to(self.device)
         # Both views in one forward: one DDP call per step, BatchNorm statistics over both views.
         z1, z2 = self.project(torch.cat([v1, v2])).chunk(2)
         if self.args.method == "byol":
@@ -863,7 +864,6 @@ class Trainer:
             at_start = self.epoch == 0 and args.refresh_at_start and self.schedule.last_epoch < 0
             if args.sgcl and args.regions != "gt" and (self.schedule.is_due(self.epoch) or at_start):
                 self.refresh()
-                self.schedule.mark_done(self.epoch)
                 self.save()
             self.sampler.epoch = self.epoch
             self.sampler.skip_batches = self.step_in_epoch
@@ -934,7 +934,7 @@ class Trainer:
             "history": self.history,
             "steps": float(self.global_step),
             "seconds_per_epoch": float(np.median(epoch_times)) if epoch_times else float("nan"),
-            "refreshes": self.refresh_stats,
+            "refreshes": self.schedule.history,
         }
         if stopped:  # as if killed: no final save, the next run resumes from the last checkpoint
             return result

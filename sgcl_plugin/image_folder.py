@@ -19,12 +19,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from sgcl_plugin.refresh import _WIDE_MODES, to_image_tensor  # 16-bit, 32-bit, float: convert("RGB") would clip
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageFiles", "UnreadableImageError"]
 
 IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 """File name endings (any case) that :class:`ImageFiles` lists."""
-
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 16-bit, 32-bit and float: convert("RGB") clips
 
 
 class UnreadableImageError(OSError):
@@ -153,7 +153,6 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of a loaded image; wide modes scaled as ``to_image_tensor`` reads them."""
     if im.mode not in _WIDE_MODES:
         return im.convert("RGB")
-    from sgcl_plugin.refresh import to_image_tensor
 
     t = to_image_tensor(im)  # (3, H, W) in [0, 1]: 16-bit / 65535, 8-bit values in "I" / 255
     pixels = t.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).contiguous().numpy()

@@ -19,7 +19,7 @@ from torch.utils.data import default_collate
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform, check_crop_size
 from sgcl_plugin.features import feature_map_backbone, feature_maps
-from sgcl_plugin.items import DatasetImages, ImageItem, repeat_rows
+from sgcl_plugin.items import DatasetImages, ImageItem, flatten_pairs, repeat_rows
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 from sgcl_plugin.schedule import RefreshSchedule
@@ -104,11 +104,11 @@ class SGCLItem(_ItemFields):
         batched = isinstance(scores, Tensor) and scores.ndim == 2 and isinstance(views, (list, tuple))
         if not (batched and all(isinstance(v, Tensor) and v.ndim == 5 for v in views)):
             return super().__new__(cls, views, target, filename, scores, index)
-        t = scores.shape[1]
+        rows = flatten_pairs(views, scores, torch.as_tensor(index, dtype=torch.int64))
+        t = rows.num_regions
         target = target.repeat_interleave(t) if isinstance(target, Tensor) else list(repeat_rows(target, t))
-        index = torch.as_tensor(index, dtype=torch.int64).repeat_interleave(t)
-        flat = [v.flatten(0, 1) for v in views]
-        return SGCLBatch(flat, target, list(repeat_rows(filename, t)), scores.reshape(-1).float(), index)
+        views = [rows.views1, rows.views2]
+        return SGCLBatch(views, target, list(repeat_rows(filename, t)), rows.scores, rows.image_ids)
 
 
 class SGCLBatch(NamedTuple):
