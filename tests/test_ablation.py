@@ -32,6 +32,8 @@ def test_smoke_runs_every_row_and_writes_the_report(tmp_path, capsys) -> None:
             continue
         assert [h["epoch"] for h in r["history"]] == [0.0, 1.0, 2.0], key
         assert r["total_seconds"] > 0 and r["seconds_per_epoch"] > 0
+    # a finished run keeps no checkpoint (never resumed; ~180 MB each), --smoke no weights either
+    assert not list(out.rglob("*.pt"))
     # the row options reach the runs: no refresh for the baselines and ground-truth boxes, t pairs per image
     assert kept["byol/seed0"]["refreshes"] == [] and kept["gt/seed0"]["refreshes"] == []
     assert len(kept["sgcl-byol/seed0"]["refreshes"]) == 1
