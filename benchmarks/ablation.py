@@ -94,6 +94,8 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "rows": ["untrained", "byol", "gt-crops", "gt", "byol+crops", "byol+crops+scores", "sgcl-byol", "sgcl-paper",
                  "heatmap", "t1", "t4", "warmup"],
         "seeds": [0, 1, 2],
+        # two more seeds for the gate's rows and SGCL's crops (about 1 h more on 2 cores)
+        "more_seeds": {"seeds": [3, 4], "rows": ["untrained", "byol", "gt-crops", "byol+crops", "byol+crops+scores"]},
         "summary": "evidence_summary.json",
     },
     # about 85 minutes for 11 rows x 3 seeds on a 2-core CPU (24 steps per run: a miniature indeed). The
@@ -122,7 +124,9 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "interval_alt": 1,
         "seeds": [0],
     },
-    "smoke": {"options": ["--smoke", "--eval-every", "1"], "interval_alt": 2, "warmup": 1, "seeds": [0], "drop_weights": True},
+    "smoke": {
+        "options": ["--smoke", "--eval-every", "1"], "interval_alt": 2, "warmup": 1, "seeds": [0], "drop_weights": True,
+    },
 }  # fmt: skip
 
 
@@ -182,13 +186,21 @@ def save_results(path: Path, results: Dict[str, Dict[str, Any]]) -> None:
 
 
 def run_all(
-    rows: Sequence[str], seeds: Sequence[int], config: Dict[str, Any], out: Path, extra: Sequence[str], fresh: bool
+    rows: Sequence[str],
+    seeds: Sequence[int],
+    config: Dict[str, Any],
+    out: Path,
+    extra: Sequence[str],
+    fresh: bool,
+    more: Sequence[Tuple[str, int]] = (),
 ) -> Dict[str, Dict[str, Any]]:
+    """Runs every (row, seed) of ``rows`` x ``seeds``, then the pairs ``more``, keeping finished ones."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = {} if fresh else load_results(path)
-    todo = [(r, s) for s in seeds for r in rows if run_key(r, s) not in results]
-    print(f"{len(todo)} run(s) to do, {len(rows) * len(seeds) - len(todo)} kept from {path}", flush=True)
+    wanted = [(r, s) for s in seeds for r in rows] + [p for p in more if p[0] in rows and p[1] not in seeds]
+    todo = [(r, s) for r, s in wanted if run_key(r, s) not in results]
+    print(f"{len(todo)} run(s) to do, {len(wanted) - len(todo)} kept from {path}", flush=True)
     for i, (name, seed) in enumerate(todo):
         run_dir = out / name / f"seed{seed}"
         if run_dir.exists():
@@ -214,6 +226,35 @@ def run_all(
     return results
 
 
+def rescore(results: Dict[str, Dict[str, Any]], out: Path, weights: Sequence[Path]) -> int:
+    """Adds the probes a kept run lacks (the dense probe came after the first testbed runs) from its saved
+    backbone: ``<dir>/<row>/seed<s>/backbone.pt`` under ``out`` or one of ``weights``. The run's own options
+    rebuild the network and its evaluation; its pooled accuracies must come out as kept (within 0.1 point),
+    which proves the weights are the run's. Returns how many runs were rescored."""
+    done = 0
+    for key, run in sorted(results.items()):
+        if all(k in run for k, _ in PROBES) or run.get("knn") is None:
+            continue
+        name, seed = key.rsplit("/", 1)
+        found = [d / name / seed / "backbone.pt" for d in (out, *weights) if (d / name / seed / "backbone.pt").exists()]
+        if not found:
+            print(f"    {key}: no backbone.pt under {out} or {', '.join(map(str, weights)) or 'other folders'}")
+            continue
+        args = sgcl_train.parse_args(run["argv"])
+        backbone = sgcl_train.SSLModel(args.method, args.arch, args.hidden_dim, args.proj_dim, args.width).backbone
+        backbone.load_state_dict(torch.load(found[0], map_location="cpu", weights_only=True))
+        accuracies = sgcl_train.evaluate_backbone(backbone, args)
+        if any(abs(accuracies[k] - run[k]) > 1e-3 for k in ("knn", "linear")):
+            raise RuntimeError(
+                f"{key}: {found[0]} gives kNN / linear {accuracies['knn']:.4f} / {accuracies['linear']:.4f}, the run "
+                f"kept {run['knn']:.4f} / {run['linear']:.4f}: these are not the run's weights."
+            )
+        run.update({k: v for k, v in accuracies.items() if k not in run}, rescored_from=str(found[0]))
+        print(f"    {key}: " + ", ".join(f"{n} {100 * accuracies[k]:.1f}" for k, n in PROBES if k in accuracies))
+        done += 1
+    return done
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -235,23 +276,31 @@ def signed(deltas: Sequence[float]) -> str:
     return f"{v.mean():+.1f}{spread} ({int((v > 0).sum())}/{len(v)})"
 
 
+PROBES: Tuple[Tuple[str, str], ...] = (
+    ("dense_knn", "dense kNN"), ("dense_linear", "dense linear"), ("knn", "kNN"), ("linear", "linear"),
+)  # fmt: skip
+"""The accuracies of a run (sgcl_train.evaluate_backbone): the dense probe (each feature-map cell of a whole
+held-out scene classified as the object covering it) and the pooled probes (one vector per object crop)."""
+
+
+def probes_of(runs: Sequence[Dict[str, Any]]) -> List[str]:
+    """The probes every run has (runs from before the dense probe have only the pooled two)."""
+    return [k for k, _ in PROBES if runs and all(k in r for r in runs)]
+
+
 def row_summary(runs: List[Dict[str, Any]], base: Optional[List[Dict[str, Any]]]) -> Dict[str, str]:
-    knn = [r["knn"] for r in runs]
-    lin = [r["linear"] for r in runs]
     refresh = [sum(x["seconds"] for x in r["refreshes"]) for r in runs]
     share = [f / r["total_seconds"] for f, r in zip(refresh, runs)]
     s: Dict[str, str] = {
-        "knn": mean_std(knn, 100),
-        "linear": mean_std(lin, 100),
         "epoch": mean_std([r["seconds_per_epoch"] for r in runs]),
         "refresh": mean_std(share, 100) + "%" if any(refresh) else "-",
         "seeds": str(len(runs)),
     }
-    if base:  # paired by seed: the same scenes, initial weights and evaluation sets
-        by_seed = {int(r["seed"]): r for r in base}
-        d_knn = [r["knn"] - by_seed[int(r["seed"])]["knn"] for r in runs if int(r["seed"]) in by_seed]
-        d_lin = [r["linear"] - by_seed[int(r["seed"])]["linear"] for r in runs if int(r["seed"]) in by_seed]
-        s["dknn"], s["dlin"] = signed(d_knn), signed(d_lin)
+    by_seed = {int(r["seed"]): r for r in base or []}
+    for key in probes_of(runs):
+        s[key] = mean_std([r[key] for r in runs], 100)
+        if base and all(key in r for r in base):  # paired by seed: the same scenes, initial weights and eval sets
+            s[f"d_{key}"] = signed([r[key] - by_seed[int(r["seed"])][key] for r in runs if int(r["seed"]) in by_seed])
     return s
 
 
@@ -285,17 +334,20 @@ def pair_rates(runs: List[Dict[str, Any]]) -> str:
 
 def gate(grouped: Dict[str, List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
     """The testbed's validity gate (issue 11): ground-truth crops beat random-crop BYOL by more than 3 standard
-    deviations of the paired per-seed differences and by >= 2 points, on kNN and on the linear probe, over
-    >= 3 seeds; and trained BYOL beats the untrained network (mean over seeds, both probes)."""
+    deviations of the paired per-seed differences and by >= 2 points, on the kNN and on the linear probe, over
+    >= 3 seeds; and trained BYOL beats the untrained network (mean over seeds, both probes). The probes are the
+    dense ones where every run involved has them (the pooled ones otherwise)."""
     oracle = "gt-crops" if grouped.get("gt-crops") else "gt"  # crops from the true boxes, alone if measured
     byol, gt, untrained = grouped.get("byol", []), grouped.get(oracle, []), grouped.get("untrained", [])
     if not byol or not gt:
         return None
+    dense = all(k in r for r in [*byol, *gt, *untrained] for k in ("dense_knn", "dense_linear"))
+    keys = ("dense_knn", "dense_linear") if dense else ("knn", "linear")
     by_seed = {int(r["seed"]): r for r in byol}
     seeds = sorted(int(r["seed"]) for r in gt if int(r["seed"]) in by_seed)
-    out: Dict[str, Any] = {"oracle": oracle, "seeds": seeds}
+    out: Dict[str, Any] = {"oracle": oracle, "seeds": seeds, "probes": list(keys)}
     holds = len(out["seeds"]) >= 3
-    for key in ("knn", "linear"):
+    for key in keys:
         d = np.array([100 * (r[key] - by_seed[int(r["seed"])][key]) for r in gt if int(r["seed"]) in by_seed])
         sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
         ok = bool(len(d) >= 3 and d.mean() >= 2.0 and d.mean() > 3 * sd)
@@ -314,19 +366,21 @@ def gate(grouped: Dict[str, List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
 def gate_lines(g: Optional[Dict[str, Any]], method: str = "BYOL") -> List[str]:
     if g is None:
         return []
+    names = dict(PROBES)
     parts = []
-    for key, name in (("knn", "kNN"), ("linear", "linear")):
+    for key in g["probes"]:
         d = g[f"gt_minus_byol_{key}"]
-        parts.append(f"{name} {d['mean']:+.1f} ± {d['std']:.1f} ({'holds' if d['holds'] else 'fails'})")
-    trained = [f"{g[k]:+.1f}" for k in ("byol_minus_untrained_knn", "byol_minus_untrained_linear") if k in g]
+        parts.append(f"{names[key]} {d['mean']:+.1f} ± {d['std']:.1f} ({'holds' if d['holds'] else 'fails'})")
+    trained = [
+        f"{names[k]} {g[f'byol_minus_untrained_{k}']:+.1f}" for k in g["probes"] if f"byol_minus_untrained_{k}" in g
+    ]
     verdict = "**holds**" if g["holds"] else "**does not hold**"
-    untrained = (
-        f"{method} - untrained: kNN {trained[0]}, linear {trained[1]}" if len(trained) == 2 else "no untrained row"
-    )
+    untrained = f"{method} - untrained: {', '.join(trained)}" if len(trained) == 2 else "no untrained row"
     text = (
         f"**Validity gate** (ground-truth crops beat {method} by > 3 std of the paired differences and >= 2 points on "
-        f"both probes over >= 3 seeds, and {method} beats the untrained network): {verdict}. Ground truth - {method}, "
-        f"paired over seeds {g['seeds']} (row `{g['oracle']}`): {', '.join(parts)}; {untrained}."
+        f"both probes ({' and '.join(names[k] for k in g['probes'])}) over >= 3 seeds, and {method} beats the "
+        f"untrained network): {verdict}. Ground truth - {method}, paired over seeds {g['seeds']} (row "
+        f"`{g['oracle']}`): {', '.join(parts)}; {untrained}."
     )
     return [text, ""]
 
@@ -339,14 +393,18 @@ def evidence_summary(
 
     def per_seed(runs: List[Dict[str, Any]], key: str) -> List[Optional[float]]:
         by_seed = {int(r["seed"]): r for r in runs}
-        return [round(100 * by_seed[s][key], 2) if s in by_seed else None for s in seeds]
+        return [round(100 * by_seed[s][key], 2) if s in by_seed and key in by_seed[s] else None for s in seeds]
 
     untrained = grouped.get("untrained", [])
     summary: Dict[str, Any] = {"config": config_name, "method": method, "seeds": list(seeds)}
     if untrained:
-        summary["untrained"] = {k: round(100 * float(np.mean([r[k] for r in untrained])), 2) for k in ("knn", "linear")}
+        summary["untrained"] = {
+            k: round(100 * float(np.mean([r[k] for r in untrained])), 2) for k in probes_of(untrained)
+        }
     summary["rows"] = {
-        name: {"knn": per_seed(runs, "knn"), "linear": per_seed(runs, "linear")}
+        name: {
+            k: per_seed(runs, k) for k in ("knn", "linear", "dense_knn", "dense_linear") if any(k in r for r in runs)
+        }
         for name, runs in grouped.items()
         if runs and name != "untrained"
     }
@@ -419,6 +477,13 @@ def copy_pictures(out: Path, images: Path, seed: int, config_name: str) -> List[
     return copied
 
 
+def more_seeds_note(config: Dict[str, Any], seeds: Sequence[int]) -> str:
+    more = config.get("more_seeds")
+    if not more or not set(more["seeds"]) & set(seeds):
+        return ""
+    return f"; seeds {', '.join(map(str, more['seeds']))} only for the rows {', '.join(f'`{r}`' for r in more['rows'])}"
+
+
 def report(
     results: Dict[str, Dict[str, Any]],
     rows: Sequence[str],
@@ -446,7 +511,7 @@ def report(
         begin,
         f"Reproduce: `{command}` (configuration `{config_name}`: "
         f"`{' '.join(config['options'])}`; alternative refresh interval {config['interval_alt']}; "
-        f"seeds {', '.join(map(str, seeds))}).",
+        f"seeds {', '.join(map(str, seeds))}{more_seeds_note(config, seeds)}).",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"{device}. Same scenes, initial weights and evaluation sets for every row of a seed; "
@@ -459,10 +524,10 @@ def report(
     ]
     untrained = grouped.get("untrained", [])
     if untrained:
+        accuracies = ", ".join(f"{name} {mean_std([r[k] for r in untrained], 100)}" for k, name in PROBES
+                               if k in probes_of(untrained))  # fmt: skip
         lines += [
-            f"The untrained network ({start_weights(config)}, no step): kNN "
-            f"{mean_std([r['knn'] for r in untrained], 100)}, "
-            f"linear {mean_std([r['linear'] for r in untrained], 100)}. "
+            f"The untrained network ({start_weights(config)}, no step): {accuracies}. "
             "A row that ends below this number has lost object information in training.",
             "",
         ]
@@ -477,26 +542,33 @@ def report(
                 "",
             ]
     lines += gate_lines(gate(grouped), method_label("BYOL", config))
-    header = (
-        "| row | kNN | Δ kNN | linear | Δ linear | of oracle gain (kNN / linear) | same-object pairs, % "
-        "(start → refreshes) | s / epoch | refresh share | regions / image, top box area | seeds |"
-    )
+    names_of = dict(PROBES)
     for title, paper, names in TABLES:
         names = [n for n in names if grouped.get(n)]
         if not names or names == ["sgcl-byol"]:  # nothing but the row shown in the first table
             continue
+        keys = [k for k, _ in PROBES if any(k in probes_of(grouped[n]) for n in names)]
+        fraction_keys = keys[:2]  # the gate's probes: dense where measured
         lines += [f"### {title}", ""]
         if paper:
             lines += [f"Paper (COCO, VOC07 mAP): {paper}.", ""]
-        lines += [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| row | "
+            + " | ".join(f"{names_of[k]} | Δ {names_of[k]}" for k in keys)
+            + f" | of oracle gain ({' / '.join(names_of[k] for k in fraction_keys)}) | same-object pairs, % "
+            "(start → refreshes) | s / epoch | refresh share | regions / image, top box area | seeds |",
+            "|---|" + "---|---|" * len(keys) + "---|---|---|---|---|---|",
+        ]
         for n in names:
             reference = grouped.get(BASELINES.get(n, "byol")) if n not in ("byol", "simclr") else None
             s = row_summary(grouped[n], reference)
             oracle, bound = "-", ORACLES.get(n, "gt")
             if reference and n != bound and BASELINES.get(n, "byol") == "byol" and grouped.get(bound):
                 oracle = " / ".join(
-                    oracle_fraction(grouped[n], reference, grouped[bound], k) for k in ("knn", "linear")
-                )
+                    oracle_fraction(grouped[n], reference, grouped[bound], k)
+                    if all(k in r for r in [*grouped[n], *reference, *grouped[bound]]) else "-"
+                    for k in fraction_keys
+                )  # fmt: skip
             label = method_label(ROWS[n][2], config)
             if n == "interval-alt" or (n == "sgcl-byol" and title.startswith("Refresh")):
                 label = interval_label(config, n == "interval-alt")
@@ -507,10 +579,10 @@ def report(
                 label = f"first refresh after a warm-up of {a.first_refresh} epochs"
             elif n == "sgcl-byol" and title.startswith("Region pairs"):
                 label = method_label(f"t = {sgcl_train.parse_args(config['options']).num_regions} = SGCL-BYOL", config)
+            accuracies = " | ".join(f"{s.get(k, '-')} | {s.get(f'd_{k}', '-')}" for k in keys)
             lines.append(
-                f"| {label} | {s['knn']} | {s.get('dknn', '-')} | {s['linear']} | {s.get('dlin', '-')} | {oracle} | "
-                f"{pair_rates(grouped[n])} | {s['epoch']} | {s['refresh']} | {refresh_summary(grouped[n])} | "
-                f"{s['seeds']} |"
+                f"| {label} | {accuracies} | {oracle} | {pair_rates(grouped[n])} | {s['epoch']} | {s['refresh']} | "
+                f"{refresh_summary(grouped[n])} | {s['seeds']} |"
             )
         lines.append("")
     if images is not None:
@@ -553,6 +625,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     parser.add_argument("--fresh", action="store_true", help="forget kept results and rerun everything")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from kept results")
     parser.add_argument(
+        "--rescore", nargs="*", default=None, metavar="DIR",
+        help="add the probes kept runs lack (the dense probe) from their backbone.pt under --out or these folders",
+    )  # fmt: skip
+    parser.add_argument(
         "--merge", nargs="+", default=[], metavar="RESULTS",
         help="first add the runs of other results.json files (e.g. rows run in a second process), then continue",
     )  # fmt: skip
@@ -564,6 +640,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         i = argv.index("--merge")
         n = next((j for j, a in enumerate(argv[i + 1 :], i + 1) if a.startswith("--")), len(argv))
         shown = argv[:i] + argv[n:]
+    if "--rescore" in shown:
+        i = shown.index("--rescore")
+        n = next((j for j, a in enumerate(shown[i + 1 :], i + 1) if a.startswith("--")), len(shown))
+        shown = shown[:i] + shown[n:]
     command = " ".join(["python benchmarks/ablation.py", *(a for a in shown if a not in ("--report-only", "--fresh"))])
     extra: List[str] = []
     if "--" in argv:
@@ -576,7 +656,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown row(s) {unknown}; choose from {', '.join(ROWS)}")
-    seeds = args.seeds if args.seeds is not None else config["seeds"]
+    seeds = list(args.seeds if args.seeds is not None else config["seeds"])
+    more: List[Tuple[str, int]] = []
+    if args.seeds is None and "more_seeds" in config:  # the configuration's extra seeds for some rows
+        more = [(r, sd) for sd in config["more_seeds"]["seeds"] for r in config["more_seeds"]["rows"]]
+        seeds += [sd for sd in config["more_seeds"]["seeds"] if sd not in seeds]
     out = Path(args.out or ROOT / "runs" / f"ablation_{config_name}")
     if args.merge:
         merged = load_results(out / "results.json")
@@ -586,10 +670,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         out.mkdir(parents=True, exist_ok=True)
         save_results(out / "results.json", merged)
         print(f"{len(merged)} run(s) in {out / 'results.json'} after merging {', '.join(args.merge)}")
-    if args.report_only:
+    if args.rescore is not None:
+        results = load_results(out / "results.json")
+        if rescore(results, out, [Path(d) for d in args.rescore]):
+            save_results(out / "results.json", results)
+    if args.report_only or args.rescore is not None:
         results = load_results(out / "results.json")
     else:
-        results = run_all(rows, seeds, config, out, extra, args.fresh)
+        base_seeds = [sd for sd in seeds if not more or sd in config["seeds"]]
+        results = run_all(rows, base_seeds, config, out, extra, args.fresh, more)
     write_docs = not (args.no_write or args.smoke)
     images = ROOT / "docs" / "images" if write_docs else out / "images"
     block = report(results, rows, seeds, config_name, config, command, images, out)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
-from sgcl_plugin.evaluation import embed, knn_accuracy, linear_probe_accuracy
+from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.features import feature_maps
 from sgcl_plugin.image_folder import ImageFiles
 from sgcl_plugin.items import flatten_pairs
@@ -115,6 +115,12 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--objects", type=int, nargs=2, default=(2, 6), metavar=("MIN", "MAX"),
         help="composed scenes: objects per scene (training and evaluation scenes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--co-occurrence", type=int, choices=(1, 2, 5, 10), default=10,
+        help="composed scenes: classes a scene's objects come from. 10: any class anywhere; 2: each scene draws "
+        "one fixed pair of classes (c, c + 5), structured co-occurrence as in real scenes, so two random crops "
+        "often show two classes that always appear together; 1: one class per scene (training and evaluation)",
     )  # fmt: skip
     p.add_argument(
         "--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LOW", "HIGH"),
@@ -283,6 +289,14 @@ class ImageTable(Dataset):
         return self.images[i]
 
 
+def class_groups(co_occurrence: int) -> Optional[Tuple[Tuple[int, ...], ...]]:
+    """``--co-occurrence`` as ComposedScenes' class groups: the labels equal modulo 10 / n (None for 10)."""
+    if co_occurrence == 10:
+        return None
+    step = 10 // co_occurrence
+    return tuple(tuple(range(g, 10, step)) for g in range(step))
+
+
 def training_scenes(args: argparse.Namespace) -> Any:
     """The composed pretraining scenes of a run (the images, their true boxes and masks)."""
     from sgcl_plugin.scenes import ComposedScenes
@@ -290,6 +304,7 @@ def training_scenes(args: argparse.Namespace) -> Any:
     return ComposedScenes(
         args.num_images, image_size=args.image_size, seed=args.seed, split="train",
         object_scale=tuple(args.object_scale), min_objects=args.objects[0], max_objects=args.objects[1],
+        class_groups=class_groups(args.co_occurrence),
     )  # fmt: skip
 
 
@@ -385,6 +400,7 @@ def scene_object_eval_sets(
     object_scale: Tuple[float, float] = (0.15, 0.45),
     objects: Tuple[int, int] = (2, 6),
     isolate: bool = False,
+    co_occurrence: int = 10,
 ) -> Dict[str, Tensor]:
     """Objects cut from composed scenes by their true boxes (with context, or alone on grey), resized to the
     crop size and normalized: train-split objects (other scenes than the pretraining ones) are the labelled
@@ -395,11 +411,87 @@ def scene_object_eval_sets(
     for split, n, seed in (("train", n_train, 1001), ("test", n_test, 1002)):
         scenes = ComposedScenes(
             max(1, n // objects[0]), image_size=image_size, seed=seed, split=split, object_scale=object_scale,
-            min_objects=objects[0], max_objects=objects[1],
+            min_objects=objects[0], max_objects=objects[1], class_groups=class_groups(co_occurrence),
         )  # fmt: skip
         x, y = object_crops(scenes, size, max_crops=n, isolate=isolate)
         out[f"{split}_x"], out[f"{split}_y"] = imagenet_normalize(x), y
     return out
+
+
+@functools.lru_cache(maxsize=2)
+def scene_dense_eval_sets(
+    n_train: int,
+    n_test: int,
+    image_size: int,
+    object_scale: Tuple[float, float] = (0.15, 0.45),
+    objects: Tuple[int, int] = (2, 6),
+    co_occurrence: int = 10,
+) -> Dict[str, Any]:
+    """Whole composed scenes for the dense probe, with each pixel's object (index map, -1 for background) and the
+    objects' classes: train-split scenes are the labelled set, test-split scenes are classified cell by cell. The
+    scenes are those of :func:`scene_object_eval_sets` (same seeds), so both probes read the same objects."""
+    from sgcl_plugin.scenes import ComposedScenes
+
+    out: Dict[str, Any] = {}
+    for split, n, seed in (("train", n_train, 1001), ("test", n_test, 1002)):
+        scenes = ComposedScenes(
+            max(1, n), image_size=image_size, seed=seed, split=split, object_scale=object_scale,
+            min_objects=objects[0], max_objects=objects[1], class_groups=class_groups(co_occurrence),
+        )  # fmt: skip
+        images, owners, labels = [], [], []
+        for i in range(len(scenes)):
+            image, masks, object_labels = scenes.compose(i)
+            images.append(torch.from_numpy(image).permute(2, 0, 1))
+            owner = torch.full(masks.shape[1:], -1, dtype=torch.int8)  # visible masks never overlap
+            for j, mask in enumerate(masks):
+                owner[torch.from_numpy(mask)] = j
+            owners.append(owner)
+            labels.append(torch.from_numpy(object_labels))
+        out[f"{split}_x"] = imagenet_normalize(torch.stack(images).float().div(255))
+        out[f"{split}_owner"], out[f"{split}_labels"] = owners, labels
+    return out
+
+
+def scene_cells(owners: Sequence[Tensor], labels: Sequence[Tensor], grid: Tuple[int, int]) -> Tensor:
+    """(n, h, w) cell labels (:func:`sgcl_plugin.evaluation.cell_labels`) of scenes given as index maps."""
+    return torch.stack([
+        cell_labels(owner[None] == torch.arange(len(lab), dtype=torch.int8)[:, None, None], lab, grid)
+        for owner, lab in zip(owners, labels)
+    ])  # fmt: skip
+
+
+def evaluate_backbone(
+    backbone: nn.Module, args: argparse.Namespace, device: Optional[torch.device] = None
+) -> Dict[str, float]:
+    """The frozen backbone's accuracies (eval mode; draws no random numbers): kNN and linear probe on pooled
+    features of objects cut by their true boxes (``--eval-data``), and on composed scenes also the dense probe
+    (``dense_knn``, ``dense_linear``): each feature-map cell of a whole scene classified as the object that covers
+    at least half of it, as detection and segmentation read a backbone."""
+    a = args
+    if a.eval_data in ("objects", "isolated"):
+        sets = scene_object_eval_sets(
+            a.eval_train, a.eval_test, a.crop_size, a.image_size, tuple(a.object_scale), tuple(a.objects),
+            isolate=a.eval_data == "isolated", co_occurrence=a.co_occurrence,
+        )  # fmt: skip
+    else:
+        sets = fashion_eval_sets(a.eval_train, a.eval_test, a.crop_size)
+    train = embed(backbone, sets["train_x"], device=device)
+    test = embed(backbone, sets["test_x"], device=device)
+    result = {
+        "knn": knn_accuracy(train, sets["train_y"], test, sets["test_y"]),
+        "linear": linear_probe_accuracy(train, sets["train_y"], test, sets["test_y"]),
+    }
+    if a.eval_data in ("objects", "isolated"):
+        # a scene holds about 6 objects: half as many scenes as objects gives the dense probe ~3x the samples
+        dense = scene_dense_eval_sets(
+            max(1, a.eval_train // 2), max(1, a.eval_test // 2), a.image_size, tuple(a.object_scale),
+            tuple(a.objects), a.co_occurrence,
+        )  # fmt: skip
+        maps = {s: embed(backbone, dense[f"{s}_x"], device=device, pool=False) for s in ("train", "test")}
+        cells = {s: scene_cells(dense[f"{s}_owner"], dense[f"{s}_labels"], maps[s].shape[2:]) for s in maps}
+        probe = dense_probe_accuracy(maps["train"], cells["train"], maps["test"], cells["test"])
+        result.update(dense_knn=probe["knn"], dense_linear=probe["linear"])
+    return result
 
 
 def fashion_eval_sets(n_train: int, n_test: int, size: int) -> Dict[str, Tensor]:
@@ -667,7 +759,6 @@ class Trainer:
         self.schedule = RefreshSchedule(args.every_n_epochs, args.first_refresh or None)
         self._masks: Optional[List[Tensor]] = None  # object masks of the first scenes, for pair rates
         self.log_path = self.out / "log.csv"
-        self.eval_sets: Optional[Dict[str, Tensor]] = None
         self.history: List[Dict[str, float]] = []  # accuracy vs epochs (--eval-every), main process only
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -966,34 +1057,14 @@ class Trainer:
         self.history.append({"epoch": float(self.epoch), **accuracies})
         with open(self.out / "eval.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["epoch", "knn", "linear"])
+            keys = [k for k in ("knn", "linear", "dense_knn", "dense_linear") if k in self.history[0]]
+            w.writerow(["epoch", *keys])
             for h in self.history:
-                w.writerow([int(h["epoch"]), f"{h['knn']:.4f}", f"{h['linear']:.4f}"])
+                w.writerow([int(h["epoch"]), *(f"{h[k]:.4f}" for k in keys)])
 
     def evaluate(self) -> Dict[str, float]:
-        """kNN and linear-probe accuracy of the frozen backbone (eval mode; draws no random numbers)."""
-        if self.eval_sets is None:
-            a = self.args
-            self.eval_sets = (
-                scene_object_eval_sets(
-                    a.eval_train,
-                    a.eval_test,
-                    a.crop_size,
-                    a.image_size,
-                    tuple(a.object_scale),
-                    tuple(a.objects),
-                    isolate=a.eval_data == "isolated",
-                )
-                if a.eval_data in ("objects", "isolated")
-                else fashion_eval_sets(a.eval_train, a.eval_test, a.crop_size)
-            )
-        sets = self.eval_sets
-        train = embed(self.model.backbone, sets["train_x"], device=self.device)
-        test = embed(self.model.backbone, sets["test_x"], device=self.device)
-        return {
-            "knn": knn_accuracy(train, sets["train_y"], test, sets["test_y"]),
-            "linear": linear_probe_accuracy(train, sets["train_y"], test, sets["test_y"]),
-        }
+        """The accuracies of :func:`evaluate_backbone` for the online backbone as it is now."""
+        return evaluate_backbone(self.model.backbone, self.args, self.device)
 
 
 def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> Dict[str, Any]:

@@ -1,8 +1,9 @@
-"""Frozen-feature evaluation of a pretrained backbone: weighted kNN and a linear probe."""
+"""Frozen-feature evaluation of a pretrained backbone: weighted kNN and a linear probe, on pooled features
+(one vector per image) or on the cells of feature maps (a dense probe: which object is at each place)."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -17,12 +18,14 @@ def embed(
     images: Tensor,
     batch_size: int = 256,
     device: Optional[torch.device] = None,
+    pool: bool = True,
 ) -> Tensor:
     """Global-average-pooled features of ``images`` (n, 3, H, W), in eval mode, without gradients.
 
-    A model returning (n, C, h, w) maps is pooled over space; (n, C) outputs are used as they are. The
-    batches go to ``device`` (default: the device of the model's first parameter, the CPU for a
-    parameterless callable); the features come back on the CPU, in float32.
+    A model returning (n, C, h, w) maps is pooled over space (``pool=False``: the maps themselves, for
+    :func:`dense_probe_accuracy`); (n, C) outputs are used as they are. The batches go to ``device``
+    (default: the device of the model's first parameter, the CPU for a parameterless callable); the
+    features come back on the CPU, in float32.
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (n, 3, H, W), got {tuple(images.shape)}.")
@@ -31,8 +34,90 @@ def embed(
     with eval_mode(model):
         for (x,) in DataLoader(TensorDataset(images), batch_size=batch_size):
             f = model(x.to(device))
-            out.append((f.mean(dim=(2, 3)) if f.ndim == 4 else f).float().cpu())
+            if not pool and f.ndim != 4:
+                raise ValueError(f"pool=False needs a model that returns (n, C, h, w) maps, got {tuple(f.shape)}.")
+            out.append((f.mean(dim=(2, 3)) if f.ndim == 4 and pool else f).float().cpu())
     return torch.cat(out)
+
+
+def cell_labels(
+    masks: Tensor, labels: Tensor, grid: Tuple[int, int], min_fraction: float = 0.5, ignore_index: int = -1
+) -> Tensor:
+    """The class at each cell of a feature map, from an image's object masks: the class whose objects cover
+    at least ``min_fraction`` of the cell's pixels, else ``ignore_index`` (background, or no class dominates).
+
+    Args:
+        masks: (k, H, W) bool visible pixels of the image's k objects (k may be 0).
+        labels: (k,) their classes (>= 0).
+        grid: (h, w) of the feature map; cell (i, j) covers the pixels that adaptive average pooling from
+            (H, W) to (h, w) gives it (the exact 1/h x 1/w tile when h divides H and w divides W).
+        min_fraction: Share of the cell's pixels one class needs, in (0.5, 1] for a unique winner (0.5 too:
+            the larger share wins, ties go to the lower class).
+        ignore_index: Label of the cells no class holds.
+
+    Returns:
+        (h, w) int64 labels.
+    """
+    if masks.ndim != 3 or labels.shape != masks.shape[:1]:
+        raise ValueError(
+            f"masks must be (k, H, W) and labels (k,), got {tuple(masks.shape)} and {tuple(labels.shape)}."
+        )
+    if not 0.5 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in [0.5, 1], got {min_fraction}.")
+    h, w = int(grid[0]), int(grid[1])
+    out = torch.full((h, w), ignore_index, dtype=torch.int64)
+    if masks.shape[0] == 0:
+        return out
+    cover = torch.nn.functional.adaptive_avg_pool2d(masks.float()[None], (h, w))[0]  # (k, h, w) fractions
+    classes = torch.unique(labels)
+    per_class = torch.stack([cover[labels == c].sum(0) for c in classes])  # (classes, h, w)
+    share, best = per_class.max(0)
+    held = share >= min_fraction - 1e-6
+    out[held] = classes[best[held]]
+    return out
+
+
+def dense_probe_accuracy(
+    train_maps: Tensor,
+    train_cells: Tensor,
+    test_maps: Tensor,
+    test_cells: Tensor,
+    ignore_index: int = -1,
+    k: int = 20,
+) -> Dict[str, float]:
+    """kNN and linear-probe accuracy of feature-map cells: which object class is at each place of an image,
+    read from the frozen features there (the object-level, detection-like counterpart of the pooled probes).
+
+    Args:
+        train_maps: (n, C, h, w) feature maps of the labelled images (:func:`embed` with ``pool=False``).
+        train_cells: (n, h, w) their cell labels (:func:`cell_labels`), ``ignore_index`` where no class holds.
+        test_maps: (m, C, h, w) feature maps to classify.
+        test_cells: (m, h, w) their cell labels.
+        ignore_index: Cells left out of both sets.
+        k: Neighbours of the kNN.
+
+    Returns:
+        ``{"knn": ..., "linear": ..., "train_cells": ..., "test_cells": ...}``: accuracies in [0, 1] over the
+        labelled test cells, and how many cells each set had.
+    """
+    sets = []
+    for maps, cells, name in ((train_maps, train_cells, "train"), (test_maps, test_cells, "test")):
+        if maps.ndim != 4 or cells.shape != (maps.shape[0], *maps.shape[2:]):
+            raise ValueError(
+                f"{name}_maps must be (n, C, h, w) and {name}_cells (n, h, w), got {tuple(maps.shape)} and "
+                f"{tuple(cells.shape)}."
+            )
+        keep = cells != ignore_index
+        if not bool(keep.any()):
+            raise ValueError(f"No {name} cell has a label: the dense probe has nothing to {name}.")
+        sets.append((maps.permute(0, 2, 3, 1)[keep], cells[keep]))
+    (a, ya), (b, yb) = sets
+    return {
+        "knn": knn_accuracy(a, ya, b, yb, k=k),
+        "linear": linear_probe_accuracy(a, ya, b, yb),
+        "train_cells": float(len(ya)),
+        "test_cells": float(len(yb)),
+    }
 
 
 def knn_predict(

@@ -7,7 +7,7 @@ import gzip
 import struct
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -155,6 +155,9 @@ class ComposedScenes(Dataset):
         min_visible: Smallest fraction of an object's pixels that later objects may leave visible.
         image_only: Items are just the PIL image (no masks built), e.g. for a saliency refresh.
         root: Fashion-MNIST folder (see :func:`load_fashion_mnist`).
+        class_groups: Structured co-occurrence, as in real scenes (people with bicycles, cups on tables):
+            each scene draws one group (uniformly) and all its objects from that group's classes, e.g.
+            ``((0, 5), (1, 6), (2, 7), (3, 8), (4, 9))``. ``None`` (default): any class anywhere.
 
     Items are dicts ``{"image": PIL RGB image, "boxes": float32 (k, 4) normalized x0, y0, x1, y1
     (pixel (r, c) covers [c/W, (c+1)/W] x [r/H, (r+1)/H]), "labels": int64 (k,), "masks": bool
@@ -183,6 +186,7 @@ class ComposedScenes(Dataset):
         min_visible: float = 0.5,
         image_only: bool = False,
         root: Optional[Union[str, Path]] = None,
+        class_groups: Optional[Sequence[Sequence[int]]] = None,
     ) -> None:
         if num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}.")
@@ -206,6 +210,18 @@ class ComposedScenes(Dataset):
         self.min_visible = float(min_visible)
         self.image_only = bool(image_only)
         self.objects, self.object_labels = load_fashion_mnist(split, root)
+        self.class_groups: Optional[Tuple[Tuple[int, ...], ...]] = None
+        self._by_class: Dict[int, np.ndarray] = {}
+        if class_groups is not None:
+            groups = tuple(tuple(int(c) for c in g) for g in class_groups)
+            known = set(np.unique(self.object_labels).tolist())
+            if not groups or any(not g or not set(g) <= known for g in groups):
+                raise ValueError(
+                    f"class_groups must be non-empty groups of labels in {sorted(known)}, got {class_groups!r}."
+                )
+            self.class_groups = groups
+            used = sorted({c for g in groups for c in g})
+            self._by_class = {c: np.flatnonzero(self.object_labels == c) for c in used}
 
     def __repr__(self) -> str:
         return (
@@ -241,10 +257,16 @@ class ComposedScenes(Dataset):
         img = Image.fromarray(np.ascontiguousarray(crop)).resize((self.image_size,) * 2, Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.float32)
 
-    def _object(self, rng: np.random.Generator) -> Tuple[int, np.ndarray, np.ndarray]:
-        """A random object: its label, its (s, s, 3) float colours and its (s, s) bool mask."""
+    def _object(
+        self, rng: np.random.Generator, group: Optional[Tuple[int, ...]] = None
+    ) -> Tuple[int, np.ndarray, np.ndarray]:
+        """A random object (of a class of ``group`` if given): its label, (s, s, 3) float colours, (s, s) mask."""
         while True:
-            i = int(rng.integers(len(self.objects)))
+            if group is None:
+                i = int(rng.integers(len(self.objects)))
+            else:
+                pool = self._by_class[group[int(rng.integers(len(group)))]]
+                i = int(pool[int(rng.integers(len(pool)))])
             side = max(8, int(round(rng.uniform(*self.object_scale) * self.image_size)))
             grey = Image.fromarray(self.objects[i]).resize((side, side), Image.Resampling.BILINEAR)
             g = np.asarray(grey, dtype=np.float32)
@@ -272,12 +294,13 @@ class ComposedScenes(Dataset):
         S = self.image_size
         canvas = self._background(rng)
         k = int(rng.integers(self.min_objects, self.max_objects + 1))
+        group = None if self.class_groups is None else self.class_groups[int(rng.integers(len(self.class_groups)))]
         masks: List[np.ndarray] = []
         full_areas: List[int] = []
         labels: List[int] = []
         failures = 0
         while len(masks) < k and not (failures >= 20 and len(masks) >= self.min_objects):
-            label, colours, local = self._object(rng)
+            label, colours, local = self._object(rng, group)
             placed = None
             for _ in range(50):
                 s = local.shape[0]

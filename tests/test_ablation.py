@@ -109,3 +109,30 @@ def test_gate_and_oracle_fraction_by_hand() -> None:
     assert ablation.oracle_fraction(half, gt, byol, "knn").startswith("- (oracle gain < 2 points)")
     small_gain = [run(s, b["knn"] + 0.01, 0.40) for s, b in zip(range(3), byol)]  # +1 point: no fraction
     assert ablation.oracle_fraction(half, byol, small_gain, "knn").startswith("- (oracle gain < 2 points)")
+
+
+def test_rescore_adds_the_dense_probe_from_the_kept_weights(tmp_path) -> None:
+    """Runs kept from before the dense probe get it from their backbone.pt, which must reproduce their pooled
+    accuracies (so the weights are the run's)."""
+    out = tmp_path / "abl"
+    argv = [
+        "--smoke",
+        "--no-sgcl",
+        "--epochs",
+        "1",
+        "--seed",
+        "0",
+        "--out",
+        str(out / "byol" / "seed0"),
+        "--no-progress",
+    ]
+    run = ablation.sgcl_train.main(argv, method="byol")
+    kept = {**run, "argv": argv}
+    old = {k: v for k, v in kept.items() if k not in ("dense_knn", "dense_linear")}  # as a run of before
+    results = {"byol/seed0": dict(old)}
+    assert ablation.rescore(results, tmp_path / "elsewhere", [out]) == 1
+    assert results["byol/seed0"]["dense_knn"] == pytest.approx(run["dense_knn"], abs=1e-6)
+    assert results["byol/seed0"]["dense_linear"] == pytest.approx(run["dense_linear"], abs=1e-6)
+    assert ablation.rescore(results, out, []) == 0  # nothing left to add
+    with pytest.raises(RuntimeError, match="not the run's weights"):
+        ablation.rescore({"byol/seed0": {**old, "knn": old["knn"] + 0.05}}, out, [])

@@ -1,11 +1,18 @@
-"""kNN and linear-probe evaluation against brute force and on separable data."""
+"""kNN, linear-probe and dense-probe evaluation against brute force, hand-computed cell labels and separable data."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sgcl_plugin.evaluation import embed, knn_accuracy, knn_predict, linear_probe_accuracy
+from sgcl_plugin.evaluation import (
+    cell_labels,
+    dense_probe_accuracy,
+    embed,
+    knn_accuracy,
+    knn_predict,
+    linear_probe_accuracy,
+)
 
 
 def brute_force_knn(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, k: int, t: float) -> torch.Tensor:
@@ -50,6 +57,53 @@ def test_embed_pools_feature_maps_and_restores_train_mode() -> None:
         torch.testing.assert_close(f, model.eval()(x).mean(dim=(2, 3)))
     with pytest.raises(ValueError, match="n, 3, H, W"):
         embed(model, x[0])
+
+
+def test_cell_labels_by_hand() -> None:
+    # an 8 x 8 image on a 2 x 2 grid: cells are the 4 x 4 quadrants (16 pixels each)
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True  # class 7 fills the top-left cell
+    masks[1, :4, 4:6] = True  # class 2 covers 8 / 16 of the top-right cell ...
+    masks[2, :4, 6:7] = True  # ... and class 5 4 / 16 of it: class 2 holds it at 0.5, not at 0.6
+    masks[1, 4:6, :3] = True  # class 2 covers 6 / 16 of the bottom-left cell: held by nobody
+    labels = torch.tensor([7, 2, 5])
+    assert cell_labels(masks, labels, (2, 2)).tolist() == [[7, 2], [-1, -1]]
+    assert cell_labels(masks, labels, (2, 2), min_fraction=0.6).tolist() == [[7, -1], [-1, -1]]
+    # two objects of one class add up: 6 + 4 = 10 / 16 of the bottom-right cell for class 3
+    both = torch.zeros(2, 8, 8, dtype=torch.bool)
+    both[0, 4:7, 4:6], both[1, 4:8, 6:7] = True, True
+    assert cell_labels(both, torch.tensor([3, 3]), (2, 2), ignore_index=9).tolist() == [[9, 9], [9, 3]]
+    assert cell_labels(torch.zeros(0, 8, 8, dtype=torch.bool), torch.zeros(0, dtype=torch.long), (4, 2)).shape == (4, 2)
+    with pytest.raises(ValueError, match="min_fraction"):
+        cell_labels(masks, labels, (2, 2), min_fraction=0.3)
+    with pytest.raises(ValueError, match="masks must be"):
+        cell_labels(masks, labels[:2], (2, 2))
+
+
+def test_dense_probe_reads_the_cells_and_ignores_the_rest() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, generator=g) * 4
+
+    def maps(n: int) -> tuple:
+        cells = torch.randint(-1, 4, (n, 3, 3), generator=g)  # -1: background cells, noise features
+        x = torch.randn(n, 3, 3, 8, generator=g) + torch.where(cells[..., None] >= 0, centres[cells.clamp(min=0)], 0)
+        return x.permute(0, 3, 1, 2), cells
+
+    (a, ya), (b, yb) = maps(60), maps(30)
+    result = dense_probe_accuracy(a, ya, b, yb)
+    assert result["knn"] > 0.95 and result["linear"] > 0.95
+    assert result["train_cells"] == float((ya >= 0).sum()) and result["test_cells"] == float((yb >= 0).sum())
+    # the same cells with their labels shuffled among images: nothing to read
+    shuffled = dense_probe_accuracy(a, ya, b, yb[torch.randperm(30, generator=g)])
+    assert shuffled["knn"] < 0.5
+    with pytest.raises(ValueError, match="has a label"):
+        dense_probe_accuracy(a, ya, b, torch.full_like(yb, -1))
+    with pytest.raises(ValueError, match="train_cells"):
+        dense_probe_accuracy(a, ya[:, :2], b, yb)
+    model = torch.nn.Conv2d(3, 4, 3)
+    assert embed(model, torch.randn(5, 3, 8, 8), pool=False).shape == (5, 4, 6, 6)
+    with pytest.raises(ValueError, match="pool=False"):
+        embed(torch.nn.Flatten(), torch.randn(5, 3, 8, 8), pool=False)
 
 
 def test_bad_input() -> None:

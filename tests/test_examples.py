@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,7 +92,16 @@ def test_testbed_options(tmp_path) -> None:
     result = sgcl_train.main(["--smoke", "--no-progress", "--epochs", "0", "--eval-data", "isolated",
                               "--objects", "1", "2", "--out", str(tmp_path / "iso")])  # fmt: skip
     assert 0.0 <= result["knn"] <= 1.0
-    for bad in (["--objects", "3", "2"], ["--crop-scale", "0", "1"], ["--hue", "0.7"], ["--grayscale-p", "2"]):
+    # --co-occurrence 2: training and evaluation scenes draw each scene's objects from one pair (c, c + 5)
+    assert sgcl_train.class_groups(2) == ((0, 5), (1, 6), (2, 7), (3, 8), (4, 9))
+    assert sgcl_train.class_groups(10) is None
+    paired = sgcl_train.training_scenes(sgcl_train.parse_args(["--smoke", "--co-occurrence", "2"]))
+    assert all(len({c % 5 for c in paired[i]["labels"].tolist()}) == 1 for i in range(len(paired)))
+    pair_sets = sgcl_train.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (2, 2),
+                                                  False, co_occurrence=2)  # fmt: skip
+    assert len(set(pair_sets["test_y"].tolist())) > 2  # every class stays in the evaluation, paired per scene
+    for bad in (["--objects", "3", "2"], ["--crop-scale", "0", "1"], ["--hue", "0.7"], ["--grayscale-p", "2"],
+                ["--co-occurrence", "3"]):  # fmt: skip
         with pytest.raises(SystemExit):
             sgcl_train.parse_args(bad)
 
@@ -300,7 +310,26 @@ def test_eval_every_draws_curves_without_changing_training(tmp_path) -> None:
     assert [h["epoch"] for h in curves["history"]] == [0.0, 1.0, 2.0]
     assert curves["history"][-1]["knn"] == curves["knn"] and curves["history"][-1]["linear"] == curves["linear"]
     rows = (tmp_path / "curves" / "eval.csv").read_text().strip().splitlines()
-    assert rows[0] == "epoch,knn,linear" and [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert rows[0] == "epoch,knn,linear,dense_knn,dense_linear"
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    # the dense probe, again from backbone.pt: cells labelled from the scenes' own masks (not the index maps)
+    from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed
+    from sgcl_plugin.scenes import ComposedScenes
+
+    args = sgcl_train.parse_args([*common, "--out", str(tmp_path / "plain")], method="byol")
+    model = sgcl_train.SSLModel("byol", args.arch, args.hidden_dim, args.proj_dim, args.width)
+    model.backbone.load_state_dict(torch.load(tmp_path / "plain" / "backbone.pt", weights_only=True))
+    probe = []
+    for split, n, seed in (("train", 30, 1001), ("test", 20, 1002)):
+        scenes = ComposedScenes(n, image_size=args.image_size, seed=seed, split=split, object_scale=args.object_scale,
+                                min_objects=args.objects[0], max_objects=args.objects[1])  # fmt: skip
+        items = [scenes[i] for i in range(n)]
+        x = torch.stack([torch.as_tensor(np.asarray(it["image"])).permute(2, 0, 1) for it in items]).float() / 255
+        maps = embed(model.backbone, sgcl_train.imagenet_normalize(x), pool=False)
+        probe += [maps, torch.stack([cell_labels(it["masks"], it["labels"], maps.shape[2:]) for it in items])]
+    dense = dense_probe_accuracy(*probe)
+    assert plain["dense_knn"] == pytest.approx(dense["knn"], abs=1e-6)
+    assert plain["dense_linear"] == pytest.approx(dense["linear"], abs=1e-6)
     # evaluating in between draws no random numbers and leaves train mode as it was: same weights, same result
     a = torch.load(tmp_path / "plain" / "backbone.pt")
     b = torch.load(tmp_path / "curves" / "backbone.pt")
@@ -367,6 +396,10 @@ def test_demo_runs_both_methods_and_draws_the_pairs(tmp_path, capsys) -> None:
     assert list((tmp_path / "sgcl" / "saliency").glob("refresh_01_*.png"))
     text = capsys.readouterr().out
     assert "untrained network" in text and "SGCL, refresh by refresh" in text
+    # the dense probe is printed beside the pooled one, for the untrained network too (its epoch-0 evaluation)
+    line = next(t for t in text.splitlines() if t.strip().startswith("SGCL-SimCLR"))
+    assert f"{100 * sgcl['dense_knn']:.1f}%" in line and f"{100 * sgcl['linear']:.1f}%" in line
+    assert "dense_knn" in plain["history"][0]
 
 
 def test_device_augmentations_differ_by_rank_and_repeat_by_step(tmp_path) -> None:

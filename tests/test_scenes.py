@@ -130,6 +130,26 @@ def test_object_counts_and_labels(scenes: ComposedScenes) -> None:
     assert all(few[i]["labels"].numel() == 1 for i in range(10))
 
 
+def test_class_groups_give_structured_co_occurrence(scenes: ComposedScenes) -> None:
+    groups = ((0, 5), (1, 6), (2, 7), (3, 8), (4, 9))
+    paired = ComposedScenes(60, image_size=96, split="test", seed=3, class_groups=groups)
+    drawn, both = set(), 0
+    for i in range(len(paired)):
+        labels = set(paired[i]["labels"].tolist())
+        group = [g for g in groups if labels <= set(g)]
+        assert len(group) == 1, labels  # every object of a scene from one pair of classes
+        drawn.add(group[0])
+        both += len(labels) == 2
+    assert drawn == set(groups) and both > len(paired) // 2  # every pair drawn; most scenes show both classes
+    # the default (any class anywhere) is untouched: the same pixels as before the option existed
+    np.testing.assert_array_equal(pixels(ComposedScenes(24, image_size=96, split="test", seed=3, class_groups=None), 5),
+                                  pixels(scenes, 5))  # fmt: skip
+    with pytest.raises(ValueError, match="class_groups"):
+        ComposedScenes(4, split="test", class_groups=((0, 11),))
+    with pytest.raises(ValueError, match="class_groups"):
+        ComposedScenes(4, split="test", class_groups=((),))
+
+
 def test_background_is_not_blank(scenes: ComposedScenes) -> None:
     for i in range(6):
         item = scenes[i]
