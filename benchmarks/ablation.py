@@ -641,16 +641,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     )  # fmt: skip
     argv = list(sys.argv[1:] if argv is None else argv)
     # the command that produces the numbers: without the flags that only redo the report or start over, and
-    # without --merge and its files (an input of this call, not part of the command that made them)
+    # without --merge / --rescore and their files or folders (inputs of this call, not of the command that made them)
     shown = argv
-    if "--merge" in argv:
-        i = argv.index("--merge")
-        n = next((j for j, a in enumerate(argv[i + 1 :], i + 1) if a.startswith("--")), len(argv))
-        shown = argv[:i] + argv[n:]
-    if "--rescore" in shown:
-        i = shown.index("--rescore")
-        n = next((j for j, a in enumerate(shown[i + 1 :], i + 1) if a.startswith("--")), len(shown))
-        shown = shown[:i] + shown[n:]
+    for flag in ("--merge", "--rescore"):
+        if flag in shown:
+            i = shown.index(flag)
+            n = next((j for j, a in enumerate(shown[i + 1 :], i + 1) if a.startswith("--")), len(shown))
+            shown = shown[:i] + shown[n:]
     command = " ".join(["python benchmarks/ablation.py", *(a for a in shown if a not in ("--report-only", "--fresh"))])
     extra: List[str] = []
     if "--" in argv:

@@ -452,12 +452,16 @@ def scene_dense_eval_sets(
     return out
 
 
-def scene_cells(owners: Sequence[Tensor], labels: Sequence[Tensor], grid: Tuple[int, int]) -> Tensor:
-    """(n, h, w) cell labels (:func:`sgcl_plugin.evaluation.cell_labels`) of scenes given as index maps."""
-    return torch.stack([
-        cell_labels(owner[None] == torch.arange(len(lab), dtype=torch.int8)[:, None, None], lab, grid)
-        for owner, lab in zip(owners, labels)
-    ])  # fmt: skip
+def scene_cells(dense: Dict[str, Any], split: str, grid: Tuple[int, int]) -> Tensor:
+    """(n, h, w) cell labels (:func:`sgcl_plugin.evaluation.cell_labels`) of a split of
+    :func:`scene_dense_eval_sets`, kept in that (cached) dict per grid: every later evaluation reuses them."""
+    key = f"{split}_cells_{grid[0]}x{grid[1]}"
+    if key not in dense:
+        dense[key] = torch.stack([
+            cell_labels(owner[None] == torch.arange(len(lab), dtype=torch.int8)[:, None, None], lab, grid)
+            for owner, lab in zip(dense[f"{split}_owner"], dense[f"{split}_labels"])
+        ])  # fmt: skip
+    return dense[key]
 
 
 def evaluate_backbone(
@@ -488,12 +492,13 @@ def evaluate_backbone(
             tuple(a.objects), a.co_occurrence,
         )  # fmt: skip
         maps = {s: embed(backbone, dense[f"{s}_x"], device=device, pool=False) for s in ("train", "test")}
-        cells = {s: scene_cells(dense[f"{s}_owner"], dense[f"{s}_labels"], maps[s].shape[2:]) for s in maps}
+        cells = {s: scene_cells(dense, s, (maps[s].shape[2], maps[s].shape[3])) for s in maps}
         probe = dense_probe_accuracy(maps["train"], cells["train"], maps["test"], cells["test"])
         result.update(dense_knn=probe["knn"], dense_linear=probe["linear"])
     return result
 
 
+@functools.lru_cache(maxsize=2)  # built once per run (evaluate_backbone calls it at every evaluation)
 def fashion_eval_sets(n_train: int, n_test: int, size: int) -> Dict[str, Tensor]:
     """Fashion-MNIST objects (grey on black, as RGB), resized to the crop size and normalized."""
     from sgcl_plugin.scenes import load_fashion_mnist
@@ -748,9 +753,7 @@ class Trainer:
         # map is ContrastiveCrop's, on the last map).
         stride = 32 if args.regions == "heatmap" else args.saliency_stride
         self.saliency_backbone = feature_maps(self.model.backbone, None if stride == 32 else stride)
-        if args.sgcl and args.regions == "gt":
-            if args.data != "composed":
-                raise ValueError("--regions gt needs the composed scenes (--data composed): a folder has no boxes.")
+        if args.sgcl and args.regions == "gt":  # parse_args refuses it with a folder (no boxes)
             self.fill_bank_with_true_boxes()
         self.total_steps = self.steps_per_epoch * args.epochs
         self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)

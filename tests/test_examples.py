@@ -218,6 +218,7 @@ def test_training_outputs_load_where_the_docs_say(tmp_path) -> None:
         (["--lr", "0"], "--lr must be a finite number > 0"),
         (["--ema", "1.5"], "--ema must be in"),
         (["--epochs", "0", "--no-eval"], "does nothing"),
+        (["--data", "tests", "--regions", "gt"], "--regions gt needs the composed scenes"),
     ],
 )
 def test_bad_options_are_refused_at_start(argv: list, match: str, capsys: pytest.CaptureFixture) -> None:
