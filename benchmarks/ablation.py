@@ -46,12 +46,24 @@ def markers(config_name: str) -> Tuple[str, str]:
 ROWS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "untrained": ("byol", ("--no-sgcl", "--epochs", "0"), "untrained network (no step)"),
     "byol": ("byol", ("--no-sgcl",), "BYOL (random crops)"),
-    "byol+crops": ("byol", ("--no-inter", "--no-scores"), "+ SGCL crops"),
-    "byol+crops+scores": ("byol", ("--no-inter",), "+ scores, no inter-image loss (= SGCL-SimCLR's default)"),
-    "byol+crops+inter": ("byol", ("--inter", "--no-scores"), "+ inter-image loss"),
-    "sgcl-byol": ("byol", ("--inter",), "+ scores = SGCL-BYOL"),
+    # The SGCL rows kept from before the hierarchy mode ran the objects mode (then the trainer's default): they
+    # name it, so that a rerun means what the kept runs mean.
+    "byol+crops": ("byol", ("--regions", "objects", "--no-inter", "--no-scores"), "+ SGCL crops"),
+    "byol+crops+scores": (
+        "byol",
+        ("--regions", "objects", "--no-inter"),
+        "+ scores, no inter-image loss (= SGCL-SimCLR's default)",
+    ),
+    "byol+crops+inter": ("byol", ("--regions", "objects", "--inter", "--no-scores"), "+ inter-image loss"),
+    "sgcl-byol": ("byol", ("--regions", "objects", "--inter"), "+ scores = SGCL-BYOL"),
+    "hier-crops": ("byol", ("--regions", "hierarchy", "--no-inter", "--no-scores"), "+ SGCL crops, hierarchy mode"),
+    "hier-crops+scores": (
+        "byol",
+        ("--regions", "hierarchy", "--no-inter"),
+        "+ scores, hierarchy mode (= SGCL-SimCLR's default since 0.2)",
+    ),
     "simclr": ("simclr", ("--no-sgcl",), "SimCLR (random crops)"),
-    "sgcl-simclr": ("simclr", (), "SGCL-SimCLR"),
+    "sgcl-simclr": ("simclr", ("--regions", "objects"), "SGCL-SimCLR"),
     "sgcl-paper": ("byol", ("--regions", "paper", "--saliency-stride", "32"), "SGCL, paper mode (bipartition)"),
     "paper-crops": (
         "byol",
@@ -65,19 +77,20 @@ ROWS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
         ("--regions", "gt", "--no-inter", "--no-scores"),
         "ground-truth crops only (no inter, no scores)",
     ),
-    "t1": ("byol", ("--num-regions", "1"), "t = 1"),
-    "t2": ("byol", ("--num-regions", "2"), "t = 2"),
-    "t4": ("byol", ("--num-regions", "4"), "t = 4"),
-    "interval-alt": ("byol", (), "refresh interval (alternative)"),  # options filled from the configuration
-    "warmup": ("byol", (), "first refresh after a warm-up"),  # options filled from the configuration
+    "t1": ("byol", ("--regions", "objects", "--num-regions", "1"), "t = 1"),
+    "t2": ("byol", ("--regions", "objects", "--num-regions", "2"), "t = 2"),
+    "t4": ("byol", ("--regions", "objects", "--num-regions", "4"), "t = 4"),
+    "interval-alt": ("byol", ("--regions", "objects"), "refresh interval (alternative)"),  # + the configuration's
+    "warmup": ("byol", ("--regions", "objects"), "first refresh after a warm-up"),  # + the configuration's
 }
 
 TABLES: List[Tuple[str, str, List[str]]] = [
     ("Components (paper Table 4)", "BYOL 76.9, + crops 78.6, + inter 81.1, + scores 83.2",
-     ["byol", "byol+crops", "byol+crops+scores", "byol+crops+inter", "sgcl-byol", "gt-crops", "gt"]),
+     ["byol", "byol+crops", "byol+crops+scores", "hier-crops", "hier-crops+scores", "byol+crops+inter", "sgcl-byol",
+      "gt-crops", "gt"]),
     ("SimCLR (paper: VOC07 75.3 -> 78.5)", "", ["simclr", "sgcl-simclr"]),
     ("Where the regions come from (paper Table 7)", "Selective Search 80.3, SGCL 83.2, ground truth 84.7",
-     ["byol", "heatmap", "sgcl-paper", "sgcl-byol", "gt", "paper-crops", "byol+crops", "gt-crops"]),
+     ["byol", "heatmap", "sgcl-paper", "sgcl-byol", "gt", "paper-crops", "byol+crops", "hier-crops", "gt-crops"]),
     ("Region pairs per image t (paper Table 8)", "t = 1 / 2 / 4 / 8: 78.7 / 80.8 / 83.2 / 84.4",
      ["t1", "t2", "t4", "sgcl-byol"]),
     ("Refresh interval (paper Table 6)", "every 5 / 10 / 20 / 50 epochs: 83.3 / 83.2 / 83.0 / 82.7",
@@ -96,11 +109,12 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "options": ["--testbed", "--inter"],
         "interval_alt": 16,
         "warmup": 16,
-        "rows": ["untrained", "byol", "gt-crops", "gt", "byol+crops", "byol+crops+scores", "sgcl-byol", "sgcl-paper",
-                 "paper-crops", "heatmap", "t1", "t4", "warmup"],
+        "rows": ["untrained", "byol", "gt-crops", "gt", "byol+crops", "byol+crops+scores", "hier-crops",
+                 "hier-crops+scores", "sgcl-byol", "sgcl-paper", "paper-crops", "heatmap", "t1", "t4", "warmup"],
         "seeds": [0, 1, 2],
         # two more seeds for the gate's rows and SGCL's crops (about 1 h more on 2 cores)
-        "more_seeds": {"seeds": [3, 4], "rows": ["untrained", "byol", "gt-crops", "byol+crops", "byol+crops+scores"]},
+        "more_seeds": {"seeds": [3, 4], "rows": ["untrained", "byol", "gt-crops", "byol+crops", "byol+crops+scores",
+                                                  "hier-crops", "hier-crops+scores"]},
         "summary": "evidence_summary.json",
     },
     # about 85 minutes for 11 rows x 3 seeds on a 2-core CPU (24 steps per run: a miniature indeed). The

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
 from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
-from sgcl_plugin.features import feature_maps
+from sgcl_plugin.features import feature_maps, hierarchy_strides
 from sgcl_plugin.image_folder import ImageFiles
 from sgcl_plugin.items import flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
@@ -73,13 +73,16 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
     p.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
     p.add_argument(
-        "--regions", choices=("objects", "paper", "ncut", "heatmap", "gt"), default="objects",
-        help="region source: SGCL's Ncut in objects mode (k-way cut, parts scored by objectness) or paper mode "
-        "(Eq. 4-5; 'ncut' is an old name for it), a ContrastiveCrop-style heat map, or the composed scenes' true boxes",
+        "--regions", choices=("hierarchy", "objects", "paper", "ncut", "heatmap", "gt"), default="hierarchy",
+        help="region source: SGCL's Ncut in hierarchy mode (k-way parts merged into whole objects, scored), objects "
+        "mode (the parts themselves) or paper mode (Eq. 4-5; 'ncut' is an old name for it), a ContrastiveCrop-style "
+        "heat map, or the composed scenes' true boxes",
     )  # fmt: skip
     p.add_argument(
-        "--saliency-stride", type=int, default=16,
-        help="feature stride the refresh reads (16: the stride-16 stage; 32: the last map, the paper's)",
+        "--saliency-stride", type=int, nargs="+", default=None, metavar="STRIDE",
+        help="feature stride(s) the refresh reads: one (16: the stride-16 stage; 32: the last map, the paper's) or "
+        "two (fine coarse, hierarchy mode). Default: the last map and the stage at half its stride for hierarchy "
+        "(ResNet: 16 32), 16 otherwise",
     )  # fmt: skip
     p.add_argument(
         "--before-refresh", choices=("crops", "regions"), default="crops",
@@ -218,8 +221,18 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         args.inter = args.method != "simclr"
     if args.num_regions < 1 or args.every_n_epochs < 1:
         parser.error("--num-regions and --every-n-epochs must be >= 1")
-    if args.saliency_stride not in (8, 16, 32):
-        parser.error(f"--saliency-stride must be 8, 16 or 32, got {args.saliency_stride}")
+    strides = args.saliency_stride or []
+    if (
+        len(strides) > 2
+        or any(v not in (8, 16, 32) for v in strides)
+        or (len(strides) == 2 and strides[0] >= strides[1])
+    ):
+        parser.error(
+            f"--saliency-stride takes one or two (fine < coarse) of 8, 16, 32, got {' '.join(map(str, strides))}"
+        )
+    if len(strides) == 2 and args.regions != "hierarchy":
+        parser.error("two --saliency-stride values are for --regions hierarchy (the other modes read one map)")
+
     if not (math.isfinite(args.box_jitter) and args.box_jitter >= 0):
         parser.error(f"--box-jitter must be a finite number >= 0, got {args.box_jitter}")
     for flag, value, low in (
@@ -249,7 +262,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
     if not 0.0 <= args.ema <= 1.0:
         parser.error(f"--ema must be in [0, 1], got {args.ema}")
     # The refresh needs a feature grid of at least 2 x 2 cells (3 for the objects mode) at its stride.
-    stride = 32 if args.regions == "heatmap" else args.saliency_stride
+    stride = 32 if args.regions == "heatmap" else max(strides or [32 if args.regions == "hierarchy" else 16])
     if args.sgcl and args.regions != "gt" and args.saliency_size < 2 * stride:
         parser.error(
             f"--saliency-size {args.saliency_size} gives a feature grid under 2 x 2 cells at stride {stride}; "
@@ -747,12 +760,19 @@ class Trainer:
         if args.regions == "heatmap":
             self.generator: SaliencyGenerator = ChannelSumGenerator()
         else:
-            mode = "paper" if args.regions in ("paper", "ncut") else "objects"
+            mode = {"paper": "paper", "ncut": "paper", "objects": "objects"}.get(args.regions, "hierarchy")
             self.generator = SaliencyGenerator(min_area=args.min_area, regions=mode)  # type: ignore[arg-type]
-        # What the refresh reads: the backbone's stage at --saliency-stride (its own output at 32; the heat
-        # map is ContrastiveCrop's, on the last map).
-        stride = 32 if args.regions == "heatmap" else args.saliency_stride
-        self.saliency_backbone = feature_maps(self.model.backbone, None if stride == 32 else stride)
+        # What the refresh reads: the backbone's stage(s) at --saliency-stride (its own output at 32; the heat
+        # map is ContrastiveCrop's, on the last map; hierarchy mode by default the last map and the stage at half
+        # its stride).
+        strides = args.saliency_stride
+        if args.regions == "heatmap":
+            self.saliency_backbone = feature_maps(self.model.backbone)
+        elif strides is None and args.regions == "hierarchy":
+            self.saliency_backbone = feature_maps(self.model.backbone, hierarchy_strides(self.model.backbone))
+        else:
+            stride = tuple(strides) if strides and len(strides) == 2 else (strides[0] if strides else 16)
+            self.saliency_backbone = feature_maps(self.model.backbone, None if stride == 32 else stride)
         if args.sgcl and args.regions == "gt":  # parse_args refuses it with a folder (no boxes)
             self.fill_bank_with_true_boxes()
         self.total_steps = self.steps_per_epoch * args.epochs

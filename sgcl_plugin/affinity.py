@@ -13,8 +13,11 @@ Affinity = Literal["clamp", "binary"]
 AFFINITIES = ("clamp", "binary")
 
 
-def check_feature_map(features: Tensor) -> None:
-    """Raises a clear error unless ``features`` is a finite (B, C, h, w) floating point map."""
+def check_feature_map(features: Tensor, values: bool = True) -> None:
+    """Raises a clear error unless ``features`` is a finite (B, C, h, w) floating point map.
+
+    ``values=False`` checks everything but finiteness (for a caller that finds NaN/Inf on its own
+    pass over the values: :func:`unit_features`)."""
     if not isinstance(features, Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}.")
     if features.ndim != 4:
@@ -40,12 +43,16 @@ def check_feature_map(features: Tensor) -> None:
         raise TypeError(f"features must be a floating point tensor, got {features.dtype}.")
     # One cheap reduction first (NaN and Inf propagate through a float64 sum); the element-wise
     # check only runs to name the culprits.
-    if not torch.isfinite(features.sum(dim=(1, 2, 3), dtype=torch.float64)).all():
-        bad = ~torch.isfinite(features).flatten(1).all(dim=1)
-        raise ValueError(
-            f"features contain NaN or Inf values (images {bad.nonzero().flatten().tolist()} of the "
-            "batch); check the backbone (diverged training? fp16 overflow?)."
-        )
+    if values and not torch.isfinite(features.sum(dim=(1, 2, 3), dtype=torch.float64)).all():
+        _non_finite(features)
+
+
+def _non_finite(features: Tensor) -> None:
+    bad = ~torch.isfinite(features).flatten(1).all(dim=1)
+    raise ValueError(
+        f"features contain NaN or Inf values (images {bad.nonzero().flatten().tolist()} of the "
+        "batch); check the backbone (diverged training? fp16 overflow?)."
+    )
 
 
 def tokens_to_map(tokens: Tensor, h: int, w: int, num_prefix_tokens: int = 0) -> Tensor:
@@ -94,17 +101,35 @@ def cosine_affinity(
     Returns:
         Affinities (B, h*w, h*w), float32 (float64 for float64 features).
     """
-    check_feature_map(features)
+    _check_options(mode, eps)
+    return unit_affinity(unit_features(features), mode, eps, tau)
+
+
+def _check_options(mode: str, eps: float) -> None:
     if mode not in AFFINITIES:
         raise ValueError(f"Unknown affinity '{mode}'; choose one of {AFFINITIES}.")
     if eps <= 0:
         raise ValueError(f"eps must be positive (it keeps every degree > 0), got {eps}.")
+
+
+def unit_features(features: Tensor) -> Tensor:
+    """The checked feature map's cells as unit vectors (B, h*w, C), float32 (float64 for float64
+    input); a zero vector stays zero."""
+    check_feature_map(features, values=False)
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     f = features.to(dtype).flatten(2).transpose(1, 2)  # (B, N, C)
     # Scale each vector by its largest entry first: the norm of 1e20-sized features overflows float32.
-    f = f / f.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
-    f = torch.nn.functional.normalize(f, dim=-1)  # zero vectors stay zero
+    scale = f.abs().amax(dim=-1, keepdim=True)
+    if not torch.isfinite(scale).all():  # amax propagates NaN and Inf: this is the finiteness check
+        _non_finite(features)
+    f = f / scale.clamp(min=torch.finfo(dtype).tiny)
+    return torch.nn.functional.normalize(f, dim=-1)
+
+
+def unit_affinity(f: Tensor, mode: Affinity = "clamp", eps: float = 1e-5, tau: float = 0.2) -> Tensor:
+    """:func:`cosine_affinity` of cells already given as unit vectors (B, N, C) (:func:`unit_features`)."""
+    _check_options(mode, eps)
     W = f @ f.transpose(1, 2)
     if mode == "clamp":
         return W.clamp_(min=0).add_(eps)
-    return torch.where(W > tau, 1.0, eps).to(dtype)
+    return torch.where(W > tau, 1.0, eps).to(f.dtype)

@@ -7,7 +7,7 @@ Lightning adapters) calls on the user's model; :class:`FeatureMaps` reads a stag
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -89,12 +89,14 @@ class _CastInput(nn.Module):
         super().__init__()
         self.backbone, self.dtype = backbone, dtype
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Any:
         out = self.backbone(x.to(self.dtype))
+        if isinstance(out, tuple) and all(isinstance(o, Tensor) for o in out):
+            return tuple(o.float() for o in out)
         return out.float() if isinstance(out, Tensor) else out
 
 
-def feature_maps(model: Any, stride: Optional[int] = None) -> Any:
+def feature_maps(model: Any, stride: Optional[Union[int, Tuple[int, int]]] = None) -> Any:
     """What a saliency refresh runs: a module mapping (B, 3, S, S) images to feature maps (B, C, h, w).
 
     - A model with a ``backbone`` attribute (lightly / solo-learn models) gives its backbone.
@@ -137,6 +139,30 @@ def feature_maps(model: Any, stride: Optional[int] = None) -> Any:
     if param is not None and param.is_floating_point() and param.dtype != torch.float32:
         out = _CastInput(out, param.dtype)
     return out
+
+
+@torch.no_grad()
+def hierarchy_strides(model: Any, probe_size: int = 256) -> Tuple[int, int]:
+    """``(S / 2, S)``: the stride S of the backbone's last spatial map and half of it, what
+    ``SaliencyGenerator(regions="hierarchy")`` reads by default (ResNet-50: (16, 32); a last map at
+    stride 16: (8, 16)). Found with one probe forward (in eval mode, modes restored).
+
+    Raises:
+        ValueError: the last map is not a (B, C, h, w) map, or its stride is under 2.
+    """
+    from sgcl_plugin.refresh import eval_mode
+
+    backbone = feature_maps(model)
+    param = next(iter(_unwrap(model).parameters()), None) if isinstance(_unwrap(model), nn.Module) else None
+    x = torch.zeros(1, 3, probe_size, probe_size, device=param.device if param is not None else None)
+    with eval_mode(backbone):
+        out = backbone(x)
+    if not isinstance(out, Tensor) or out.ndim != 4:
+        raise ValueError("The backbone's last output is not a feature map (B, C, h, w): give the strides explicitly.")
+    stride = probe_size // out.shape[-1]
+    if stride < 2:
+        raise ValueError(f"The backbone's last map has stride {stride}: no coarser/finer pair to read.")
+    return stride // 2, stride
 
 
 def feature_map_backbone(model: Any) -> Any:
@@ -245,7 +271,9 @@ def _probe(model: nn.Module, names: Sequence[str], probe_size: int) -> List[Any]
 class FeatureMaps(nn.Module):
     """Wraps a backbone so that it returns the feature map of chosen layers, for saliency.
 
-    Give a ``stride`` (the layer is found with :func:`find_stride_layer`) or explicit module
+    Give a ``stride`` (the layer is found with :func:`find_stride_layer`), a pair of strides
+    ``(fine, coarse)`` (returns the two maps as a tuple, what ``SaliencyGenerator(regions="hierarchy")``
+    reads: parts from the fine map, saliency and objectness from both), or explicit module
     ``layers`` (names as in ``model.named_modules()``, e.g. ``"layer3"`` of a torchvision ResNet,
     ``"_blocks.10"`` of EfficientNet-Lite0; ``""`` is the model's own output). The forward pass
     stops once the deepest requested layer has run. With several layers each map is L2-normalized
@@ -258,7 +286,7 @@ class FeatureMaps(nn.Module):
     Args:
         model: Any module mapping an image batch (B, 3, H, W) to outputs; the hooked modules must
             run during its forward.
-        stride: Feature stride to find (ignored when ``layers`` is given).
+        stride: Feature stride to find, or ``(fine, coarse)`` strides (ignored when ``layers`` is given).
         layers: Module names to read.
         probe_size: Input side of the probe that finds the layer.
 
@@ -270,12 +298,13 @@ class FeatureMaps(nn.Module):
         >>> fmap = FeatureMaps(backbone, stride=16)  # layer3: (B, 1024, H/16, W/16)
         >>> bank = SaliencyGenerator(regions="objects").refresh(fmap, dataset)
         >>> FeatureMaps(backbone, layers=["layer3", "layer4"])  # both, at stride 16
+        >>> FeatureMaps(backbone, stride=(16, 32))  # (layer3, layer4) as a tuple, for regions="hierarchy"
     """
 
     def __init__(
         self,
         model: nn.Module,
-        stride: int = 16,
+        stride: Union[int, Tuple[int, int]] = 16,
         layers: Optional[Union[str, Sequence[str]]] = None,
         probe_size: int = 128,
     ) -> None:
@@ -283,10 +312,17 @@ class FeatureMaps(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"FeatureMaps needs an nn.Module, got {type(model).__name__}.")
         self.model = model
+        self.pair = False
         if layers is None:
-            if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-                raise ValueError(f"stride must be a positive integer, got {stride!r}.")
-            names = [find_stride_layer(model, stride, probe_size)]
+            strides = list(stride) if isinstance(stride, (tuple, list)) else [stride]
+            if len(strides) not in (1, 2) or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides
+            ):
+                raise ValueError(f"stride must be a positive integer or a pair of them (fine, coarse), got {stride!r}.")
+            if len(strides) == 2 and strides[0] >= strides[1]:
+                raise ValueError(f"A stride pair is (fine, coarse) with fine < coarse, got {tuple(strides)}.")
+            self.pair = len(strides) == 2
+            names = [find_stride_layer(model, s, max(probe_size, 4 * max(strides))) for s in strides]
         else:
             names = [layers] if isinstance(layers, str) else list(layers)
             if not names:
@@ -307,7 +343,7 @@ class FeatureMaps(nn.Module):
     def extra_repr(self) -> str:
         return f"layers={self.layers}"
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Any:
         if self.layers == [""]:
             return self.model(x)
         captured: Dict[str, Tensor] = {}
@@ -342,6 +378,8 @@ class FeatureMaps(nn.Module):
             raise RuntimeError(f"Layers {missing} did not run in the forward pass of {type(self.model).__name__}.")
         if len(self.layers) == 1:
             return captured[self.layers[0]]
+        if self.pair:
+            return captured[self.layers[0]], captured[self.layers[1]]
         maps = [captured[n] for n in self.layers]
         h = max(m.shape[-2] for m in maps)
         w = max(m.shape[-1] for m in maps)
@@ -355,8 +393,9 @@ class FeatureMaps(nn.Module):
         return torch.cat(out, dim=1)
 
 
-def at_stride(backbone: Any, stride: Optional[int]) -> Any:
-    """``backbone`` itself (``stride=None``), or :class:`FeatureMaps` reading its stage at ``stride``.
+def at_stride(backbone: Any, stride: Optional[Union[int, Tuple[int, int]]]) -> Any:
+    """``backbone`` itself (``stride=None``), or :class:`FeatureMaps` reading its stage at ``stride``
+    (a pair ``(fine, coarse)``: both stages, as a tuple).
 
     What the adapters' ``feature_stride`` option does: 16 gives object-level regions far more cells
     (docs/RESULTS.md), and works on backbones that end in global pooling too (the hooked stage runs

@@ -194,7 +194,8 @@ def refresh_bank(
 
     Args:
         generator: The :class:`~sgcl_plugin.saliency.SaliencyGenerator` to use.
-        model: A module or callable mapping a (B, 3, S, S) batch to feature maps (B, C, h, w).
+        model: A module or callable mapping a (B, 3, S, S) batch to feature maps (B, C, h, w), or to
+            a pair ``(fine, coarse)`` of them (``FeatureMaps(backbone, stride=(16, 32))``).
         dataset: Indexable dataset of images (PIL, arrays, tensors; or tuples/dicts holding one).
         bank: The bank to fill; a new one with ``max_regions`` is made when omitted.
         batch_size: Images per forward pass.
@@ -250,15 +251,17 @@ def refresh_bank(
         for idx, images in loader:
             x = images.to(device, non_blocking=True)
             features = model(x)
-            if not isinstance(features, Tensor):
+            maps = list(features) if isinstance(features, (tuple, list)) else [features]
+            if len(maps) not in (1, 2) or not all(isinstance(m, Tensor) for m in maps):
                 raise TypeError(
                     f"The model returned a {type(features).__name__}; refresh needs a feature map tensor "
-                    "(B, C, h, w). Wrap the backbone to return its last feature map."
+                    "(B, C, h, w), or a pair (fine, coarse) of them. Wrap the backbone to return its last feature map."
                 )
-            check_feature_output(features, x)
-            if not warned and features.shape[-2] * features.shape[-1] < MIN_GRID_CELLS:
+            for m in maps:
+                check_feature_output(m, x)
+            if not warned and maps[0].shape[-2] * maps[0].shape[-1] < MIN_GRID_CELLS:
                 warned = True
-                h, w = features.shape[-2:]
+                h, w = maps[0].shape[-2:]
                 side = x.shape[-1]
                 better = int(math.ceil(side * math.sqrt(MIN_GRID_CELLS / (h * w)) / 32) * 32)
                 warnings.warn(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, List, Literal, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from sgcl_plugin.affinity import Affinity, cosine_affinity
+from sgcl_plugin.affinity import Affinity, check_feature_map, cosine_affinity, unit_affinity, unit_features
 from sgcl_plugin.ncut import Solver, fiedler_vector, ncut_embedding
 from sgcl_plugin.precision import full_precision
 from sgcl_plugin.regions import Regions, border_mask, extract_regions
@@ -18,8 +18,40 @@ if TYPE_CHECKING:
 
 SignRule = Literal["border", "argmax", "minority"]
 SIGN_RULES = ("border", "argmax", "minority")
-RegionMode = Literal["paper", "objects"]
-REGION_MODES = ("paper", "objects")
+RegionMode = Literal["paper", "objects", "hierarchy"]
+REGION_MODES = ("paper", "objects", "hierarchy")
+Features = Union[Tensor, Tuple[Tensor, Tensor]]
+"""A feature map (B, C, h, w), or a pair (fine, coarse) of maps of one batch (``FeatureMaps(stride=(16, 32))``)."""
+
+
+def split_features(features: Features) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(fine, coarse)`` of a map or a pair of maps (``coarse`` None for a single map).
+
+    Raises:
+        ValueError: a sequence that is not two maps of the same batch, or whose second map is finer
+            than the first.
+    """
+    if isinstance(features, Tensor):
+        return features, None
+    if not isinstance(features, (tuple, list)) or len(features) != 2:
+        kind = (
+            f"a {type(features).__name__} of {len(features)}"
+            if isinstance(features, (tuple, list))
+            else type(features).__name__
+        )
+        raise ValueError(f"features must be a (B, C, h, w) tensor or a pair (fine, coarse) of them, got {kind}.")
+    fine, coarse = features
+    for m in (fine, coarse):  # shapes only: the values are checked where a graph is built of them
+        if not isinstance(m, Tensor) or m.ndim != 4:
+            check_feature_map(m)  # raises the usual message
+    if coarse.shape[0] != fine.shape[0]:
+        raise ValueError(f"The two maps hold {fine.shape[0]} and {coarse.shape[0]} images: they must be one batch.")
+    if coarse.shape[-2] * coarse.shape[-1] > fine.shape[-2] * fine.shape[-1]:
+        raise ValueError(
+            f"A pair is (fine, coarse): the second map ({tuple(coarse.shape[-2:])}) is finer than the first "
+            f"({tuple(fine.shape[-2:])}); swap them."
+        )
+    return fine, coarse
 
 
 def orient(y: Tensor, h: int, w: int, rule: SignRule = "border") -> Tensor:
@@ -130,6 +162,13 @@ class SaliencyGenerator:
     parts scored by objectness (salient, distinct from their surroundings, off the image border;
     :mod:`sgcl_plugin.objects`). The saliency maps are the same in both modes.
 
+    ``regions="hierarchy"`` merges those parts bottom-up into candidate whole objects and scores
+    every candidate (:mod:`sgcl_plugin.hierarchy`); it reads a pair of maps ``(fine, coarse)``
+    (``FeatureMaps(backbone, stride=(16, 32))``): parts from the fine map's graph, saliency from
+    the coarse map's Ncut, objectness from both. Its ``maps`` are the coarse map's saliency on
+    the fine grid. Given one map it uses it for both roles. The other modes read the first map of
+    a pair.
+
     Args:
         affinity: ``"clamp"`` (``max(cos, 0) + eps``) or ``"binary"`` (TokenCut: 1 above ``tau``).
         solver: Eigensolver for :func:`~sgcl_plugin.ncut.fiedler_vector` (``"auto"``, ``"eigh"``,
@@ -144,8 +183,14 @@ class SaliencyGenerator:
         num_vectors: Objects mode: eigenvectors in the spectral embedding.
         num_clusters: Objects mode: k-means clusters per image.
         ring: Objects mode: width in cells of the ring a part is compared with.
-        min_fraction: Objects mode: parts smaller than this fraction of the grid are dropped too
-            (the larger of this and ``min_area`` applies: 8 cells on a 28 x 28 grid).
+        min_fraction: Objects and hierarchy modes: parts smaller than this fraction of the grid
+            are dropped (objects) or merged into a neighbour (hierarchy) too (the larger of this and
+            ``min_area`` applies: 8 cells on a 28 x 28 grid).
+        nms_iou: Hierarchy mode: a candidate overlapping a better one at this IoU is dropped.
+        max_regions: Hierarchy mode: regions kept per image.
+        score_power: Hierarchy mode: kept scores are ``(objectness / best) ** score_power``.
+        objectness: Hierarchy mode: exponents of the objectness factors that differ from
+            :data:`~sgcl_plugin.hierarchy.OBJECTNESS_EXPONENTS` (0 leaves a factor out).
 
     Examples:
         >>> generator = SaliencyGenerator()
@@ -169,13 +214,17 @@ class SaliencyGenerator:
         num_clusters: int = 8,
         ring: int = 2,
         min_fraction: float = 0.01,
+        nms_iou: float = 0.5,
+        max_regions: int = 16,
+        score_power: float = 4.0,
+        objectness: Optional[Dict[str, float]] = None,
     ) -> None:
         if regions not in REGION_MODES:
             raise ValueError(f"Unknown regions mode {regions!r}; choose one of {REGION_MODES}.")
-        if regions == "objects":
+        if regions in ("objects", "hierarchy"):
             if solver == "cupy":
                 raise ValueError(
-                    "regions='objects' solves several eigenvectors, which the cupy solver does not: "
+                    f"regions={regions!r} solves several eigenvectors, which the cupy solver does not: "
                     "use 'auto', 'eigh' or 'krylov'."
                 )
             for name, value, lo in (
@@ -205,6 +254,25 @@ class SaliencyGenerator:
         if not 0.0 <= min_fraction < 1.0:
             raise ValueError(f"min_fraction must be in [0, 1), got {min_fraction!r}.")
         self.min_fraction = float(min_fraction)
+        if not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou!r}.")
+        if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
+            raise ValueError(f"max_regions must be an integer >= 1, got {max_regions!r}.")
+        if not (isinstance(score_power, (int, float)) and 0 < score_power < float("inf")):
+            raise ValueError(f"score_power must be a positive finite number, got {score_power!r}.")
+        self.nms_iou = float(nms_iou)
+        self.max_regions = max_regions
+        self.score_power = float(score_power)
+        if objectness is not None:
+            from sgcl_plugin.hierarchy import OBJECTNESS_EXPONENTS
+
+            bad = {
+                k: v for k, v in objectness.items() if k not in OBJECTNESS_EXPONENTS or not 0 <= float(v) < float("inf")
+            }
+            if bad:
+                raise ValueError(f"objectness takes exponents >= 0 of {sorted(OBJECTNESS_EXPONENTS)}, got {bad}.")
+            objectness = {k: float(v) for k, v in objectness.items()}
+        self.objectness = objectness
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -221,9 +289,14 @@ class SaliencyGenerator:
         return y, normalize_maps(y).reshape(B, h, w).float()
 
     @full_precision
-    def __call__(self, features: Tensor) -> SaliencyResult:
-        """Saliency maps and scored regions of a batch of feature maps (B, C, h, w), in float32 (float64
-        features stay float64) whatever autocast is active."""
+    def __call__(self, features: Features) -> SaliencyResult:
+        """Saliency maps and scored regions of a batch of feature maps (B, C, h, w), or of a pair
+        ``(fine, coarse)`` of them, in float32 (float64 features stay float64) whatever autocast is
+        active."""
+        fine, coarse = split_features(features)
+        if self.regions == "hierarchy":
+            return self._hierarchy(fine, coarse)
+        features = fine
         if self.regions == "objects":
             return self._objects(features)
         y, maps = self.saliency_maps(features)
@@ -251,6 +324,42 @@ class SaliencyGenerator:
             connectivity=self.connectivity, ring=self.ring,
         )  # fmt: skip
         return SaliencyResult(maps=maps, regions=regions, fiedler=y)
+
+    @torch.no_grad()
+    def _hierarchy(self, fine: Tensor, coarse: Optional[Tensor]) -> SaliencyResult:
+        from sgcl_plugin.hierarchy import hierarchy_regions
+
+        unit = unit_features(fine)
+        W = unit_affinity(unit, mode=self.affinity, eps=self.eps, tau=self.tau)
+        B, _, h, w = fine.shape
+        k = min(self.num_vectors, h * w - 2)
+        if k < 1:
+            raise ValueError(f"regions='hierarchy' needs a grid of at least 3 cells, got {h}x{w}.")
+        Y, _ = ncut_embedding(W, num_vectors=k, solver=self.solver, validate=False)  # type: ignore[arg-type]
+        flat = flat_graphs(W)
+        y = orient(Y[:, 0], h, w, self.sign_rule)
+        y = torch.where(flat[:, None], torch.zeros_like(y), y)
+        fine_sal = normalize_maps(y)
+        if coarse is not None and coarse.shape[-2] * coarse.shape[-1] >= 3:
+            hc, wc = coarse.shape[-2:]
+            coarse_unit = unit_features(coarse)
+            Wc = unit_affinity(coarse_unit, mode=self.affinity, eps=self.eps, tau=self.tau)
+            yc = orient(fiedler_vector(Wc, solver=self.solver, validate=False), hc, wc, self.sign_rule)
+            yc = torch.where(flat_graphs(Wc)[:, None], torch.zeros_like(yc), yc)
+            up = torch.nn.functional.interpolate(
+                yc.reshape(B, 1, hc, wc).float(), size=(h, w), mode="bilinear", align_corners=False
+            )
+            sal = normalize_maps(up.flatten(1))
+        else:
+            sal, coarse_unit = fine_sal, None
+        sal = torch.where(flat[:, None], torch.zeros_like(sal), sal)  # identical features: whole-image fallback
+        regions = hierarchy_regions(
+            fine, coarse, Y, fine_sal, sal, num_clusters=self.num_clusters,
+            min_area=max(self.min_area, round(self.min_fraction * h * w)), ring=self.ring,
+            nms_iou=self.nms_iou, max_regions=self.max_regions, score_power=self.score_power,
+            exponents=self.objectness, fine_unit=unit, coarse_unit=coarse_unit,
+        )  # fmt: skip
+        return SaliencyResult(maps=sal.reshape(B, h, w).float(), regions=regions, fiedler=y)
 
     def refresh(
         self,
@@ -299,8 +408,8 @@ class ChannelSumGenerator(SaliencyGenerator):
         maps = normalize_maps(heat)
         return maps, maps.reshape(features.shape[0], *features.shape[2:])
 
-    def __call__(self, features: Tensor) -> SaliencyResult:
-        y, maps = self.saliency_maps(features)
+    def __call__(self, features: Features) -> SaliencyResult:
+        y, maps = self.saliency_maps(split_features(features)[0])
         h, w = maps.shape[1:]
         regions = []
         for m in maps.cpu():

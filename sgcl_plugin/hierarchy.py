@@ -1,0 +1,419 @@
+"""Whole-object regions: the k-way Ncut's parts merged bottom-up, every merge a candidate object.
+
+The objects mode (:mod:`sgcl_plugin.objects`) keeps the parts of a k-way normalized cut as regions.
+On real photos those parts are fragments: an eye, a wheel, a patch of table. This mode builds
+objects out of them:
+
+1. **Parts**: the k-way cut of the fine map's graph (the objects mode's spectral embedding and
+   k-means), every 8-connected component of every cluster. Parts smaller than ``min_cells`` are
+   merged into the neighbour whose features they resemble most.
+2. **Hierarchy**: adjacent parts are merged, the pair with the most similar mean features first
+   (agglomerative clustering on the region adjacency graph), until one region is left. Every
+   part and every merge is a candidate: 2P - 1 nested regions, from parts to groups of objects.
+3. **Objectness** of each candidate R, from *semantic* cell features (the fine map and the
+   coarse map upsampled to its grid, each L2-normalized per cell, concatenated):
+
+   ``score = saliency(R) * contrast(R)^2 * (1 - frame(R))^2 * activation(R) * coherence(R)``
+
+   - saliency: mean of the coarse map's oriented Fiedler vector (the paper's Ncut saliency, on the
+     semantic stage), scaled to [0, 1];
+   - contrast: ``1 - cos`` between the mean feature of R and of the ring of cells around it: a
+     whole object differs from its surroundings, a part of it does not;
+   - frame: the share of the image's border cells that R covers (the whole image: 1, so 0 score);
+   - activation: mean norm of the coarse features (scaled to [0, 1]): trained backbones respond
+     to things more than to stuff;
+   - coherence: mean cosine between the cells of R and its mean direction: one object is
+     coherent, a group of different objects is not.
+
+   The exponents were chosen on the composed scenes and on annotated real photos (the "dev" split
+   of :mod:`sgcl_plugin.annotated_photos`), then checked on a held-out split
+   (docs/RESULTS.md#real-photographs).
+4. **Selection**: non-maximum suppression at IoU ``nms_iou``, the best ``max_regions`` kept, scores
+   divided by the best one and raised to ``score_power`` (so that pairs are drawn mostly from the
+   best few regions and a tail of weak candidates costs little).
+
+Everything except the merges runs batched on the features' device; the merges run per image on
+the CPU over at most a few dozen parts.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sgcl_plugin.metrics import box_iou
+from sgcl_plugin.objects import batched_kmeans, component_labels
+from sgcl_plugin.regions import Regions, border_mask
+
+__all__ = [
+    "OBJECTNESS_EXPONENTS",
+    "absorb_small_parts",
+    "hierarchy_regions",
+    "merge_tree",
+    "CellFeatures",
+    "node_factors",
+    "objectness",
+]
+
+OBJECTNESS_EXPONENTS = {
+    "saliency": 1.0,
+    "contrast": 2.0,
+    "frame": 2.0,
+    "activation": 1.0,
+    "coherence": 1.0,
+}
+"""Exponent of each objectness factor (see the module docstring)."""
+
+MIN_SCORE = 1e-6
+"""Objectness at or below this counts as none."""
+
+
+def _adjacency(labels: np.ndarray, P: int) -> np.ndarray:
+    """(P, P) bool: parts that touch (8-connected) in an (h, w) label map (labels 0..P-1)."""
+    adj = np.zeros((P, P), dtype=bool)
+    for a, b in (
+        (labels[:, :-1], labels[:, 1:]),
+        (labels[:-1], labels[1:]),
+        (labels[:-1, :-1], labels[1:, 1:]),
+        (labels[:-1, 1:], labels[1:, :-1]),
+    ):
+        adj[a.ravel(), b.ravel()] = True
+    adj |= adj.T
+    np.fill_diagonal(adj, False)
+    return adj
+
+
+def _cosines(gram: np.ndarray, i: int, idx: np.ndarray) -> np.ndarray:
+    """Cosine between the feature sums of region i and of regions idx, from their Gram matrix."""
+    den = np.sqrt(np.clip(gram[i, i] * gram[idx, idx], 0, None))
+    return np.divide(gram[i, idx], den, out=np.zeros(idx.size), where=den > 0)
+
+
+def _merge_into(gram: np.ndarray, adj: np.ndarray, keep: int, gone: int) -> None:
+    """Region ``gone`` joins region ``keep``: the Gram matrix of feature sums and the adjacency follow."""
+    gram[keep] += gram[gone]
+    gram[:, keep] += gram[:, gone]  # with the row update, gram[keep, keep] = G_kk + 2 G_kg + G_gg
+    adj[keep] |= adj[gone]
+    adj[:, keep] |= adj[:, gone]
+    adj[keep, keep] = False
+    adj[gone], adj[:, gone] = False, False
+
+
+def absorb_small_parts(labels: np.ndarray, gram: np.ndarray, min_cells: int) -> Tuple[np.ndarray, int]:
+    """Merges every part smaller than ``min_cells`` into its most similar neighbour, smallest first.
+
+    Args:
+        labels: (h, w) int part ids 0..P-1 of one image (every cell in a part).
+        gram: (P, P) Gram matrix of the parts' feature sums (similarity: cosine of the sums).
+        min_cells: Smallest part kept on its own.
+
+    Returns:
+        ``(labels, P)``: the new label map numbered 0..P-1 and the number of parts. A part with no
+        neighbour (it is the whole image) is kept whatever its size.
+    """
+    P = int(labels.max()) + 1
+    sizes = np.bincount(labels.ravel(), minlength=P).astype(np.int64)
+    gram = gram.astype(np.float64, copy=True)
+    adj = _adjacency(labels, P)
+    owner = np.arange(P)  # part -> the part it joined (chains resolved below)
+    alive = sizes > 0
+    while True:
+        small = np.nonzero(alive & (sizes < min_cells) & adj.any(1))[0]
+        if small.size == 0:
+            break
+        p = int(small[np.argmin(sizes[small])])  # smallest first; ties: lowest id
+        nb = np.nonzero(adj[p])[0]
+        q = int(nb[np.argmax(_cosines(gram, p, nb))])
+        _merge_into(gram, adj, q, p)
+        sizes[q] += sizes[p]
+        alive[p] = False
+        owner[p] = q
+    for p in range(P):
+        r = p
+        while owner[r] != r:
+            r = owner[r]
+        owner[p] = r
+    kept = np.nonzero(alive)[0]
+    renumber = np.full(P, -1, dtype=np.int64)
+    renumber[kept] = np.arange(kept.size)
+    return renumber[owner[labels]], int(kept.size)
+
+
+def merge_tree(labels: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """Agglomerative merging of adjacent parts, the most similar pair first, until none are left.
+
+    Args:
+        labels: (h, w) int part ids 0..P-1 of one image.
+        gram: (P, P) Gram matrix of the parts' feature sums; a pair's similarity is the cosine of
+            its two sums (of their mean features), a merged region's sum is the sum of its parts'.
+
+    Returns:
+        (K, P) bool membership of the K candidate regions: the P parts first, then one row per
+        merge (the union of the two merged regions); K = 2P - 1 when the parts form one connected
+        group (always, for a grid), each merge after the last row's children.
+    """
+    P = int(labels.max()) + 1
+    K = 2 * P - 1
+    G = np.zeros((K, K))
+    G[:P, :P] = gram
+    adj = np.zeros((K, K), dtype=bool)
+    adj[:P, :P] = _adjacency(labels, P)
+    member = np.zeros((K, P), dtype=bool)
+    member[np.arange(P), np.arange(P)] = True
+    sim = np.full((K, K), -np.inf)
+    d = np.sqrt(np.clip(np.diag(gram), 0, None))
+    cos = np.divide(gram, np.outer(d, d), out=np.zeros((P, P)), where=np.outer(d, d) > 0)
+    sim[:P, :P] = np.where(adj[:P, :P], cos, -np.inf)
+    k = P
+    while k < K:
+        i, j = divmod(int(np.argmax(sim[:k, :k])), k)
+        if not np.isfinite(sim[i, j]):
+            break  # no adjacent pair left
+        G[k, :k] = G[i, :k] + G[j, :k]
+        G[:k, k] = G[k, :k]
+        G[k, k] = G[i, i] + 2 * G[i, j] + G[j, j]
+        member[k] = member[i] | member[j]
+        nb = adj[i, :k] | adj[j, :k]
+        nb[[i, j]] = False
+        adj[k, :k], adj[:k, k] = nb, nb
+        for x in (i, j):  # i and j are gone
+            adj[x, :], adj[:, x] = False, False
+            sim[x, :], sim[:, x] = -np.inf, -np.inf
+        idx = np.nonzero(nb)[0]
+        if idx.size:
+            c = _cosines(G, k, idx)
+            sim[k, idx], sim[idx, k] = c, c
+        k += 1
+    return member[:k]
+
+
+class CellFeatures:
+    """The semantic feature of every cell of one image, kept factored: the fine map's unit vector and
+    the unit vector of the coarse cell it lies in (nearest), concatenated and divided by sqrt(2) (a
+    unit vector whose cosines are the mean of the two stages' cosines). Sums over sets of cells are
+    computed without building the (N, C1 + C2) matrix.
+
+    Args:
+        fine: (C1, h, w) fine map of one image.
+        coarse: (C2, hc, wc) coarse map of the same image, or None (the fine map alone).
+        fine_unit: (h * w, C1) the fine map's cells as unit vectors, if already computed.
+        coarse_unit: (hc * wc, C2) the coarse map's, likewise.
+    """
+
+    def __init__(
+        self,
+        fine: Tensor,
+        coarse: Optional[Tensor],
+        fine_unit: Optional[Tensor] = None,
+        coarse_unit: Optional[Tensor] = None,
+    ) -> None:
+        C1, h, w = fine.shape
+        # (N, C1) unit vectors (given when already computed: the fine graph's own)
+        self.fine = F.normalize(fine.float().flatten(1), dim=0).T if fine_unit is None else fine_unit.float()
+        if coarse is None:
+            self.coarse: Optional[Tensor] = None
+            return
+        hc, wc = coarse.shape[-2:]
+        self.coarse = F.normalize(coarse.float().flatten(1), dim=0).T if coarse_unit is None else coarse_unit.float()
+        # Nearest coarse cell of each fine cell, as F.interpolate(mode="nearest") picks it.
+        rows = (torch.arange(h, device=fine.device) * hc) // h
+        cols = (torch.arange(w, device=fine.device) * wc) // w
+        self.assign = (rows[:, None] * wc + cols[None, :]).flatten()  # (N,)
+        self.n = hc * wc
+
+    def sums(self, masks: Tensor) -> Tensor:
+        """(K, C) sums of the semantic features over each of the (K, N) masks' cells."""
+        a = masks @ self.fine
+        if self.coarse is None:
+            return a
+        counts = torch.zeros(masks.shape[0], self.n, device=masks.device, dtype=masks.dtype)
+        counts.index_add_(1, self.assign, masks)
+        return torch.cat([a, counts @ self.coarse], dim=1) / 2**0.5
+
+
+def node_factors(
+    masks: Tensor,
+    cells: CellFeatures,
+    saliency: Tensor,
+    activation: Tensor,
+    h: int,
+    w: int,
+    ring: int = 2,
+    inner: Optional[Tensor] = None,
+) -> dict:
+    """The objectness factors of candidate regions of one image (see the module docstring).
+
+    Args:
+        masks: (K, N) float 0/1 cell masks.
+        cells: The image's semantic cell features.
+        saliency: (N,) in [0, 1].
+        activation: (N,) in [0, 1].
+        h: Grid height.
+        w: Grid width.
+        ring: Width in cells of the ring a region is compared with.
+        inner: (K, C) the regions' feature sums when already known (``cells.sums(masks)``).
+
+    Returns:
+        Dict of (K,) tensors: ``area`` (cells), ``saliency``, ``contrast``, ``frame``,
+        ``activation``, ``coherence``.
+    """
+    K, N = masks.shape
+    area = masks.sum(1)
+    safe = area.clamp(min=1)
+    inner = cells.sums(masks) if inner is None else inner
+    dilated = F.max_pool2d(masks.reshape(K, 1, h, w), kernel_size=2 * ring + 1, stride=1, padding=ring).reshape(K, N)
+    around = dilated * (1 - masks)
+    outer = cells.sums(around)
+    contrast = (1 - (F.normalize(inner, dim=-1) * F.normalize(outer, dim=-1)).sum(-1)) * (around.sum(1) > 0)
+    border = border_mask(h, w, masks.device).float()
+    return {
+        "area": area,
+        "saliency": (masks @ saliency) / safe,
+        "contrast": contrast.clamp(min=0),
+        "frame": (masks @ border) / border.sum(),
+        "activation": (masks @ activation) / safe,
+        "coherence": inner.norm(dim=-1) / safe,  # mean cos(u_i, mean direction) = |sum u_i| / n
+    }
+
+
+def objectness(f: dict, exponents: Optional[dict] = None) -> Tensor:
+    """The product of the factors of :func:`node_factors`, each raised to its exponent
+    (default :data:`OBJECTNESS_EXPONENTS`; an exponent of 0 leaves a factor out)."""
+    e = {**OBJECTNESS_EXPONENTS, **(exponents or {})}
+    unknown = set(e) - set(OBJECTNESS_EXPONENTS)
+    if unknown:
+        raise ValueError(f"Unknown objectness factors {sorted(unknown)}; choose from {sorted(OBJECTNESS_EXPONENTS)}.")
+    score = (
+        f["saliency"].clamp(min=0) ** e["saliency"]
+        * f["contrast"] ** e["contrast"]
+        * (1 - f["frame"]).clamp(min=0) ** e["frame"]
+        * f["activation"].clamp(min=0) ** e["activation"]
+        * f["coherence"].clamp(min=0) ** e["coherence"]
+    )
+    return score
+
+
+def _mask_boxes(masks: Tensor, h: int, w: int) -> Tensor:
+    """(K, 4) normalized xyxy boxes of (K, N) 0/1 masks (each non-empty)."""
+    m = masks.reshape(-1, h, w) > 0
+    rows, cols = m.any(2), m.any(1)
+    r = torch.arange(h, device=masks.device)
+    c = torch.arange(w, device=masks.device)
+    big = max(h, w) + 1
+    r0 = torch.where(rows, r, big).amin(1)
+    r1 = torch.where(rows, r, -1).amax(1)
+    c0 = torch.where(cols, c, big).amin(1)
+    c1 = torch.where(cols, c, -1).amax(1)
+    return torch.stack([c0 / w, r0 / h, (c1 + 1) / w, (r1 + 1) / h], dim=-1).float()
+
+
+def _nms(boxes: Tensor, scores: Tensor, iou: float, limit: int) -> List[int]:
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    overlap = box_iou(boxes, boxes)
+    keep: List[int] = []
+    for i in order:
+        if float(scores[i]) <= MIN_SCORE or len(keep) == limit:
+            break
+        if not keep or float(overlap[i, keep].max()) < iou:
+            keep.append(i)
+    return keep
+
+
+def hierarchy_regions(
+    fine: Tensor,
+    coarse: Optional[Tensor],
+    embedding: Tensor,
+    fine_saliency: Tensor,
+    coarse_saliency: Tensor,
+    num_clusters: int = 8,
+    min_area: int = 4,
+    ring: int = 2,
+    nms_iou: float = 0.5,
+    max_regions: int = 16,
+    score_power: float = 4.0,
+    kmeans_iters: int = 20,
+    exponents: Optional[dict] = None,
+    fine_unit: Optional[Tensor] = None,
+    coarse_unit: Optional[Tensor] = None,
+) -> List[Regions]:
+    """Scored whole-object regions of a batch from its parts' merge hierarchy.
+
+    Args:
+        fine: (B, C1, h, w) fine feature maps (the parts' graph).
+        coarse: (B, C2, h2, w2) coarse (semantic) maps, or None (the fine map serves both roles).
+        embedding: (B, k, N) spectral embedding of the fine graph
+            (:func:`~sgcl_plugin.ncut.ncut_embedding`).
+        fine_saliency: (B, N) the fine graph's oriented Fiedler vector in [0, 1] (seeds k-means).
+        coarse_saliency: (B, N) the coarse graph's oriented Fiedler vector, resized to the fine
+            grid, in [0, 1] (the saliency factor).
+        num_clusters: k-means clusters per image.
+        min_area: Smallest part and smallest region, in cells.
+        ring: Width of the ring around a region for its contrast, in cells.
+        nms_iou: Candidates overlapping a better one at this IoU or more are dropped.
+        max_regions: Regions kept per image.
+        score_power: Kept scores are ``(score / best) ** score_power``.
+        kmeans_iters: Lloyd iterations.
+        exponents: Overrides of :data:`OBJECTNESS_EXPONENTS`.
+        fine_unit: (B, N, C1) the fine map's cells as unit vectors, if already computed
+            (:func:`~sgcl_plugin.affinity.unit_features`).
+        coarse_unit: (B, n, C2) the coarse map's, likewise.
+
+    Returns:
+        One :class:`~sgcl_plugin.regions.Regions` per image, sorted by descending score (the best
+        has score 1). An image without any candidate of objectness above ``MIN_SCORE`` gets the
+        whole image with score 1 and ``fallback=True``.
+    """
+    B, _, h, w = fine.shape
+    N = h * w
+    ctx = coarse if coarse is not None else fine
+    act = ctx.float().norm(dim=1, keepdim=True)
+    if act.shape[-2:] != (h, w):
+        act = F.interpolate(act, size=(h, w), mode="bilinear", align_corners=False)
+    act = act.flatten(1)
+    lo, hi = act.amin(1, keepdim=True), act.amax(1, keepdim=True)
+    act = torch.where(hi > lo, (act - lo) / (hi - lo).clamp(min=torch.finfo(act.dtype).tiny), torch.zeros_like(act))
+    points = F.normalize(embedding.transpose(1, 2).float(), dim=-1)
+    clusters = batched_kmeans(points, num_clusters, first=fine_saliency.argmax(dim=1), iters=kmeans_iters)
+    labels, _ = component_labels(clusters.reshape(B, h, w), min_area=1)
+    out: List[Regions] = []
+    for b in range(B):
+        cells = CellFeatures(
+            fine[b],
+            None if coarse is None else coarse[b],
+            None if fine_unit is None else fine_unit[b],
+            None if coarse_unit is None else coarse_unit[b],
+        )
+        lab = labels[b].numpy()
+        P0 = int(lab.max()) + 1
+        sums = cells.sums(F.one_hot(labels[b].flatten().to(fine.device), P0).T.float())  # (P0, C)
+        parts, P = absorb_small_parts(lab, (sums.double() @ sums.double().T).cpu().numpy(), min_area)
+        # The kept parts' sums: each old part's sum goes to the part it joined.
+        owner = torch.zeros(P0, dtype=torch.int64)
+        owner[torch.from_numpy(lab.ravel())] = torch.from_numpy(parts.ravel())
+        sums = torch.zeros(P, sums.shape[1], device=sums.device, dtype=sums.dtype).index_add_(
+            0, owner.to(sums.device), sums
+        )
+        onehot = F.one_hot(torch.from_numpy(parts).flatten().to(fine.device), P).T.float()  # (P, N)
+        member = torch.from_numpy(merge_tree(parts, (sums.double() @ sums.double().T).cpu().numpy()))  # (K, P)
+        member = member.to(fine.device).float()
+        masks = member @ onehot  # (K, N), 0/1: the parts are disjoint
+        f = node_factors(masks, cells, coarse_saliency[b].float(), act[b], h, w, ring, inner=member @ sums)
+        score = objectness(f, exponents) * (f["area"] >= min_area)
+        boxes = _mask_boxes(masks, h, w)
+        keep = _nms(boxes.cpu(), score.cpu(), nms_iou, max_regions)
+        if not keep:
+            out.append(Regions(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.ones(1), torch.tensor([N]), True))
+            continue
+        s = score[keep].cpu().double()
+        out.append(
+            Regions(
+                boxes=boxes[keep].cpu(),
+                scores=((s / s[0]) ** score_power).float(),
+                areas=f["area"][keep].cpu().round().to(torch.int64),
+            )
+        )
+    return out

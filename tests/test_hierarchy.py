@@ -1,0 +1,244 @@
+"""The hierarchy mode: parts merged into whole objects (sgcl_plugin.hierarchy), against references by hand."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgcl_plugin import SaliencyGenerator
+from sgcl_plugin.hierarchy import (
+    OBJECTNESS_EXPONENTS,
+    CellFeatures,
+    absorb_small_parts,
+    merge_tree,
+    node_factors,
+    objectness,
+)
+from sgcl_plugin.metrics import box_iou
+
+
+def _gram(labels: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    P = int(labels.max()) + 1
+    sums = np.stack([cells[labels.ravel() == p].sum(0) for p in range(P)])
+    return sums @ sums.T
+
+
+def _reference_merges(labels: np.ndarray, cells: np.ndarray) -> list:
+    """Agglomeration recomputed from scratch at every step: region sums and adjacency from the cells."""
+    h, w = labels.shape
+    regions = [frozenset([p]) for p in range(int(labels.max()) + 1)]
+    alive = list(regions)
+    out = list(regions)
+
+    def cell_mask(r: frozenset) -> np.ndarray:
+        return np.isin(labels, list(r))
+
+    def touch(a: frozenset, b: frozenset) -> bool:
+        ma, mb = cell_mask(a), cell_mask(b)
+        for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+            shifted = np.zeros_like(ma)
+            shifted[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = ma[
+                max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+            ]
+            if (shifted & mb).any():
+                return True
+        return False
+
+    while len(alive) > 1:
+        best, pair = -np.inf, None
+        for a, b in itertools.combinations(alive, 2):
+            if not touch(a, b):
+                continue
+            sa, sb = cells[cell_mask(a).ravel()].sum(0), cells[cell_mask(b).ravel()].sum(0)
+            c = sa @ sb / (np.linalg.norm(sa) * np.linalg.norm(sb))
+            if c > best:
+                best, pair = c, (a, b)
+        a, b = pair  # type: ignore[misc]
+        alive = [r for r in alive if r not in (a, b)] + [a | b]
+        out.append(a | b)
+    return out
+
+
+def test_merge_tree_matches_a_from_scratch_agglomeration():
+    rng = np.random.default_rng(0)
+    labels = np.array(
+        [
+            [0, 0, 1, 1, 2],
+            [0, 0, 1, 1, 2],
+            [3, 3, 4, 4, 2],
+            [3, 5, 5, 4, 6],
+        ]
+    )
+    cells = (
+        rng.normal(size=(labels.size, 6))
+        + np.repeat(rng.normal(size=(7, 6)) * 3, np.bincount(labels.ravel()), 0)[
+            np.argsort(np.argsort(labels.ravel(), kind="stable"), kind="stable")
+        ]
+    )
+    member = merge_tree(labels, _gram(labels, cells))
+    got = [frozenset(np.nonzero(row)[0].tolist()) for row in member]
+    assert got == _reference_merges(labels, cells)
+    assert member.shape == (2 * 7 - 1, 7) and member[-1].all()
+
+
+def test_absorb_small_parts_joins_the_most_similar_neighbour():
+    labels = np.array(
+        [
+            [0, 0, 0, 1, 1, 1],
+            [0, 0, 2, 1, 1, 1],
+            [0, 0, 0, 1, 1, 1],
+        ]
+    )
+    cells = np.zeros((labels.size, 2))
+    cells[labels.ravel() == 0] = [1.0, 0.0]
+    cells[labels.ravel() == 1] = [0.0, 1.0]
+    cells[labels.ravel() == 2] = [0.1, 1.0]  # part 2 (one cell) looks like part 1, though it lies in part 0
+    parts, P = absorb_small_parts(labels, _gram(labels, cells), min_cells=4)
+    assert P == 2
+    assert parts[1, 2] == parts[0, 3]  # joined part 1, its most similar neighbour
+    assert sorted(np.unique(parts).tolist()) == [0, 1]
+    # A part with no neighbour (the whole image) is kept whatever its size.
+    one = np.zeros((1, 3), dtype=np.int64)
+    assert absorb_small_parts(one, _gram(one, np.ones((3, 2))), min_cells=10)[1] == 1
+
+
+def test_cell_features_sums_equal_the_explicit_semantic_features():
+    torch.manual_seed(0)
+    fine, coarse = torch.randn(5, 6, 8), torch.randn(7, 3, 4)
+    cells = CellFeatures(fine, coarse)
+    a = F.normalize(fine, dim=0).flatten(1).T
+    b = F.interpolate(F.normalize(coarse, dim=0)[None], size=(6, 8), mode="nearest")[0].flatten(1).T
+    explicit = torch.cat([a, b], dim=1) / 2**0.5
+    torch.testing.assert_close(explicit.norm(dim=1), torch.ones(48))  # unit vectors: |sum| / n is the mean cosine
+    masks = (torch.rand(4, 48) > 0.5).float()
+    torch.testing.assert_close(cells.sums(masks), masks @ explicit, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(CellFeatures(fine, None).sums(masks), masks @ a, rtol=1e-5, atol=1e-5)
+
+
+def test_node_factors_by_hand():
+    h, w = 4, 4
+    feats = torch.zeros(2, h, w)
+    feats[0] = 1.0
+    feats[:, 1:3, 1:3] = torch.tensor([0.0, 1.0])[:, None, None]  # a 2 x 2 object in the middle
+    cells = CellFeatures(feats, None)
+    obj = torch.zeros(h, w)
+    obj[1:3, 1:3] = 1
+    half = torch.zeros(h, w)
+    half[1:3, 1] = 1  # half of the object
+    everything = torch.ones(h, w)
+    masks = torch.stack([obj, half, everything]).flatten(1)
+    sal, act = torch.linspace(0, 1, 16), torch.full((16,), 0.5)
+    f = node_factors(masks, cells, sal, act, h, w, ring=1)
+    torch.testing.assert_close(f["area"], torch.tensor([4.0, 2.0, 16.0]))
+    # The object against its ring (all background): orthogonal features, contrast 1; its half against a ring
+    # holding the other half: lower; the whole image has no ring: 0.
+    assert f["contrast"][0] == pytest.approx(1.0)
+    assert 0 < f["contrast"][1] < 1 and f["contrast"][2] == 0
+    torch.testing.assert_close(f["frame"], torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(f["coherence"][:2], torch.ones(2))
+    assert f["saliency"][0] == pytest.approx(float(sal[[5, 6, 9, 10]].mean()))
+    score = objectness(f)
+    assert score[0] > score[1] and score[2] == 0
+    with pytest.raises(ValueError, match="Unknown objectness factors"):
+        objectness(f, {"size": 1.0})
+    assert set(OBJECTNESS_EXPONENTS) == {"saliency", "contrast", "frame", "activation", "coherence"}
+
+
+def _scene(objects, h=16, w=16, c=12, seed=0):
+    """A feature map: a noisy background, and objects that share a "thing" direction (as a trained backbone's
+    objects differ from the background more than from each other) plus one of their own; returns map, boxes."""
+    g = torch.Generator().manual_seed(seed)
+    background, thing = torch.randn(c, generator=g), 2 * torch.randn(c, generator=g)
+    f = background[:, None, None] + 0.05 * torch.randn(c, h, w, generator=g)
+    boxes = []
+    for r0, c0, r1, c1 in objects:
+        v = thing + torch.randn(c, generator=g)
+        f[:, r0:r1, c0:c1] = v[:, None, None] + 0.05 * torch.randn(c, r1 - r0, c1 - c0, generator=g)
+        boxes.append([c0 / w, r0 / h, c1 / w, r1 / h])
+    return f, torch.tensor(boxes)
+
+
+def test_generator_finds_whole_objects_and_is_batch_independent():
+    f1, b1 = _scene([(3, 2, 9, 7), (8, 10, 13, 15)])
+    f2, b2 = _scene([(4, 4, 12, 12)], seed=1)
+    gen = SaliencyGenerator(regions="hierarchy")
+    res = gen(torch.stack([f1, f2]))
+    for r, gt in zip(res.regions, (b1, b2)):
+        assert not r.fallback and r.scores[0] == 1
+        assert (r.scores[1:] <= r.scores[:-1]).all()
+        iou = box_iou(r.boxes[: len(gt)], gt)
+        assert (iou.max(0).values > 0.9).all()  # every object is one of the best boxes, whole
+        assert iou[0].max() > 0.9  # and the best box is an object
+    alone = gen(f2[None]).regions[0]
+    torch.testing.assert_close(alone.boxes, res.regions[1].boxes)
+    torch.testing.assert_close(alone.scores, res.regions[1].scores)
+    assert res.maps.shape == (2, 16, 16) and res.maps.min() >= 0 and res.maps.max() <= 1
+
+
+def test_generator_reads_a_pair_of_maps():
+    f, gt = _scene([(4, 4, 12, 12)], h=16, w=16)
+    coarse = F.avg_pool2d(f[None], 2)
+    gen = SaliencyGenerator(regions="hierarchy")
+    r = gen((f[None], coarse)).regions[0]
+    assert box_iou(r.boxes[:1], gt).max() > 0.9
+    # The other modes read the first map of a pair.
+    objects = SaliencyGenerator(regions="objects")
+    torch.testing.assert_close(objects((f[None], coarse)).regions[0].boxes, objects(f[None]).regions[0].boxes)
+
+
+def test_identical_features_fall_back_to_the_whole_image():
+    r = SaliencyGenerator(regions="hierarchy")(torch.ones(1, 4, 6, 6)).regions[0]
+    assert r.fallback and r.boxes.tolist() == [[0.0, 0.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    "features, match",
+    [
+        ((torch.rand(2, 3, 8, 8), torch.rand(3, 3, 4, 4)), "one batch"),
+        ((torch.rand(1, 3, 4, 4), torch.rand(1, 3, 8, 8)), "swap them"),
+        ((torch.rand(1, 3, 8, 8),) * 3, "pair"),
+        ((torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4)), "shape"),
+    ],
+)
+def test_bad_pairs_are_refused(features, match):
+    with pytest.raises(ValueError, match=match):
+        SaliencyGenerator(regions="hierarchy")(features)
+
+
+def test_nan_in_the_coarse_map_is_refused():
+    coarse = torch.rand(1, 3, 4, 4)
+    coarse[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        SaliencyGenerator(regions="hierarchy")((torch.rand(1, 3, 8, 8), coarse))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"nms_iou": 0.0}, "nms_iou"),
+        ({"max_regions": 0}, "max_regions"),
+        ({"score_power": float("inf")}, "score_power"),
+        ({"objectness": {"contrast": -1}}, "objectness"),
+        ({"objectness": {"size": 1}}, "objectness"),
+        ({"solver": "cupy"}, "cupy"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SaliencyGenerator(regions="hierarchy", **kwargs)
+
+
+def test_options_change_what_they_say():
+    f, _ = _scene([(3, 2, 9, 7), (8, 10, 13, 15)])
+    few = SaliencyGenerator(regions="hierarchy", max_regions=2)(f[None]).regions[0]
+    assert len(few) == 2
+    soft = SaliencyGenerator(regions="hierarchy", score_power=1.0)(f[None]).regions[0]
+    sharp = SaliencyGenerator(regions="hierarchy", score_power=4.0)(f[None]).regions[0]
+    torch.testing.assert_close(sharp.scores, soft.scores**4)
+    loose = SaliencyGenerator(regions="hierarchy", nms_iou=1.0)(f[None]).regions[0]
+    iou = box_iou(sharp.boxes, sharp.boxes) - torch.eye(len(sharp))
+    assert iou.max() < 0.5 and len(loose) >= len(sharp)
