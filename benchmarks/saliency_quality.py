@@ -1,7 +1,7 @@
 """Benchmark: do the regions that each source proposes hold whole objects, and make pairs that show one? (CPU)
 
-Reproduce with:  make photos && python benchmarks/saliency_quality.py   (writes its block of docs/RESULTS.md
-                                                                       and docs/data/saliency_quality.json)
+Reproduce with:  make saliency-bench   (make photos, then python benchmarks/saliency_quality.py: writes its block
+                                       of docs/RESULTS.md and docs/data/saliency_quality.json)
 Quick look:      python benchmarks/saliency_quality.py --num-scenes 40 --no-write
 
 Data, all offline (sgcl_plugin.annotated_photos; saliency input 448 px):
@@ -71,7 +71,7 @@ def scenes(num: int) -> List[Dict[str, object]]:
     from sgcl_plugin.scenes import ComposedScenes, masks_to_boxes
 
     items: List[Dict[str, object]] = []
-    for photo in load_annotated_photos(["dev", "heldout", "aerial"]):
+    for photo in load_annotated_photos(["dev", "heldout", "aerial"], missing="skip"):  # the report counts them
         items.append({"set": photo.split, "name": f"{photo.source}/{photo.name}", "image": photo.image,
                       "boxes": photo.boxes, "masks": object_masks(photo)})  # fmt: skip
     composed = ComposedScenes(num, image_size=224, split="test", seed=0)

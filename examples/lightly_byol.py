@@ -132,9 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     criterion = SGCLLoss(NegativeCosineSimilarity(), gamma=args.gamma)  # SGCL: lightly's loss, weighted by P^gamma
     inter = inter_loss_for(model, queue_size=args.queue_size, gamma=args.gamma).to(device)  # SGCL: Eq. 10
     generator = SaliencyGenerator(min_area=args.min_area)  # SGCL: normalized-cut saliency
-    refresher = SGCLRefresher(  # SGCL: regions of the backbone's stride-16 stage (layer3), before its pooling
-        bank, dataset, args.refresh_every, generator, saliency_size=args.saliency_size, feature_stride=16
-    )
+    # SGCL: regions from the backbone's last map and its stride-16 stage (layer4 and layer3), before its pooling
+    refresher = SGCLRefresher(bank, dataset, args.refresh_every, generator, saliency_size=args.saliency_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
 
     losses = []

@@ -115,9 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     criterion = SGCLLoss(NTXentLoss(temperature=args.temperature), gamma=args.gamma)  # SGCL: weighted by P^gamma
     generator = SaliencyGenerator(min_area=args.min_area)  # SGCL: normalized-cut saliency
-    refresher = SGCLRefresher(  # SGCL: regions of the backbone's stride-16 stage (layer3), before its pooling
-        bank, dataset, args.refresh_every, generator, saliency_size=args.saliency_size, feature_stride=16
-    )
+    # SGCL: regions from the backbone's last map and its stride-16 stage (layer4 and layer3), before its pooling
+    refresher = SGCLRefresher(bank, dataset, args.refresh_every, generator, saliency_size=args.saliency_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
 
     losses = []

@@ -165,13 +165,50 @@ def hierarchy_strides(model: Any, probe_size: int = 256) -> Tuple[int, int]:
     return stride // 2, stride
 
 
+Stride = Union[None, str, int, Tuple[int, int]]
+"""What a refresh reads: ``"auto"``, None (the last map), a stride, or a pair ``(fine, coarse)``."""
+
+
+def check_stride(stride: Any, name: str = "feature_stride") -> None:
+    """Raises a clear error unless ``stride`` is ``"auto"``, None, a positive int or a pair fine < coarse."""
+    if stride is None or stride == "auto":
+        return
+    values = list(stride) if isinstance(stride, (tuple, list)) else [stride]
+    ok = len(values) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+    if not ok or (len(values) == 2 and values[0] >= values[1]):
+        raise ValueError(
+            f"{name} must be 'auto', None, a positive integer or a pair (fine, coarse) with fine < coarse, got "
+            f"{stride!r}."
+        )
+
+
+def refresh_features(model: Any, stride: Stride = "auto", regions: Optional[str] = None) -> Any:
+    """What a refresh runs for a generator in mode ``regions``: :func:`feature_maps` at ``stride``, where
+    ``"auto"`` is the pair ``hierarchy_strides(model)`` for the hierarchy mode and the last map otherwise.
+
+    Raises:
+        ValueError: a bad ``stride`` (see :func:`check_stride`), or no stage at it.
+    """
+    check_stride(stride)
+    if stride == "auto":
+        stride = hierarchy_strides(model) if regions == "hierarchy" else None
+    elif isinstance(stride, list):
+        stride = (stride[0], stride[1]) if len(stride) == 2 else stride[0]
+    return feature_maps(model, stride)  # type: ignore[arg-type]
+
+
 def feature_map_backbone(model: Any) -> Any:
     """:func:`feature_maps` without a stride (kept for existing callers)."""
     return feature_maps(model)
 
 
-def check_feature_output(out: Any, x: Tensor) -> Tensor:
-    """``out`` when it is a feature map (B, C, h, w) with at least 2 cells; a clear error otherwise."""
+def check_feature_output(out: Any, x: Tensor) -> Any:
+    """``out`` when it is a feature map (B, C, h, w) with at least 2 cells, or a pair (fine, coarse) of them
+    (:class:`FeatureMaps` with a stride pair); a clear error otherwise."""
+    if isinstance(out, (tuple, list)) and len(out) == 2:
+        for m in out:
+            check_feature_output(m, x)
+        return out
     if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[-2] * out.shape[-1] < 2:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(

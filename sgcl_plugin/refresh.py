@@ -251,17 +251,17 @@ def refresh_bank(
         for idx, images in loader:
             x = images.to(device, non_blocking=True)
             features = model(x)
-            maps = list(features) if isinstance(features, (tuple, list)) else [features]
-            if len(maps) not in (1, 2) or not all(isinstance(m, Tensor) for m in maps):
+            pair = isinstance(features, (tuple, list)) and len(features) == 2
+            if not (isinstance(features, Tensor) or (pair and all(isinstance(m, Tensor) for m in features))):
                 raise TypeError(
                     f"The model returned a {type(features).__name__}; refresh needs a feature map tensor "
                     "(B, C, h, w), or a pair (fine, coarse) of them. Wrap the backbone to return its last feature map."
                 )
-            for m in maps:
-                check_feature_output(m, x)
-            if not warned and maps[0].shape[-2] * maps[0].shape[-1] < MIN_GRID_CELLS:
+            check_feature_output(features, x)
+            first = features[0] if pair else features
+            if not warned and first.shape[-2] * first.shape[-1] < MIN_GRID_CELLS:
                 warned = True
-                h, w = maps[0].shape[-2:]
+                h, w = first.shape[-2:]
                 side = x.shape[-1]
                 better = int(math.ceil(side * math.sqrt(MIN_GRID_CELLS / (h * w)) / 32) * 32)
                 warnings.warn(

@@ -33,13 +33,13 @@ def split_features(features: Features) -> Tuple[Tensor, Optional[Tensor]]:
     """
     if isinstance(features, Tensor):
         return features, None
-    if not isinstance(features, (tuple, list)) or len(features) != 2:
-        kind = (
-            f"a {type(features).__name__} of {len(features)}"
-            if isinstance(features, (tuple, list))
-            else type(features).__name__
+    if not isinstance(features, (tuple, list)):
+        check_feature_map(features)  # type: ignore[arg-type]  # raises: not a tensor
+    if len(features) != 2:
+        raise ValueError(
+            "features must be a (B, C, h, w) tensor or a pair (fine, coarse) of them, got a "
+            f"{type(features).__name__} of {len(features)}."
         )
-        raise ValueError(f"features must be a (B, C, h, w) tensor or a pair (fine, coarse) of them, got {kind}.")
     fine, coarse = features
     for m in (fine, coarse):  # shapes only: the values are checked where a graph is built of them
         if not isinstance(m, Tensor) or m.ndim != 4:
@@ -162,8 +162,8 @@ class SaliencyGenerator:
     parts scored by objectness (salient, distinct from their surroundings, off the image border;
     :mod:`sgcl_plugin.objects`). The saliency maps are the same in both modes.
 
-    ``regions="hierarchy"`` merges those parts bottom-up into candidate whole objects and scores
-    every candidate (:mod:`sgcl_plugin.hierarchy`); it reads a pair of maps ``(fine, coarse)``
+    ``regions="hierarchy"`` (the default) merges those parts bottom-up into candidate whole objects
+    and scores every candidate (:mod:`sgcl_plugin.hierarchy`); it reads a pair of maps ``(fine, coarse)``
     (``FeatureMaps(backbone, stride=(16, 32))``): parts from the fine map's graph, saliency from
     the coarse map's Ncut, objectness from both. Its ``maps`` are the coarse map's saliency on
     the fine grid. Given one map it uses it for both roles. The other modes read the first map of
@@ -178,11 +178,12 @@ class SaliencyGenerator:
         connectivity: 8 or 4.
         eps: Weight added to every edge (keeps degrees positive).
         tau: Threshold of the ``"binary"`` affinity.
-        regions: ``"paper"`` (Eq. 4-5 exactly: components of the mask at the mean, scores
-            ``max(Y[B_i]) / max(Y)``) or ``"objects"`` (see above and docs/RESULTS.md).
-        num_vectors: Objects mode: eigenvectors in the spectral embedding.
-        num_clusters: Objects mode: k-means clusters per image.
-        ring: Objects mode: width in cells of the ring a part is compared with.
+        regions: ``"hierarchy"`` (default: whole objects, see above), ``"objects"`` (the k-way
+            cut's parts) or ``"paper"`` (Eq. 4-5 exactly: components of the mask at the mean, scores
+            ``max(Y[B_i]) / max(Y)``); measured side by side in docs/RESULTS.md.
+        num_vectors: Objects and hierarchy modes: eigenvectors in the spectral embedding.
+        num_clusters: Objects and hierarchy modes: k-means clusters per image.
+        ring: Objects and hierarchy modes: width in cells of the ring a region is compared with.
         min_fraction: Objects and hierarchy modes: parts smaller than this fraction of the grid
             are dropped (objects) or merged into a neighbour (hierarchy) too (the larger of this and
             ``min_area`` applies: 8 cells on a 28 x 28 grid).
@@ -193,11 +194,12 @@ class SaliencyGenerator:
             :data:`~sgcl_plugin.hierarchy.OBJECTNESS_EXPONENTS` (0 leaves a factor out).
 
     Examples:
-        >>> generator = SaliencyGenerator()
-        >>> features = backbone(images)  # (B, C, h, w), e.g. ResNet-50 at 640 px: (B, 2048, 20, 20)
+        >>> generator = SaliencyGenerator()  # hierarchy mode
+        >>> features = FeatureMaps(backbone, stride=(16, 32))(images)  # ResNet-50 at 640 px: layer3 40 x 40, layer4
         >>> result = generator(features)
-        >>> result.maps.shape  # (B, 20, 20), in [0, 1]
+        >>> result.maps.shape  # (B, 40, 40), in [0, 1]
         >>> result.regions[0].boxes, result.regions[0].scores
+        >>> SaliencyGenerator(regions="paper")(backbone(images))  # the paper's Eq. 4-5 on the last map
     """
 
     def __init__(
@@ -209,7 +211,7 @@ class SaliencyGenerator:
         connectivity: int = 8,
         eps: float = 1e-5,
         tau: float = 0.2,
-        regions: RegionMode = "objects",
+        regions: RegionMode = "hierarchy",
         num_vectors: int = 4,
         num_clusters: int = 8,
         ring: int = 2,
@@ -394,7 +396,7 @@ class ChannelSumGenerator(SaliencyGenerator):
     """
 
     def __init__(self, threshold: float = 0.1) -> None:
-        super().__init__()
+        super().__init__(regions="paper")  # one map: the backbone's last (feature_stride "auto")
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {threshold}.")
         self.threshold = threshold
@@ -446,4 +448,4 @@ def resolve_generator(
                 f"(regions={getattr(generator, 'regions', None)!r})."
             )
         return generator
-    return SaliencyGenerator(regions=regions if regions is not None else "objects")  # type: ignore[arg-type]
+    return SaliencyGenerator(regions=regions if regions is not None else "hierarchy")  # type: ignore[arg-type]

@@ -41,6 +41,8 @@ BOX_COLORS: Tuple[Tuple[int, int, int], ...] = (
     (0, 255, 255),
     (170, 255, 0),
     (255, 105, 180),
+    (160, 160, 255),
+    (255, 255, 0),
 )
 
 _RESERVED_STEMS = {"contact_sheet"}
@@ -107,6 +109,94 @@ def box_to_pixels(box: Sequence[float], width: int, height: int) -> Tuple[int, i
     return left, top, right, bottom
 
 
+def _rects_overlap(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _place_label(
+    box: Tuple[int, int, int, int],
+    size: Tuple[int, int],
+    line: int,
+    W: int,
+    H: int,
+    taken: List[Tuple[int, int, int, int]],
+) -> Optional[Tuple[int, int, int, int]]:
+    """Where a label of ``size`` goes for a box: above its top-left corner, inside it, below it, or inside its
+    top-right corner, the first spot within the image that no placed label covers; None if none is free."""
+    left, top, right, bottom = box
+    tw, th = size
+    if tw > W or th > H:
+        return None
+    for x, y in (
+        (left, top - th - 1),
+        (left + line, top + line),
+        (left, bottom + 1),
+        (right - tw - line, top + line),
+        (left + line, bottom - th - line),
+    ):
+        x, y = min(max(x, 0), W - tw), min(max(y, 0), H - th)
+        rect = (x, y, x + tw - 1, y + th - 1)
+        if not any(_rects_overlap(rect, t) for t in taken):
+            return rect
+    return None
+
+
+def _legend(
+    regions: Regions,
+    k: int,
+    width: int,
+    widths: Sequence[int],
+    font: Union[ImageFont.ImageFont, ImageFont.FreeTypeFont],
+) -> Image.Image:
+    """The strip under a rendering: what the boxes and the colours mean, and each drawn box's score."""
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    th = _text_size(probe, "Ag#0.9", font)[1]
+    pad = max(4, th // 3)
+    entries = []
+    for i in range(k):
+        text = f"#{i + 1}  score {float(regions.scores[i]):.2f}"
+        if regions.fallback:
+            text += " (no region: whole image)"
+        entries.append(text)
+    entry_w = max([_text_size(probe, e, font)[0] for e in entries] + [1]) + 3 * th + 2 * pad
+    per_row = max(1, (width - pad) // max(entry_w, 1))
+    rows = (k + per_row - 1) // per_row if k else 0
+    header = "Boxes: the regions pairs are cropped from, best first (thickest); a region's score sets how often."
+    bar_text = ("saliency:", "low", "high")
+    line_h = th + pad
+    height = pad + line_h * (1 + rows + 1) + pad
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    y = pad
+    draw.text(
+        (pad, y),
+        header if _text_size(probe, header, font)[0] < width - pad else "Boxes: best first",
+        fill=(0, 0, 0),
+        font=font,
+    )
+    y += line_h
+    for i, text in enumerate(entries):
+        r, c = divmod(i, per_row)
+        x0, y0 = pad + c * entry_w, y + r * line_h
+        color = BOX_COLORS[i % len(BOX_COLORS)]
+        sw = 2 * th
+        draw.rectangle((x0, y0 + 1, x0 + sw, y0 + th - 1), outline=(0, 0, 0), width=1)
+        draw.rectangle((x0 + 1, y0 + 2, x0 + sw - 1, y0 + th - 2), outline=color, width=max(1, min(widths[i], th // 3)))
+        draw.text((x0 + sw + pad, y0), text, fill=(0, 0, 0), font=font)
+    y += rows * line_h
+    x = pad
+    draw.text((x, y), bar_text[0], fill=(0, 0, 0), font=font)
+    x += _text_size(probe, bar_text[0], font)[0] + pad
+    draw.text((x, y), bar_text[1], fill=(0, 0, 0), font=font)
+    x += _text_size(probe, bar_text[1], font)[0] + pad
+    bar_w = max(8, min(width // 3, width - x - _text_size(probe, bar_text[2], font)[0] - 2 * pad))
+    colours = heat_colormap(np.linspace(0.0, 1.0, bar_w))
+    for j in range(bar_w):
+        draw.line((x + j, y + 2, x + j, y + th - 2), fill=tuple(int(v) for v in colours[j]))
+    draw.text((x + bar_w + pad, y), bar_text[2], fill=(0, 0, 0), font=font)
+    return strip
+
+
 def render_saliency(
     image: Image.Image,
     saliency_map: Tensor,
@@ -114,12 +204,16 @@ def render_saliency(
     alpha: float = 0.5,
     gap: int = 8,
     max_boxes: Optional[int] = None,
+    legend: bool = True,
 ) -> Image.Image:
-    """The image beside its saliency heat map overlay with the scored region boxes.
+    """The image beside its saliency heat map overlay with the scored region boxes, and a legend.
 
     The map (any resolution, values in [0, 1]) is upsampled bilinearly to the image, coloured with
     :func:`heat_colormap` and blended over the photo; each region's box (normalized coordinates, so
-    they hold whatever the saliency input size was) is drawn in image pixels with its score.
+    they hold whatever the saliency input size was) is drawn in image pixels, the best region on
+    top and thickest, each labelled with its rank and score where the label fits without covering
+    another; the legend under both panels lists every drawn box's rank, colour and score and the
+    heat map's colours.
 
     Args:
         image: The original photo (any mode; shown as RGB).
@@ -128,9 +222,11 @@ def render_saliency(
         alpha: Weight of the heat map in the overlay.
         gap: White pixels between the two panels.
         max_boxes: Draw only the highest-scoring regions; all of them when None.
+        legend: Add the legend strip under the panels.
 
     Returns:
-        RGB image of size ``(2 * W + gap, H)``: the original on the left, the overlay on the right.
+        RGB image of width ``2 * W + gap``: the original on the left, the overlay on the right, height
+        ``H`` plus the legend's.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
@@ -141,27 +237,40 @@ def render_saliency(
     overlay = Image.fromarray(np.rint((1.0 - alpha) * photo + alpha * heat).clip(0, 255).astype(np.uint8))
 
     draw = ImageDraw.Draw(overlay)
-    line = max(2, round(min(W / 200, H / 100)))
-    font = _font(max(12, round(min(W / 20, H / 8))))
     k = len(regions) if max_boxes is None else min(len(regions), max_boxes)
-    # Lowest score first, so the best region's box and label end up on top.
+    base = max(2, round(min(W, H) / 100))
+    widths = [max(1, round(base * (1.6 if i == 0 else 1.0 - 0.5 * i / max(k - 1, 1)))) for i in range(k)]
+    font = _font(max(10, min(24, round(min(W, H) / 22))))
+    corners = [box_to_pixels(regions.boxes[i].tolist(), W, H) for i in range(k)]
+    # Boxes worst first, so the best one ends on top; then the labels, best first, where they fit.
     for i in reversed(range(k)):
+        left, top, right, bottom = corners[i]
         color = BOX_COLORS[i % len(BOX_COLORS)]
-        left, top, right, bottom = box_to_pixels(regions.boxes[i].tolist(), W, H)
-        draw.rectangle((left, top, right, bottom), outline=(0, 0, 0), width=line + 2)
-        draw.rectangle((left + 1, top + 1, right - 1, bottom - 1), outline=color, width=line)
-        label = f"{float(regions.scores[i]):.2f}" + (" (whole image)" if regions.fallback else "")
+        draw.rectangle((left, top, right, bottom), outline=(0, 0, 0), width=widths[i] + 2)
+        if right - left >= 2 and bottom - top >= 2:
+            draw.rectangle((left + 1, top + 1, right - 1, bottom - 1), outline=color, width=widths[i])
+    taken: List[Tuple[int, int, int, int]] = []
+    pad = 2
+    for i in range(k):
+        label = f"#{i + 1} {float(regions.scores[i]):.2f}"
         tw, th = _text_size(draw, label, font)
-        pad = max(2, line // 2)
-        tx = min(left + line + 1, max(W - tw - 2 * pad, 0))
-        ty = min(top + line + 1, max(H - th - 2 * pad, 0))
-        draw.rectangle((tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad), fill=color)
-        draw.text((tx + pad, ty + pad), label, fill=(0, 0, 0), font=font)
+        spot = _place_label(corners[i], (tw + 2 * pad, th + 2 * pad), widths[i], W, H, taken)
+        if spot is None:
+            continue  # the legend still lists it
+        taken.append(spot)
+        draw.rectangle(spot, fill=BOX_COLORS[i % len(BOX_COLORS)], outline=(0, 0, 0))
+        draw.text((spot[0] + pad, spot[1] + pad), label, fill=(0, 0, 0), font=font)
 
     canvas = Image.new("RGB", (2 * W + gap, H), (255, 255, 255))
     canvas.paste(rgb, (0, 0))
     canvas.paste(overlay, (W + gap, 0))
-    return canvas
+    if not legend:
+        return canvas
+    strip = _legend(regions, k, canvas.width, widths, _font(max(11, min(20, round(canvas.width / 60)))))
+    out = Image.new("RGB", (canvas.width, H + strip.height), (255, 255, 255))
+    out.paste(canvas, (0, 0))
+    out.paste(strip, (0, H))
+    return out
 
 
 def render_pairs(
@@ -402,12 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=4, help="smallest region kept, in feature-map cells (default: 4)")
     p.add_argument("--sign-rule", choices=SIGN_RULES, default="border", help="foreground side of the cut")
     p.add_argument(
-        "--regions", choices=("objects", "paper", "both"), default="objects",
-        help="region mode: 'objects' (k-way Ncut parts; default), 'paper' (Eq. 4-5), or both side by side",
+        "--regions", choices=("hierarchy", "objects", "paper", "both", "all"), default="hierarchy",
+        help="region mode: 'hierarchy' (whole objects: k-way Ncut parts merged and scored; default), 'objects' "
+        "(the parts), 'paper' (Eq. 4-5); 'both': paper and hierarchy side by side; 'all': the three",
     )  # fmt: skip
     p.add_argument(
-        "--stride", type=int, default=None,
-        help="feature stride to read (default: 16 for objects, the backbone's last map for paper)",
+        "--stride", type=int, nargs="+", default=None, metavar="STRIDE",
+        help="feature stride(s) to read: one, or two (fine coarse) for hierarchy (default: 16 and the last map for "
+        "hierarchy, 16 for objects, the backbone's last map for paper)",
     )  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
@@ -486,22 +597,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
     transform = SaliencyInput(args.size, backbone.mean, backbone.std)
-    modes = ["paper", "objects"] if args.regions == "both" else [args.regions]
-    # One (mode, feature source, generator) per rendering: objects mode reads the stride-16 stage.
-    passes: List[Tuple[str, Callable[[Tensor], Tensor], SaliencyGenerator]] = []
+    modes = {"both": ["paper", "hierarchy"], "all": ["paper", "objects", "hierarchy"]}.get(args.regions, [args.regions])
+    if args.stride is not None and (
+        len(args.stride) > 2 or min(args.stride) < 1 or (len(args.stride) == 2 and args.stride[0] >= args.stride[1])
+    ):
+        return fail(
+            f"--stride takes one or two (fine < coarse) positive strides, got {' '.join(map(str, args.stride))}."
+        )
+    # One (mode, feature source, generator) per rendering: objects mode reads the stride-16 stage, hierarchy mode
+    # that stage and the last map.
+    passes: List[Tuple[str, Callable[[Tensor], Any], SaliencyGenerator]] = []
     for mode in modes:
-        stride = args.stride if args.stride is not None else (16 if mode == "objects" else backbone.stride)
-        if args.size < 2 * stride:
-            return fail(f"--size {args.size} gives a feature map under 2 x 2 cells (stride {stride}).")
+        if args.stride is not None and (mode == "hierarchy" or len(args.stride) == 1):
+            strides = args.stride if mode == "hierarchy" else args.stride[:1]
+        else:
+            strides = {"hierarchy": [16, backbone.stride], "objects": [16]}.get(mode, [backbone.stride])
+        if args.size < 2 * max(strides):
+            return fail(f"--size {args.size} gives a feature map under 2 x 2 cells (stride {max(strides)}).")
         try:
-            source = backbone if stride == backbone.stride else FeatureMaps(backbone, stride=stride)
+            if strides == [backbone.stride]:
+                source: Callable[[Tensor], Any] = backbone
+            else:
+                source = FeatureMaps(backbone, stride=strides[0] if len(strides) == 1 else (strides[0], strides[1]))
         except ValueError as err:
             return fail(str(err))
+        stride = " + ".join(map(str, strides))
         generator = SaliencyGenerator(
             affinity=args.affinity, solver=args.solver, min_area=args.min_area, sign_rule=args.sign_rule,
             regions=mode,  # type: ignore[arg-type]
         )  # fmt: skip
-        passes.append((f"{mode}, stride {stride}", source, generator))
+        passes.append((f"{mode}, stride{'s' if len(strides) > 1 else ''} {stride}", source, generator))
 
     if args.images is not None and args.out.resolve() == args.images.resolve():
         return fail(

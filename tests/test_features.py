@@ -87,3 +87,51 @@ def test_efficientnet_lite0_block_10() -> None:
     with torch.no_grad():
         out = FeatureMaps(net, stride=16)(torch.randn(1, 3, 224, 224))
     assert out.shape == (1, 112, 14, 14)
+
+
+def test_a_stride_pair_returns_both_raw_maps() -> None:
+    net = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        fine, coarse = FeatureMaps(net, stride=(16, 32))(x)
+        trunk = nn.Sequential(*list(net.children())[:-2])
+        l3 = nn.Sequential(*list(net.children())[:-3])
+        torch.testing.assert_close(fine, l3(x))
+        torch.testing.assert_close(coarse, trunk(x))
+    assert FeatureMaps(net, stride=(16, 32)).layers == ["layer3", "layer4"]
+    for bad in ((32, 16), (16, 16), (16, 32, 64), (0, 32), (16.0, 32)):
+        with pytest.raises(ValueError, match="stride"):
+            FeatureMaps(net, stride=bad)  # type: ignore[arg-type]
+
+
+def test_hierarchy_strides_and_refresh_features() -> None:
+    from sgcl_plugin.backbones import tiny_resnet
+    from sgcl_plugin.features import check_stride, hierarchy_strides, refresh_features
+
+    resnet = torchvision.models.resnet18().eval()
+    assert hierarchy_strides(resnet) == (16, 32)
+    assert hierarchy_strides(nn.Sequential(*list(resnet.children())[:-2])) == (16, 32)
+    tiny = tiny_resnet()
+    assert hierarchy_strides(tiny) == (8, 16)  # its last map is at stride 16
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        fine, coarse = refresh_features(tiny, "auto", "hierarchy")(x)
+        assert fine.shape[-1] == 16 and coarse.shape[-1] == 8
+        assert refresh_features(tiny, "auto", "objects")(x).shape[-1] == 8  # other modes: the last map
+        assert refresh_features(resnet, 16, "paper")(x).shape[-1] == 8
+        assert len(refresh_features(resnet, [16, 32], "hierarchy")(x)) == 2  # a YAML list
+    for bad in (0, "16", (32, 16), True):
+        with pytest.raises(ValueError, match="feature_stride"):
+            check_stride(bad)
+
+
+def test_refresh_reads_a_pair_of_maps() -> None:
+    from sgcl_plugin import SaliencyGenerator
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18().eval()
+    images = [torch.rand(3, 96, 128) for _ in range(3)]
+    bank = SaliencyGenerator().refresh(FeatureMaps(net, stride=(16, 32)), images, saliency_size=128, progress=False)
+    assert (bank.counts > 0).all() and bank.refreshes == 1
+    with pytest.raises(TypeError, match="pair"):
+        SaliencyGenerator().refresh(lambda x: (x, x, x), images, saliency_size=128, progress=False)

@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform, check_crop_size
-from sgcl_plugin.features import feature_map_backbone, feature_maps
+from sgcl_plugin.features import Stride, check_stride, feature_map_backbone, refresh_features
 from sgcl_plugin.items import DatasetImages, ImageItem, flatten_pairs, repeat_rows
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
@@ -350,7 +350,7 @@ def _refresh_images(dataset: Any, bank: Any) -> DatasetImages:
 
 def refresh(
     backbone: Any, dataset: Any, bank: Optional[SaliencyBank], *, generator: Optional[SaliencyGenerator] = None,
-    regions: Optional[str] = None, feature_stride: Optional[int] = None, **kwargs: Any,
+    regions: Optional[str] = None, feature_stride: Stride = "auto", **kwargs: Any,
 ) -> SaliencyBank:  # fmt: skip
     """SGCL Step 1: recomputes every image's regions into ``bank``, in place, with the current backbone.
 
@@ -359,14 +359,19 @@ def refresh(
         dataset: The :class:`SGCLDataset` (its bank must be ``bank``) or the raw dataset.
         bank: The bank the :class:`SGCLTransform` reads.
         generator, regions: The :class:`~sgcl_plugin.SaliencyGenerator`, or the mode of the default one.
-        feature_stride: Read the backbone's stage at this stride (16 recommended) instead of its last map.
+        feature_stride: What the refresh reads (:func:`~sgcl_plugin.features.refresh_features`): ``"auto"``
+            (hierarchy mode: the last map and the stage at half its stride; other modes: the last map), None
+            (the last map), a stride (16: the stride-16 stage) or a pair ``(16, 32)``.
         **kwargs: :meth:`SaliencyGenerator.refresh` options (``saliency_size`` (default 640), ``batch_size``, ...).
 
     Raises:
         ValueError: no bank yet, or a bank of another size than the dataset or not the dataset's.
     """
     images = _refresh_images(dataset, bank)
-    return resolve_generator(generator, regions).refresh(feature_maps(backbone, feature_stride), images, bank, **kwargs)
+    gen = resolve_generator(generator, regions)
+    return gen.refresh(
+        refresh_features(backbone, feature_stride, getattr(gen, "regions", None)), images, bank, **kwargs
+    )
 
 
 class SGCLRefresher:
@@ -375,7 +380,7 @@ class SGCLRefresher:
     of :func:`refresh`; raises as it does, and for a bad schedule.
 
     Examples:
-        >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640, feature_stride=16)
+        >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
         >>> for epoch in range(epochs):
         ...     refresher.maybe_refresh(epoch, model.backbone)  # then train the epoch
     """
@@ -383,11 +388,12 @@ class SGCLRefresher:
     def __init__(
         self, bank: Optional[SaliencyBank], dataset: Any, every_n_epochs: int = 10,
         generator: Optional[SaliencyGenerator] = None, regions: Optional[str] = None,
-        first_epoch: Optional[int] = None, feature_stride: Optional[int] = None, saliency_size: int = 640,
+        first_epoch: Optional[int] = None, feature_stride: Stride = "auto", saliency_size: int = 640,
         batch_size: int = 32, num_workers: int = 0, progress: bool = True,
         device: Optional[Union[str, torch.device]] = None,
     ) -> None:  # fmt: skip
         self.schedule = RefreshSchedule(every_n_epochs, first_epoch)
+        check_stride(feature_stride)
         _refresh_images(dataset, bank)  # fail now, not after the first epochs
         self.bank: SaliencyBank = bank  # type: ignore[assignment]
         self.dataset: Any = dataset

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.features import check_feature_output, feature_maps
+from sgcl_plugin.features import Stride, check_feature_output, check_stride, refresh_features
 from sgcl_plugin.items import DatasetImages
 from sgcl_plugin.refresh import SaliencyInput, default_device, eval_mode
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
@@ -93,14 +93,17 @@ class SGCLRefreshCallback:
     Args:
         bank: The bank the crop transform reads; None (set ``callback.bank`` later); or a callable returning it.
         dataset: The training images in the bank's order (a crop dataset is unwrapped), or a callable.
-        generator, regions: The saliency source, or the mode (``"objects"``, ``"paper"``) of the default one.
+        generator, regions: The saliency source, or the mode (``"hierarchy"``, ``"objects"``, ``"paper"``) of the
+            default one.
         every_n_epochs, first_epoch: The schedule above (paper: every 100 of 800 epochs).
         backbone: None for ``pl_module.backbone``, or ``get_backbone(pl_module)`` returning the module mapping
             (B, 3, S, S) images to feature maps (B, C, h, w).
         saliency_size, batch_size, num_workers, transform, progress: Options of the refresh.
         log_stats: Log the bank statistics (``sgcl/...``) after each refresh.
         package: ``"auto"`` (subclass every installed package's ``Callback``), ``"lightning"``, ``"pytorch_lightning"``.
-        feature_stride: Read the backbone's stage at this stride (16 recommended) instead of its output.
+        feature_stride: What a refresh reads (:func:`~sgcl_plugin.features.refresh_features`): ``"auto"``
+            (hierarchy mode: the last map and the stage at half its stride; other modes: the last map), None (the
+            backbone's output), a stride (16: the stride-16 stage) or a pair ``(16, 32)``.
 
     Raises:
         ImportError: Neither ``lightning`` nor ``pytorch_lightning`` is installed.
@@ -120,13 +123,10 @@ class SGCLRefreshCallback:
         first_epoch: Optional[int] = None, backbone: Optional[BackboneGetter] = None, saliency_size: int = 640,
         batch_size: int = 32, num_workers: int = 0, progress: bool = True, log_stats: bool = True,
         transform: Optional[Callable[[Any], Tensor]] = None, package: str = "auto", regions: Optional[str] = None,
-        feature_stride: Optional[int] = None,
+        feature_stride: Stride = "auto",
     ) -> None:  # fmt: skip
         super().__init__()
-        if feature_stride is not None and (
-            isinstance(feature_stride, bool) or not isinstance(feature_stride, int) or feature_stride < 1
-        ):
-            raise ValueError(f"feature_stride must be None or a positive integer, got {feature_stride!r}.")
+        check_stride(feature_stride)
         if bank is not None and not isinstance(bank, SaliencyBank) and not callable(bank):
             raise TypeError(
                 f"bank must be a SaliencyBank, None or a callable returning one, got {type(bank).__name__}."
@@ -222,7 +222,7 @@ class SGCLRefreshCallback:
         return bank, dataset
 
     def backbone_of(self, pl_module: Any) -> Union[nn.Module, Callable[[Tensor], Tensor]]:
-        """What a refresh runs: :func:`~sgcl_plugin.features.feature_maps` of the module's backbone."""
+        """What a refresh runs: :func:`~sgcl_plugin.features.refresh_features` of the module's backbone."""
         getter = self.get_backbone
         backbone = getattr(pl_module, "backbone", None) if getter is None else getter(pl_module)
         if backbone is None or not callable(backbone):
@@ -236,7 +236,7 @@ class SGCLRefreshCallback:
                 "feature extractor `self.backbone`, or pass backbone=lambda module: module.<your encoder> (a "
                 "module mapping (B, 3, S, S) images to (B, C, h, w) feature maps)."
             )
-        return feature_maps(backbone, self.feature_stride)
+        return refresh_features(backbone, self.feature_stride, getattr(self.generator, "regions", None))
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Starts a new run's schedule; probes whether the ranks share one bank in memory (under DDP)."""

@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
-from sgcl_plugin.features import feature_maps
+from sgcl_plugin.features import check_stride, feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
+from sgcl_plugin.saliency import REGION_MODES
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
 __all__ = [
@@ -53,9 +54,9 @@ DEFAULT_CROP_SIZE = 96
 # Defaults of the ``sgcl`` node of a solo config (docs/adapters/solo.md says what each key does).
 SGCL_DEFAULTS: Dict[str, Any] = {
     "num_regions": 4, "crop_size": None, "scale": None, "views": None, "gamma": 0.5, "normalize": "count",
-    "exclude_same_image": True, "max_regions": 16, "regions": "objects",
+    "exclude_same_image": True, "max_regions": 16, "regions": "hierarchy",
     "inter": {"enabled": None, "queue_size": 4096, "num_neighbors": 5},  # None: on for BYOL and NNCLR, off for SimCLR
-    "refresh": {"enabled": True, "feature_stride": None, "every_n_epochs": 10, "first_epoch": None,
+    "refresh": {"enabled": True, "feature_stride": "auto", "every_n_epochs": 10, "first_epoch": None,
                 "saliency_size": 640, "batch_size": 32, "num_workers": 0, "progress": True},
 }  # fmt: skip
 
@@ -154,14 +155,15 @@ def add_sgcl_cfg(cfg: Any) -> Any:
         (not isinstance(gamma, bool) and isinstance(gamma, numbers.Real) and math.isfinite(gamma),
             f"sgcl.gamma must be a finite number >= 0, got {gamma!r}."),
         (normalize in ("count", "weight"), f"sgcl.normalize must be 'count' or 'weight', got {normalize!r}."),
-        (regions in ("objects", "paper"), f"sgcl.regions must be 'objects' or 'paper', got {regions!r}."),
+        (regions in REGION_MODES, f"sgcl.regions must be one of {', '.join(REGION_MODES)}, got {regions!r}."),
     )  # fmt: skip
     for valid, message in checks:
         if not valid:
             raise ValueError(message)
     inter, refresh = node.inter.enabled is not False, bool(node.refresh.enabled)  # inter None: the method's default
+    stride = node.refresh.feature_stride
+    check_stride(list(stride) if OmegaConf.is_list(stride) else stride, "sgcl.refresh.feature_stride")
     for key, minimum, active in (  # integer keys checked when in use: (key, minimum or the key holding it, in use)
-        ("refresh.feature_stride", 1, node.refresh.feature_stride is not None),
         ("inter.num_neighbors", 1, inter),
         ("inter.queue_size", "inter.num_neighbors", inter),
         ("refresh.every_n_epochs", 1, refresh),
@@ -355,9 +357,11 @@ class SGCLMethodMixin:
         return None if self.sgcl_dataset is None else self.sgcl_dataset.images
 
     def sgcl_feature_backbone(self) -> Any:
-        """What a refresh segments: the online backbone's last map, or its stage at ``sgcl.refresh.feature_stride``."""
+        """What a refresh segments: :func:`~sgcl_plugin.features.refresh_features` of the online backbone at
+        ``sgcl.refresh.feature_stride`` (``auto``: hierarchy mode, the last map and the stage at half its stride)."""
         stride = self.sgcl_cfg.refresh.feature_stride
-        return feature_maps(self.backbone, None if stride is None else int(stride))  # type: ignore[attr-defined]
+        stride = tuple(int(v) for v in stride) if _omegaconf().is_list(stride) else stride
+        return refresh_features(self.backbone, stride, str(self.sgcl_cfg.regions))  # type: ignore[attr-defined]
 
     def on_train_start(self) -> None:
         """Attaches the crop transform to a dataset without one (possible only without DataLoader workers)."""
@@ -385,6 +389,7 @@ class SGCLMethodMixin:
                 backbone=solo_feature_backbone, saliency_size=int(refresh.saliency_size),
                 batch_size=int(refresh.batch_size), num_workers=int(refresh.num_workers),
                 progress=bool(refresh.progress), package="lightning", regions=str(self.sgcl_cfg.regions),
+                feature_stride=None,  # solo_feature_backbone already reads sgcl.refresh.feature_stride
             )  # fmt: skip
             callbacks.append(self._sgcl_callback)
         return callbacks
