@@ -114,7 +114,7 @@ def autocast_rows(device: torch.device) -> List[Row]:
     f = f.to(device)
     dtypes = [torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
     rows: List[Row] = []
-    for mode in ("paper", "objects"):
+    for mode in ("paper", "objects", "hierarchy"):
         gen = SaliencyGenerator(regions=mode, solver="krylov")
         ref = gen(f)
         for dtype in dtypes:
@@ -132,7 +132,7 @@ def autocast_rows(device: torch.device) -> List[Row]:
 
 
 def refresh_rows(device: torch.device, images: int) -> List[Row]:
-    from sgcl_plugin import SaliencyBank, SaliencyGenerator
+    from sgcl_plugin import FeatureMaps, SaliencyBank, SaliencyGenerator
     from sgcl_plugin.backbones import tiny_resnet
     from sgcl_plugin.refresh import refresh_bank
     from sgcl_plugin.scenes import ComposedScenes
@@ -143,7 +143,7 @@ def refresh_rows(device: torch.device, images: int) -> List[Row]:
     try:
         scenes = [ComposedScenes(images, image_size=128, seed=0, image_only=True)[i] for i in range(images)]
         torch.manual_seed(0)
-        model = tiny_resnet(16).eval()
+        model = FeatureMaps(tiny_resnet(16).eval(), stride=(8, 16))  # the hierarchy mode's pair (the default)
         banks = []
         for where in (torch.device("cpu"), device):
             bank = SaliencyBank(images)
@@ -239,7 +239,7 @@ def throughput_rows(device: torch.device, images: int, size: int, workers: int) 
     net = torchvision.models.resnet50(weights=None)
     backbone = torch.nn.Sequential(*list(net.children())[:-2]).to(device).eval()
     rows: List[Row] = []
-    for mode, stride in (("paper", 32), ("objects", 16)):
+    for mode, stride in (("paper", 32), ("objects", 16), ("hierarchy", (16, 32))):
         check = f"refresh throughput, ResNet-50 at {size} px, {mode} mode (stride {stride})"
         try:
             model = backbone if stride == 32 else FeatureMaps(backbone, stride)

@@ -227,6 +227,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             ("paper (Eq. 4-5), stride 16", lambda: SaliencyGenerator(regions="paper"), f16, t16),
             ("objects, stride 16 (default until 0.2)", lambda: SaliencyGenerator(regions="objects"), f16, t16),
             (HIERARCHY, hier(), pair, t_pair),
+            ("hierarchy, frame exponent 0.5", hier(objectness={"frame": 0.5}), pair, t_pair),
         ]
         if full:
             sources += [

@@ -12,7 +12,7 @@ from sgcl_plugin.crops import (
     sample_crop_in_box,
     sample_regions,
 )
-from sgcl_plugin.features import FeatureMaps, feature_maps
+from sgcl_plugin.features import FeatureMaps, feature_maps, refresh_features
 from sgcl_plugin.image_folder import ImageFiles, UnreadableImageError
 from sgcl_plugin.items import DatasetImages, split_item
 from sgcl_plugin.losses import (
@@ -44,6 +44,7 @@ __all__ = [
     "SGCLObjective",
     "UnreadableImageError",
     "feature_maps",
+    "refresh_features",
     "split_item",
     "CropSample",
     "RegionCrops",

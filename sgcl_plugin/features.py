@@ -157,8 +157,9 @@ def hierarchy_strides(model: Any, probe_size: int = 256) -> Tuple[int, int]:
     x = torch.zeros(1, 3, probe_size, probe_size, device=param.device if param is not None else None)
     with eval_mode(backbone):
         out = backbone(x)
-    if not isinstance(out, Tensor) or out.ndim != 4:
-        raise ValueError("The backbone's last output is not a feature map (B, C, h, w): give the strides explicitly.")
+    check_feature_output(out, x)  # the usual message for pooled vectors, tokens, 1 x 1 maps
+    if not isinstance(out, Tensor):
+        raise ValueError("The backbone already returns a pair of maps: give feature_stride=None to read it as it is.")
     stride = probe_size // out.shape[-1]
     if stride < 2:
         raise ValueError(f"The backbone's last map has stride {stride}: no coarser/finer pair to read.")

@@ -121,8 +121,9 @@ def absorb_small_parts(labels: np.ndarray, gram: np.ndarray, min_cells: int) -> 
     adj = _adjacency(labels, P)
     owner = np.arange(P)  # part -> the part it joined (chains resolved below)
     alive = sizes > 0
+    has_nb = adj.any(1)  # kept up to date for the rows a merge touches
     while True:
-        small = np.nonzero(alive & (sizes < min_cells) & adj.any(1))[0]
+        small = np.nonzero(alive & (sizes < min_cells) & has_nb)[0]
         if small.size == 0:
             break
         p = int(small[np.argmin(sizes[small])])  # smallest first; ties: lowest id
@@ -132,6 +133,8 @@ def absorb_small_parts(labels: np.ndarray, gram: np.ndarray, min_cells: int) -> 
         sizes[q] += sizes[p]
         alive[p] = False
         owner[p] = q
+        touched = np.append(nb, p)
+        has_nb[touched] = adj[touched].any(1)
     for p in range(P):
         r = p
         while owner[r] != r:

@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="downscale renderings so the photo's longer side is at most this (0: keep; default: 1024)",
     )
     p.add_argument("--columns", type=int, default=2, help="contact sheet columns (default: 2)")
-    p.add_argument("--max-boxes", type=int, default=8, help="boxes drawn per rendering, best first (0: all; default 8)")
+    p.add_argument("--max-boxes", type=int, default=5, help="boxes drawn per rendering, best first (0: all; default 5)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 

@@ -459,12 +459,14 @@ def test_import_is_lazy() -> None:
 def test_regions_mode_and_feature_stride(photos: List[Any]) -> None:
     """The callback's one option per choice: region mode of its generator, and the stage it reads."""
     bank = SaliencyBank(len(photos), max_regions=8)
-    assert make_callback(bank, photos).generator.regions == "objects"
+    assert make_callback(bank, photos).generator.regions == "hierarchy"
+    assert make_callback(bank, photos).feature_stride == "auto"
     assert make_callback(bank, photos, regions="paper").generator.regions == "paper"
     with pytest.raises(ValueError, match="either a generator or regions"):
         make_callback(bank, photos, generator=SaliencyGenerator(), regions="paper")
-    with pytest.raises(ValueError, match="feature_stride"):
-        make_callback(bank, photos, feature_stride=0)
+    for bad in (0, (16, 8), "16"):
+        with pytest.raises(ValueError, match="feature_stride"):
+            make_callback(bank, photos, feature_stride=bad)
     # the tiny trunk has stride 8: asking for 16 fails at fit start, before any step, saying how to opt out
     module = TinySimCLR()
     with pytest.raises(ValueError, match="feature_stride=None"):
@@ -480,6 +482,12 @@ def test_regions_mode_and_feature_stride(photos: List[Any]) -> None:
     boxes = bank.boxes[bank.scores > 0]
     torch.testing.assert_close(boxes * 16, (boxes * 16).round())
     assert not torch.allclose(boxes * 8, (boxes * 8).round())  # not all on the stride-8 grid
+    # the default: hierarchy mode on the pair "auto" finds, the stage at half the last map's stride (4) and it (8)
+    callback = make_callback(bank, photos)
+    make_trainer(max_epochs=2, limit_train_batches=1, callbacks=[callback]).fit(TinySimCLR(), make_loader(photos, bank))
+    assert bank.refreshes == 2 and (bank.counts > 0).all()
+    boxes = bank.boxes[bank.scores > 0]
+    torch.testing.assert_close(boxes * 16, (boxes * 16).round())  # on the fine (stride-4) grid
 
 
 def test_lightly_style_pooled_backbone_and_indexed_dataset(photos: List[Any]) -> None:

@@ -247,16 +247,19 @@ def test_config_makes_region_crops_the_large_crops() -> None:
 def test_config_regions_mode_and_feature_stride() -> None:
     OmegaConf = pytest.importorskip("omegaconf").OmegaConf
     cfg = adapter.add_sgcl_cfg(OmegaConf.create({}))
-    assert cfg.sgcl.regions == "objects" and cfg.sgcl.refresh.feature_stride is None
+    assert cfg.sgcl.regions == "hierarchy" and cfg.sgcl.refresh.feature_stride == "auto"
     cfg = adapter.add_sgcl_cfg(OmegaConf.create({"sgcl": {"regions": "paper", "refresh": {"feature_stride": 16}}}))
     assert cfg.sgcl.regions == "paper" and cfg.sgcl.refresh.feature_stride == 16
-    with pytest.raises(ValueError, match="sgcl.regions must be 'objects' or 'paper'"):
+    cfg = adapter.add_sgcl_cfg(OmegaConf.create({"sgcl": {"refresh": {"feature_stride": [16, 32]}}}))
+    assert list(cfg.sgcl.refresh.feature_stride) == [16, 32]
+    with pytest.raises(ValueError, match="sgcl.regions must be one of paper, objects, hierarchy"):
         adapter.add_sgcl_cfg(OmegaConf.create({"sgcl": {"regions": "boxes"}}))
-    with pytest.raises(ValueError, match="feature_stride"):
-        adapter.add_sgcl_cfg(OmegaConf.create({"sgcl": {"refresh": {"feature_stride": 0}}}))
+    for bad in (0, [32, 16], "sixteen"):
+        with pytest.raises(ValueError, match="feature_stride"):
+            adapter.add_sgcl_cfg(OmegaConf.create({"sgcl": {"refresh": {"feature_stride": bad}}}))
     for name in ("sgcl_byol", "sgcl_simclr", "sgcl_nnclr"):  # the shipped configs name both keys
         shipped = OmegaConf.load(Path(__file__).resolve().parents[1] / "examples" / "solo" / f"{name}.yaml")
-        assert shipped.sgcl.regions == "objects" and shipped.sgcl.refresh.feature_stride == 16
+        assert shipped.sgcl.regions == "hierarchy" and shipped.sgcl.refresh.feature_stride == "auto"
 
 
 # --------------------------------------------------------------------------- with solo-learn

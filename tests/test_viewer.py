@@ -70,9 +70,9 @@ def test_cli_renders_real_photos_and_skips_a_corrupt_file(tmp_path: Path, capsys
         assert png.is_file()
         with Image.open(png) as rendered, Image.open(source) as photo:
             W, H = photo.size
-            assert rendered.format == "PNG" and rendered.size == (2 * W + 8, H)
+            assert rendered.format == "PNG" and rendered.width == 2 * W + 8 and rendered.height > H  # + the legend
             # left panel: the photo itself (the JPEG, decoded the same way)
-            left = np.asarray(rendered.convert("RGB"))[:, :W].astype(int)
+            left = np.asarray(rendered.convert("RGB"))[:H, :W].astype(int)
             assert np.abs(left - np.asarray(photo.convert("RGB")).astype(int)).max() == 0
     assert not (out / "bad.png").exists()
 
@@ -106,12 +106,13 @@ def test_render_saliency_draws_boxes_where_the_regions_are() -> None:
     assert len(regions) == 1
     torch.testing.assert_close(regions.boxes[0], torch.tensor([1 / 8, 2 / 8, 4 / 8, 6 / 8]))
 
-    boxed = render_saliency(photo, smap, regions, gap=8)
+    boxed = render_saliency(photo, smap, regions, gap=8, legend=False)
     plain = render_saliency(
         photo,
         smap,
         Regions(boxes=torch.zeros(0, 4), scores=torch.zeros(0), areas=torch.zeros(0, dtype=torch.int64)),
         gap=8,
+        legend=False,
     )
     assert boxed.size == plain.size == (2 * W + 8, H) and boxed.mode == "RGB"
     a, b = np.asarray(boxed).astype(int), np.asarray(plain).astype(int)
@@ -130,6 +131,38 @@ def test_render_saliency_draws_boxes_where_the_regions_are() -> None:
     # inside the salient block (map = 1): the photo blended with the hot end of the colour map
     hot = 0.5 * np.asarray(photo)[250, 150] + 0.5 * heat_colormap(np.array(1.0))
     assert np.abs(a[250, x0 + 150] - hot).max() <= 1
+    # With the legend: the same panels, and a white strip under them that lists the box
+    with_legend = render_saliency(photo, smap, regions, gap=8)
+    assert with_legend.width == 2 * W + 8 and with_legend.height > H
+    assert (np.asarray(with_legend)[:H] == a).all()
+    strip = np.asarray(with_legend)[H:].astype(int)
+    assert (strip == 255).mean() > 0.5 and (strip < 128).any()  # mostly white, with text
+
+
+def test_labels_never_overlap_and_tiny_images_render() -> None:
+    from sgcl_plugin.viewer import _place_label
+
+    taken = [(0, 0, 49, 19)]
+    spot = _place_label((0, 20, 100, 100), (50, 20), 2, 200, 200, taken)
+    assert spot is not None and not (spot[0] <= 49 and spot[1] <= 19)  # not on the taken label
+    assert _place_label((0, 0, 10, 10), (300, 20), 2, 200, 200, []) is None  # wider than the image
+    # five nested boxes of one spot: every label that is placed is free of the others
+    boxes = [(10 + i, 10 + i, 150 - i, 150 - i) for i in range(5)]
+    placed: list = []
+    for b in boxes:
+        r = _place_label(b, (40, 16), 2, 160, 160, placed)
+        if r is not None:
+            assert all(not (r[0] <= t[2] and t[0] <= r[2] and r[1] <= t[3] and t[1] <= r[3]) for t in placed)
+            placed.append(r)
+    assert len(placed) >= 3
+    regions = Regions(
+        boxes=torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.4, 0.4, 0.45, 0.42]]),
+        scores=torch.tensor([1.0, 0.5, 0.2]),
+        areas=torch.tensor([4, 9, 1]),
+    )
+    for W, H in ((128, 63), (3, 3), (1, 1), (2000, 40)):  # a 128 x 63 photo crashed the label drawing
+        out = render_saliency(Image.new("RGB", (W, H), (90, 120, 200)), torch.rand(4, 4), regions)
+        assert out.width == 2 * W + 8 and out.height > H
 
 
 def test_heat_colormap_and_contact_sheet() -> None:
@@ -150,9 +183,13 @@ def test_both_modes_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "out"
     argv = ["--images", str(images), "--out", str(out), "--backbone", "resnet18", "--size", "128"]
     assert main([*argv, "--device", "cpu", "--no-progress", "--regions", "both"]) == 0
-    assert (out / "coffee_paper.png").is_file() and (out / "coffee_objects.png").is_file()
+    assert (out / "coffee_paper.png").is_file() and (out / "coffee_hierarchy.png").is_file()
     page = (out / "index.html").read_text(encoding="utf-8")
-    assert "paper, stride 32" in page and "objects, stride 16" in page
+    assert "paper, stride 32" in page and "hierarchy, strides 16 + 32" in page
+    assert main([*argv, "--device", "cpu", "--no-progress", "--regions", "all"]) == 0
+    assert (out / "coffee_objects.png").is_file()
+    assert "objects, stride 16" in (out / "index.html").read_text(encoding="utf-8")
+    assert main([*argv, "--regions", "hierarchy", "--stride", "32", "16", "--no-progress"]) == 2  # fine < coarse
     assert main([*argv, "--regions", "objects", "--stride", "64", "--no-progress"]) == 2  # no stride-64 stage
 
 
@@ -198,7 +235,7 @@ def test_sixteen_bit_photo_is_rendered_not_blank(tmp_path: Path) -> None:
     argv = ["--images", str(images), "--out", str(out), "--backbone", "resnet18", "--size", "128", "--no-progress"]
     assert main(argv) == 0
     with Image.open(out / "deep.png") as rendered:
-        left = np.asarray(rendered.convert("L"))[:, :128].astype(float)
+        left = np.asarray(rendered.convert("L"))[:96, :128].astype(float)
     expected = deep / 65535 * 255
     assert np.abs(left - expected).max() <= 2  # the photo panel shows the gradient, not a white sheet
 
