@@ -84,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     for name, flag in (("plain", "--no-sgcl"), ("sgcl", "--sgcl")):
         print(f"\n=== {name}: {args.method} {'with SGCL' if name == 'sgcl' else 'on random crops'}", flush=True)
         # --eval-every <epochs>: the untrained network is evaluated too (epoch 0), the floor both must beat
-        argv_run = [*common, flag, "--eval-every", str(max(1, args.epochs)), "--out", str(out / name)]
+        argv_run = [*common, flag, "--eval-every", str(max(1, args.epochs)), "--out", str(out / name), "--overwrite"]
         runs[name] = sgcl_train.main(argv_run, method=args.method)
     minutes = (time.perf_counter() - t0) / 60
     plain, sgcl = runs["plain"], runs["sgcl"]

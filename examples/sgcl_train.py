@@ -165,6 +165,11 @@ def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
     # outputs
     p.add_argument("--out", default="runs/sgcl")
     p.add_argument("--resume", default="", help="a checkpoint path, or 'auto' for <out>/checkpoint.pt if present")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an --out that holds one (its checkpoint, log and weights are replaced); without "
+        "it such an --out is refused",
+    )  # fmt: skip
     p.add_argument("--ckpt-every", type=int, default=50, help="steps between checkpoints (and at each epoch end)")
     p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if killed (no save) after this many steps")
     p.add_argument(
@@ -650,7 +655,7 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
 # Options that may differ between a run and its resumption: they change neither the model nor the order
 # and content of the batches (where outputs go, progress, pictures, checkpoint cadence, evaluation size).
 RESUME_FREE = {
-    "out", "resume", "no_progress", "workers", "pictures", "ckpt_every", "stop_after_steps",
+    "out", "resume", "overwrite", "no_progress", "workers", "pictures", "ckpt_every", "stop_after_steps",
     "eval_train", "eval_test", "no_eval", "eval_every", "eval_data", "smoke", "testbed",
 }  # fmt: skip
 
@@ -677,6 +682,41 @@ def check_resumable(args: argparse.Namespace, saved: Dict[str, Any], world: int,
         )
 
 
+def check_checkpoint_fields(state: Dict[str, Any], epochs: int, steps_per_epoch: int) -> None:
+    """Refuses a checkpoint whose position fields could not come from a run of these options (a step past
+    the epoch's end would make the resumed epoch never end), before any of it is applied.
+
+    Raises:
+        ValueError: naming every field that is out of range or inconsistent.
+    """
+
+    def integer(key: str) -> Optional[int]:
+        v = state.get(key)
+        return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+    epoch, step, global_step, refreshed = (
+        integer(k) for k in ("epoch", "step_in_epoch", "global_step", "refreshed_epoch")
+    )
+    problems = []
+    if epoch is None or not 0 <= epoch <= epochs:
+        problems.append(f"epoch {state.get('epoch')!r} is not an integer in [0, --epochs {epochs}]")
+    if step is None or not 0 <= step < steps_per_epoch:
+        problems.append(f"step_in_epoch {state.get('step_in_epoch')!r} is not an integer in [0, {steps_per_epoch})")
+    if epoch is not None and step is not None and global_step != epoch * steps_per_epoch + step:
+        problems.append(
+            f"global_step {state.get('global_step')!r} is not epoch x {steps_per_epoch} steps + step_in_epoch"
+        )
+    if refreshed is None or not -1 <= refreshed <= (epoch if epoch is not None else refreshed):
+        problems.append(f"refreshed_epoch {state.get('refreshed_epoch')!r} is not an integer in [-1, epoch]")
+    if not isinstance(state.get("history", []), list):
+        problems.append("history is not a list")
+    if problems:
+        raise ValueError(
+            "Cannot resume: the checkpoint's position is corrupt (" + "; ".join(problems) + "). It was damaged or "
+            "edited, or written by other --epochs / --batch-size / --num-images; resume from another checkpoint."
+        )
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -691,6 +731,12 @@ class Trainer:
             self.device = torch.device("cpu")
         self.main = self.rank == 0
         self.out = Path(args.out)
+        held = [n for n in ("checkpoint.pt", "log.csv", "backbone.pt") if (self.out / n).exists()]
+        if held and not args.resume and not args.overwrite:
+            raise ValueError(
+                f"--out {self.out} holds a run ({', '.join(held)}): continue it with --resume auto, start a new run "
+                "in another --out, or pass --overwrite to replace it."
+            )
         if self.main:
             (self.out / "saliency").mkdir(parents=True, exist_ok=True)
         torch.manual_seed(args.seed)
@@ -817,6 +863,7 @@ class Trainer:
     def load(self, path: str) -> None:
         state = load_checkpoint(path)
         check_resumable(self.args, state.get("args", {}), self.world, int(state.get("world_size", 1)))
+        check_checkpoint_fields(state, self.args.epochs, self.steps_per_epoch)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         if "objective" in state:

@@ -129,7 +129,10 @@ class ImageFiles(Dataset):
 
 
 def _list_image_files(root: Path) -> List[Tuple[str, ...]]:
-    """Path components (relative to ``root``) of the image files under it, hidden ones skipped, sorted."""
+    """Path components (relative to ``root``) of the image files under it, hidden ones skipped, sorted.
+
+    Regular files only (links to regular files count): a named pipe, socket or device with an image
+    extension is left out, since opening it would block or read forever."""
     found: List[Tuple[str, ...]] = []
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # never walk into hidden folders
@@ -137,7 +140,9 @@ def _list_image_files(root: Path) -> List[Tuple[str, ...]]:
         found.extend(
             (*relative, name)
             for name in names
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+            if not name.startswith(".")
+            and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+            and os.path.isfile(os.path.join(folder, name))  # S_ISREG after links: no FIFO, socket, device
         )
     return sorted(found)
 

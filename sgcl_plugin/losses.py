@@ -576,6 +576,26 @@ class FeatureQueue(nn.Module):
         self.ptr.zero_()
         self.count.zero_()
 
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A queue state is checked before any of it is copied: a pointer or count out of range would index
+        # outside the queue, and NaN rows would rank first among the neighbours for queue_size steps.
+        ptr, count, queue = (state_dict.get(prefix + k) for k in ("ptr", "count", "queue"))
+        if isinstance(ptr, Tensor) and isinstance(count, Tensor) and isinstance(queue, Tensor):
+            size = queue.shape[0] if queue.ndim == 2 else -1
+            problems = []
+            if ptr.numel() != 1 or ptr.is_floating_point() or not 0 <= int(ptr) < max(size, 1):
+                problems.append(f"pointer {ptr.tolist()} is not an integer in [0, {size})")
+            if count.numel() != 1 or count.is_floating_point() or not 0 <= int(count) <= size:
+                problems.append(f"count {count.tolist()} is not an integer in [0, {size}]")
+            elif queue.ndim == 2 and queue.is_floating_point() and not bool(torch.isfinite(queue[: int(count)]).all()):
+                problems.append("its filled rows hold NaN or Inf")
+            if problems:
+                raise ValueError(
+                    f"The queue state '{prefix.rstrip('.') or 'queue'}' is corrupt: {'; '.join(problems)}. The "
+                    "checkpoint was damaged or edited; resume from another one."
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _check_rows(self, x: Any, name: str) -> None:
         _check_embeddings(x, name)
         if x.shape[1] != self.dim:

@@ -446,3 +446,54 @@ def test_seeded_items_leave_the_cuda_generators_alone() -> None:
         before = torch.cuda.get_rng_state()
         items[0]
         assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
+def test_a_finished_run_is_not_overwritten_by_accident(tmp_path) -> None:
+    """A second run into an --out that holds one is refused (it used to truncate log.csv and replace the
+    finished run's checkpoint), naming the ways on; --overwrite replaces it on purpose."""
+    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "1", "--out", str(tmp_path)]
+    sgcl_train.main(common, method="byol")
+    before = {n: (tmp_path / n).read_bytes() for n in ("checkpoint.pt", "log.csv", "backbone.pt")}
+    with pytest.raises(ValueError, match=r"holds a run.*--resume auto.*another --out.*--overwrite"):
+        sgcl_train.main(common, method="byol")
+    assert all((tmp_path / n).read_bytes() == b for n, b in before.items())
+    sgcl_train.main([*common, "--resume", "auto"], method="byol")  # continuing is fine (nothing left to do)
+    sgcl_train.main([*common, "--overwrite", "--seed", "1"], method="byol")
+    assert (tmp_path / "backbone.pt").read_bytes() != before["backbone.pt"]
+
+
+def test_a_corrupt_checkpoint_is_refused_before_resuming(tmp_path) -> None:
+    """Every position field and the queues are checked before anything is applied: a step past the epoch's end
+    used to hang the resumed epoch forever; a queue pointer out of range or NaN rows would index or poison."""
+    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
+    sgcl_train.main([*common, "--stop-after-steps", "3", "--ckpt-every", "1"], method="byol")
+    path = tmp_path / "checkpoint.pt"
+    good = torch.load(path, weights_only=True)
+    assert good["global_step"] == 3 and good["step_in_epoch"] == 1  # 2 steps per epoch
+    edits = {
+        "step past the epoch": ({"step_in_epoch": 5, "global_step": 7}, "step_in_epoch 5"),
+        "negative epoch": ({"epoch": -3}, "epoch -3"),
+        "epoch past --epochs": ({"epoch": 9, "global_step": 19}, "epoch 9"),
+        "inconsistent step count": ({"global_step": 11}, "global_step 11"),
+        "refresh in the future": ({"refreshed_epoch": 4}, "refreshed_epoch 4"),
+    }
+    for name, (edit, match) in edits.items():
+        torch.save({**good, **edit}, path)
+        with pytest.raises(ValueError, match=match):
+            sgcl_train.main([*common, "--resume", "auto"], method="byol")
+    for key, value, match in (
+        ("inter.ptr", torch.tensor(10**6), "pointer"),
+        ("inter.count", torch.tensor(-1), "count"),
+        ("inter.queue", None, "NaN or Inf"),
+    ):
+        objective = dict(good["objective"])
+        if value is None:
+            value = objective[key].clone()
+            value[0, 0] = float("nan")
+            objective["inter.count"] = torch.tensor(value.shape[0])
+        objective[key] = value
+        torch.save({**good, "objective": objective}, path)
+        with pytest.raises(ValueError, match=match):
+            sgcl_train.main([*common, "--resume", "auto"], method="byol")
+    torch.save(good, path)
+    sgcl_train.main([*common, "--resume", "auto"], method="byol")  # the good one still resumes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -38,12 +39,16 @@ def test_lists_image_files_sorted_recursively_skipping_hidden_and_other_files(tm
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "folder.jpg").mkdir()  # a folder named like an image is walked, not read
     gradient(40, 30).save(tmp_path / "folder.jpg" / "d.bmp")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.jpg")  # a named pipe: opening it would block training forever
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "b.jpg")  # a link to an image file is an image file
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")  # a broken link is not
     data = ImageFiles(tmp_path)
     names = [data.path(i).relative_to(tmp_path).as_posix() for i in range(len(data))]
-    assert names == ["A.PNG", "a/z.webp", "b.jpg", "folder.jpg/d.bmp"]  # sorted by path components
-    assert data.path(-1) == data.path(3) and all(data[i].size == (40, 30) for i in range(len(data)))
+    assert names == ["A.PNG", "a/z.webp", "b.jpg", "folder.jpg/d.bmp", "link.jpg"]  # sorted by path components
+    assert data.path(-1) == data.path(4) and all(data[i].size == (40, 30) for i in range(len(data)))
     with pytest.raises(IndexError):
-        data[4]
+        data[5]
 
 
 def test_items_keep_the_aspect_ratio_and_max_side_shrinks_only_larger_images(tmp_path: Path) -> None:
