@@ -779,6 +779,15 @@ class RegionCrops:
             scores_t, regions = torch.ones(t), torch.full((t,), -1, dtype=torch.int64)
         else:
             _check_boxes(boxes, what=what)
+            if not isinstance(scores, Tensor) or scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
+                shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+                raise ValueError(
+                    f"{boxes.shape[0]} {what} but scores of shape {shape}: give one score per box (K,), or None."
+                )
+            if scores.numel() and bool((scores > 1).any()):
+                raise ValueError(
+                    f"Region scores lie in (0, 1] (the best region has 1), got max {scores.max().item():.4g}."
+                )
             regions = sample_regions(scores, t)
             chosen, scores_t = boxes[regions], scores[regions].float()
         chosen = chosen.repeat(2, 1)
@@ -826,7 +835,12 @@ def _normalized_boxes(boxes: Any) -> Tensor:
         xyxy = TF.convert_bounding_box_format(boxes, new_format=BoundingBoxFormat.XYXY).as_subclass(Tensor).float()
         h, w = canvas
         return (xyxy / torch.tensor([w, h, w, h], dtype=torch.float32)).clamp(0, 1)
-    return torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    out = torch.as_tensor(boxes, dtype=torch.float32)
+    if out.numel() == 0:
+        return out.reshape(0, 4)
+    if out.ndim != 2 or out.shape[1] != 4:
+        raise ValueError(f"boxes must be (K, 4) normalized x0, y0, x1, y1, got shape {tuple(out.shape)}.")
+    return out
 
 
 class SaliencyCropTransform(RegionCrops):

@@ -83,14 +83,17 @@ def _check_num_neighbors(num_neighbors: int) -> None:
 
 
 def check_scores(scores: Any, n: int) -> Tensor:
-    """Checks saliency scores and returns them as a floating point tensor.
+    """Checks saliency scores and returns them as a floating point tensor, detached.
+
+    The paper's pair weights ``P_i ** gamma`` are constants of the step: no gradient flows into the
+    scores (one that required grad would get an infinite gradient at a score of 0).
 
     Args:
         scores: (n,) region scores in [0, 1].
         n: The batch size they must match.
 
     Returns:
-        ``scores``, converted to the default float dtype if it was an integer or bool tensor.
+        ``scores`` detached, converted to the default float dtype if it was an integer or bool tensor.
 
     Raises:
         TypeError: ``scores`` is not a tensor.
@@ -100,6 +103,7 @@ def check_scores(scores: Any, n: int) -> Tensor:
         raise TypeError(f"scores must be a torch.Tensor of shape ({n},), got {type(scores).__name__}.")
     if scores.ndim != 1 or scores.shape[0] != n:
         raise ValueError(f"scores must have shape ({n},) (one score per pair), got {tuple(scores.shape)}.")
+    scores = scores.detach()
     if not scores.is_floating_point():
         scores = scores.to(torch.get_default_dtype())
     if torch.isnan(scores).any():
@@ -474,7 +478,19 @@ def inter_image_loss(
     scores = check_scores(scores, n)
     _check_num_neighbors(num_neighbors)
     _check_gamma(gamma)
-    zero = pred[:0].sum()  # 0 with a grad_fn, immune to NaN/Inf in pred
+    if valid is not None and (not isinstance(valid, Tensor) or valid.shape != (m,) or valid.dtype != torch.bool):
+        raise ValueError(f"valid must be a bool tensor of shape ({m},), got {_shape(valid)}.")
+    # NaN would rank first among the neighbours (an Inf row's cosine is NaN): refused, as the class refuses it.
+    usable = queue if valid is None else queue[valid.to(queue.device)]
+    for name, x in (("pred", pred.detach()), ("queue", usable)):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x).all(dim=1)).nonzero().flatten().tolist()
+            where = " (counted among the valid rows)" if name == "queue" and valid is not None else ""
+            raise ValueError(
+                f"{name} contains NaN or Inf values (rows {bad[:10]}{' ...' if len(bad) > 10 else ''}{where}); "
+                "the training has diverged (learning rate? fp16 overflow?)."
+            )
+    zero = pred[:0].sum()  # 0 with a grad_fn
     if m < k:
         return zero
     sim = F.normalize(pred, dim=1) @ F.normalize(queue.to(pred.dtype), dim=1).T

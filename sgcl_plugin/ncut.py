@@ -79,6 +79,18 @@ def check_affinity(W: Tensor, atol: Optional[float] = None) -> None:
         )
 
 
+def _unit_scale(W: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    """``W`` divided by each graph's largest entry when that is far from 1 (1e-30 or 1e35 affinities lose
+    the Fiedler vector to underflow and rounding in float32), and the (B, 1) scales (None: unchanged). The
+    generalized eigenvectors do not depend on the scale; ``y`` scaled for ``y^T D y = 1`` shrinks by its
+    square root."""
+    scale = W.amax(dim=(1, 2))
+    if bool(((scale > 1e-3) & (scale < 1e3)).all()):
+        return W, None
+    scale = scale.clamp(min=torch.finfo(scale.dtype).tiny)
+    return W / scale[:, None, None], scale[:, None]
+
+
 def normalized_affinity(W: Tensor) -> Tuple[Tensor, Tensor]:
     """Returns ``M = D^-1/2 W D^-1/2`` and ``D^-1/2`` (as a (B, N) vector)."""
     d_isqrt = W.sum(-1).rsqrt()
@@ -367,10 +379,13 @@ def ncut_embedding(
     name = resolve_solver(solver, W)
     if name == "cupy":
         raise ValueError("ncut_embedding offers 'auto', 'eigh' and 'krylov'; 'cupy' solves the Fiedler vector only.")
+    W, scale = _unit_scale(W)
     if name == "eigh":
-        return ncut_eigh(W, num_vectors)
-    z, mu, d_isqrt = _krylov(W, num_vectors, 4, 8, 3, rtol, width_floor, None, None, info)
-    return _finish(z, d_isqrt[:, None, :]), 1 - mu
+        Y, lam = ncut_eigh(W, num_vectors)
+    else:
+        z, mu, d_isqrt = _krylov(W, num_vectors, 4, 8, 3, rtol, width_floor, None, None, info)
+        Y, lam = _finish(z, d_isqrt[:, None, :]), 1 - mu
+    return (Y, lam) if scale is None else (Y / scale.to(Y.dtype).sqrt()[:, :, None], lam)
 
 
 CUPY_CHUNK_ELEMENTS = 2**26
@@ -480,8 +495,11 @@ def fiedler_vector(W: Tensor, solver: Solver = "auto", validate: bool = True) ->
     if validate:
         check_affinity(W)
     name = resolve_solver(solver, W)
+    W, scale = _unit_scale(W)
     if name == "eigh":
-        return fiedler_eigh(W)
-    if name == "krylov":
-        return fiedler_krylov(W)
-    return fiedler_cupy(W)
+        y = fiedler_eigh(W)
+    elif name == "krylov":
+        y = fiedler_krylov(W)
+    else:
+        y = fiedler_cupy(W)
+    return y if scale is None else y / scale.to(y.dtype).sqrt()

@@ -141,3 +141,22 @@ def test_region_crops_is_a_stateless_v2_step_and_the_dataset_looks_regions_up() 
     assert set(composed.regions.tolist()) <= {0, 1}
     with pytest.raises(TypeError, match="needs the dataset's bank"):
         SaliencyCropDataset([image], RegionCrops(**options))
+
+
+def test_region_crops_refuse_scores_that_do_not_match_the_boxes() -> None:
+    """Fewer scores than boxes silently never drew the extra boxes, more gave a bare IndexError; scores above 1
+    and flat box tensors passed."""
+    from sgcl_plugin import RegionCrops
+
+    image = torch.rand(3, 40, 60)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.25, 1.0, 1.0], [0.2, 0.2, 0.8, 0.8]])
+    crops = RegionCrops(num_regions=2, size=8, augment=False)
+    for scores in (torch.tensor([1.0, 0.5]), torch.tensor([1.0, 0.5, 0.2, 0.1]), torch.ones(3, 1)):
+        with pytest.raises(ValueError, match="one score per box"):
+            crops(image, boxes, scores)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        crops(image, boxes, torch.tensor([2.0, 1.0, 0.5]))
+    with pytest.raises(ValueError, match=r"\(K, 4\)"):
+        crops(image, boxes.flatten(), torch.ones(3))
+    assert crops(image, boxes, None).views1.shape == (2, 3, 8, 8)  # None: all 1
+    assert crops(image, torch.zeros(0, 4), None).views1.shape == (2, 3, 8, 8)  # no regions: random crops

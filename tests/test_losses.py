@@ -418,6 +418,26 @@ def test_inter_image_errors() -> None:
         inter_image_loss(torch.randn(3, 4), torch.randn(8, 4), torch.ones(3), gamma=-0.1)
     with pytest.raises(ValueError, match="num_neighbors"):
         inter_image_loss(torch.randn(3, 4), torch.randn(8, 4), torch.ones(3), num_neighbors=0)
+    # The function checks what the class checks: NaN / Inf in the predictions or the usable queue rows
+    queue = torch.randn(8, 4)
+    queue[5] = float("inf")
+    with pytest.raises(ValueError, match=r"queue contains NaN or Inf values \(rows \[5\]"):
+        inter_image_loss(torch.randn(3, 4), queue, torch.ones(3))
+    valid = torch.arange(8) < 5  # the bad row is not in use yet: fine
+    assert torch.isfinite(inter_image_loss(torch.randn(3, 4), queue, torch.ones(3), valid=valid))
+    pred = torch.randn(3, 4)
+    pred[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"pred contains NaN or Inf values \(rows \[1\]"):
+        inter_image_loss(pred, torch.randn(8, 4), torch.ones(3))
+
+
+def test_scores_are_constants_of_the_step() -> None:
+    """The pair weights P ** gamma carry no gradient into the scores (a score of 0 got an infinite one)."""
+    scores = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
+    a, b = torch.randn(3, 8, requires_grad=True), torch.randn(3, 8)
+    loss = SaliencyWeightedLoss("byol")(a, b, scores) + inter_image_loss(a, torch.randn(8, 8), scores)
+    loss.backward()
+    assert scores.grad is None and a.grad is not None and torch.isfinite(a.grad).all()
 
 
 # ------------------------------------------------------------------------------------------

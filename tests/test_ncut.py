@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from sgcl_plugin import fiedler_vector
+from sgcl_plugin import fiedler_vector, ncut_embedding
 from sgcl_plugin.ncut import DENSE_MAX_NODES, check_affinity, fiedler_krylov, resolve_solver
 
 
@@ -242,3 +242,27 @@ def test_cupy_guards_without_a_gpu() -> None:
     z[1] = torch.nn.functional.normalize(z[1] + 0.1 * vecs[1, :, 0], dim=0)  # a wrong vector, still unit
     z[2, 0] = float("nan")
     assert _bad_eigenpairs(M, z, lam, 1e-3).tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e35])
+@pytest.mark.parametrize("solver", ["eigh", "krylov"])
+def test_the_scale_of_the_affinities_does_not_change_the_vectors(scale: float, solver: str) -> None:
+    """The generalized eigenvectors of (D - W) y = lambda D y do not depend on W's scale; at 1e-30 or 1e35 the
+    float32 solvers returned the trivial near-constant vector (|cos| ~0.01 to the truth) and said they converged."""
+    torch.manual_seed(0)
+    f = torch.nn.functional.normalize(torch.randn(2, 60, 8), dim=-1)
+    W = (f @ f.transpose(1, 2)).clamp(min=0) + 1e-3
+    ref = fiedler_vector(W.double(), solver="eigh")
+    Wc = (W.double() * scale).float()
+    y = fiedler_vector(Wc, solver=solver).double()
+    cos = (y * ref).sum(-1) / (y.norm(dim=-1) * ref.norm(dim=-1))  # no eps: y is tiny at 1e35
+    assert (cos.abs() > 0.9999).all()
+    norm = ((y**2) * Wc.double().sum(-1)).sum(-1)  # still y^T D y = 1 for the W given
+    torch.testing.assert_close(norm, torch.ones(2, dtype=torch.float64), rtol=1e-4, atol=0)
+    Y, lam = ncut_embedding(Wc, num_vectors=3, solver=solver)
+    Y0, lam0 = ncut_embedding(W, num_vectors=3, solver=solver)
+    torch.testing.assert_close(lam, lam0, rtol=1e-3, atol=1e-4)
+    c0 = (Y[:, 0].double() * Y0[:, 0].double()).sum(-1) / (
+        Y[:, 0].double().norm(dim=-1) * Y0[:, 0].double().norm(dim=-1)
+    )
+    assert (c0.abs() > 0.999).all()
