@@ -477,7 +477,7 @@ def test_a_corrupt_checkpoint_is_refused_before_resuming(tmp_path) -> None:
         "inconsistent step count": ({"global_step": 11}, "global_step 11"),
         "refresh in the future": ({"refreshed_epoch": 4}, "refreshed_epoch 4"),
     }
-    for name, (edit, match) in edits.items():
+    for _name, (edit, match) in edits.items():
         torch.save({**good, **edit}, path)
         with pytest.raises(ValueError, match=match):
             sgcl_train.main([*common, "--resume", "auto"], method="byol")
