@@ -45,8 +45,11 @@ def to_image_tensor(image: Any) -> Tensor:
     else:
         from PIL import Image
 
+        sixteen = False
         if isinstance(image, Image.Image):
-            # 16-bit and float modes keep their values (convert("RGB") would clip them to 255).
+            # 16-bit and float modes keep their values (convert("RGB") would clip them to 255); PIL's 32-bit
+            # integer mode "I" holds 16-bit PNGs: scaled by 65535 like them, whatever its largest value.
+            sixteen = image.mode in _WIDE_MODES and image.mode != "F"
             image = np.asarray(image) if image.mode in _WIDE_MODES else np.asarray(image.convert("RGB"))
         if not isinstance(image, np.ndarray):
             raise TypeError(f"Cannot read an image from a {type(image).__name__}.")
@@ -55,7 +58,7 @@ def to_image_tensor(image: Any) -> Tensor:
             raise ValueError(f"Image arrays must be (H, W) or (H, W, C), got {image.shape}.")
         if arr.dtype.byteorder == ">" or (arr.dtype.kind == "u" and arr.dtype.itemsize == 2):  # unsupported by torch
             arr = arr.astype(np.int32 if arr.dtype.kind in "ui" else np.float32)
-        uint16 = image.dtype.kind == "u" and image.dtype.itemsize == 2  # either byte order
+        uint16 = sixteen or (image.dtype.kind == "u" and image.dtype.itemsize == 2)  # either byte order
         t = _to_unit_range(torch.from_numpy(np.array(arr)).permute(2, 0, 1), uint16=uint16)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)

@@ -181,3 +181,26 @@ def test_the_trainer_streams_a_nested_folder_through_workers(tmp_path: Path) -> 
         sgcl_train.parse_args(["--data", str(folder), "--regions", "gt", "--out", str(out)])
     with pytest.raises(SystemExit):  # composed scenes are drawn at --image-size
         sgcl_train.parse_args(["--max-side", "100"])
+
+
+def test_images_of_a_few_pixels_train_and_render(tmp_path: Path) -> None:
+    """Photos of 3 px or less on a side (and --max-side 1) killed training at the first refresh and the viewer's
+    drawing; they are images like any other."""
+    sys.path.insert(0, str(EXAMPLES))
+    import sgcl_train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        gradient(40, 30, seed=i).save(data / f"a{i}.png")
+    Image.new("RGB", (3, 2), (9, 90, 9)).save(data / "tiny.png")
+    Image.new("RGB", (1, 1), (200, 9, 9)).save(data / "one.png")
+    common = ["--smoke", "--data", str(data), "--no-progress", "--no-eval"]
+    for extra in ([], ["--max-side", "1"]):
+        result = sgcl_train.main([*common, *extra, "--out", str(tmp_path / f"out{len(extra)}")], method="byol")
+        assert result["refreshes"] and result["steps"] > 0
+    from sgcl_plugin.viewer import main as viewer
+
+    out = tmp_path / "rendered"
+    argv = ["--images", str(data), "--out", str(out), "--backbone", "resnet18", "--size", "64", "--no-progress"]
+    assert viewer(argv) == 0 and (out / "one.png").is_file() and (out / "tiny.png").is_file()

@@ -260,3 +260,13 @@ def test_a_tiny_feature_grid_warns_once() -> None:
     with pytest.warns(UserWarning, match=r"only 4 x 4 cells .*saliency_size >= 64") as record:
         refresh_bank(SaliencyGenerator(regions="paper"), model, images, saliency_size=32, batch_size=2, progress=False)
     assert len([w for w in record if "feature grid" in str(w.message)]) == 1
+
+
+def test_a_dark_sixteen_bit_photo_stays_dark() -> None:
+    """PIL's 32-bit mode "I" (how 16-bit PNGs open) is scaled by 65535 whatever its largest value: a dark photo
+    whose pixels all lie under 256 was scaled by 255 (as if 8-bit: 257 times too bright)."""
+    dark = (np.arange(16).reshape(4, 4) * 10).astype(np.int32)  # 0 .. 150
+    for image in (Image.fromarray(dark, mode="I"), Image.fromarray(dark.astype(np.uint16))):
+        torch.testing.assert_close(to_image_tensor(image)[0], torch.from_numpy(dark / 65535).float(), atol=1e-6, rtol=0)
+    # a plain int32 array has no mode: small values are 8-bit pixels, as before
+    torch.testing.assert_close(to_image_tensor(dark)[0], torch.from_numpy(dark / 255).float(), atol=1e-6, rtol=0)
