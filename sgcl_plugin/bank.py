@@ -152,6 +152,10 @@ class SaliencyBank:
         if ((scores.to(used.device) <= 0) & used).any():
             raise ValueError("Every region within a row's count needs a score > 0 (zero scores are never sampled).")
         sel = slice(None) if index is None else index
+        if int(self._seq[0]) % 2 and (index is None or int(torch.unique(index).numel()) == self.num_images):
+            # Odd before we start: a writer died half-way and left the table torn. A write of every row
+            # replaces all of it, so the table is whole again: back to even (readers stop waiting).
+            self._seq[0] += 1
         self._seq[0] += 1  # odd: a write is under way
         try:
             self.boxes[sel] = boxes.to("cpu", torch.float32)
@@ -224,14 +228,20 @@ class SaliencyBank:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restores a :meth:`state_dict` in place (workers already running see it)."""
+        """Restores a :meth:`state_dict` in place (workers already running see it). Every field is checked
+        before anything is written; a table a dead writer left torn is whole again afterwards."""
         if (state["num_images"], state["max_regions"]) != (self.num_images, self.max_regions):
             raise ValueError(
                 f"Checkpointed bank has {state['num_images']} images x {state['max_regions']} regions, "
                 f"this one {self.num_images} x {self.max_regions}."
             )
+        refreshes = state.get("refreshes")
+        if isinstance(refreshes, Tensor) and refreshes.numel() == 1 and not refreshes.is_floating_point():
+            refreshes = int(refreshes)
+        if not isinstance(refreshes, int) or isinstance(refreshes, bool) or refreshes < 0:
+            raise ValueError(f"The bank state's refreshes must be an integer >= 0, got {state.get('refreshes')!r}.")
         self.write(state["boxes"], state["scores"], state["counts"], state["fallback"])
-        self._seq[1] = int(state["refreshes"])
+        self._seq[1] = refreshes
 
     def save(self, path: Union[str, os.PathLike[str], BinaryIO]) -> None:
         torch.save(self.state_dict(), path)

@@ -183,6 +183,24 @@ def test_bank_reader_reports_a_writer_that_died(monkeypatch: pytest.MonkeyPatch)
     bank._seq[0] += 1  # a write began and never finished
     with pytest.raises(RuntimeError, match="died half-way"):
         bank[0]
+    # The documented remedies make the table readable again: loading a checkpoint (it left the counter odd)...
+    good = SaliencyBank(2, max_regions=1)
+    good.write(torch.tensor([[[0.1, 0.1, 0.6, 0.6]], [[0.0, 0.0, 1.0, 1.0]]]), torch.ones(2, 1),
+               torch.ones(2, dtype=torch.int64), torch.zeros(2, dtype=torch.bool))  # fmt: skip
+    good.mark_refreshed()
+    bank = SaliencyBank(2, max_regions=1)
+    bank._seq[0] += 1
+    bank.load_state_dict(good.state_dict())
+    assert bank[0][1].tolist() == [1.0] and bank.refreshes == 1 and bank.version == 2  # the dead write counts
+    # ... or a refresh of every row (refresh_bank writes them by index)
+    bank._seq[0] += 1
+    bank.write(*(good.state_dict()[k] for k in ("boxes", "scores", "counts", "fallback")), index=torch.tensor([1, 0]))
+    assert len(bank[1][0]) == 1
+    # a state's refresh count is checked before anything is written
+    for bad in (-2, 1.5, "3", None):
+        with pytest.raises(ValueError, match="refreshes"):
+            bank.load_state_dict({**good.state_dict(), "refreshes": bad})
+    assert bank.refreshes == 1
 
 
 # ------------------------------------------------------------------------------ inter loss
