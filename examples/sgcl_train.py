@@ -717,6 +717,37 @@ def check_checkpoint_fields(state: Dict[str, Any], epochs: int, steps_per_epoch:
         )
 
 
+def lock_out(out: Path) -> Optional[Any]:
+    """Takes ``out/.sgcl-lock`` (an OS file lock: released when its process ends, even by kill -9) so that two
+    runs never write one ``--out`` at once (they shared ``checkpoint.pt.tmp``). Returns the open lock file; None
+    where the OS has no ``flock``.
+
+    Raises:
+        ValueError: another process holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / ".sgcl-lock", "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        who = handle.read().strip()
+        handle.close()
+        raise ValueError(
+            f"Another run is writing --out {out} ({who or 'its process holds'} {out / '.sgcl-lock'}): wait for it "
+            "to end, or use another --out."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -731,8 +762,10 @@ class Trainer:
             self.device = torch.device("cpu")
         self.main = self.rank == 0
         self.out = Path(args.out)
+        self._lock = lock_out(self.out) if self.main else None  # one run per --out at a time
         held = [n for n in ("checkpoint.pt", "log.csv", "backbone.pt") if (self.out / n).exists()]
         if held and not args.resume and not args.overwrite:
+            self.release()
             raise ValueError(
                 f"--out {self.out} holds a run ({', '.join(held)}): continue it with --resume auto, start a new run "
                 "in another --out, or pass --overwrite to replace it."
@@ -990,6 +1023,12 @@ class Trainer:
             out["loss"] = out["intra"] + out["inter"]
         return out
 
+    def release(self) -> None:
+        """Lets another run use ``--out`` (the lock also goes when the process ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def project(self, x: Tensor) -> Tensor:
         return self.online(x)
 
@@ -1146,7 +1185,10 @@ def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> 
             f"{trainer.pairs_per_image} pair(s)/image, {trainer.steps_per_epoch} steps/epoch x {args.epochs} epochs, "
             f"device {trainer.device}, world {trainer.world}; outputs in {trainer.out}"
         )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.release()
     if dist.is_initialized():
         dist.destroy_process_group()
     return result

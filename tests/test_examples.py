@@ -146,7 +146,7 @@ def test_a_checkpoint_from_before_the_objective_resumes(tmp_path) -> None:
         state[name] = {k.split(".", 1)[1]: v for k, v in queues.items() if k.startswith(name + ".")}
     assert state["support"]["count"] > 0
     torch.save(state, path)
-    trainer = sgcl_train.Trainer(sgcl_train.parse_args([*common], method="nnclr"))
+    trainer = sgcl_train.Trainer(sgcl_train.parse_args([*common, "--resume", "auto"], method="nnclr"))
     trainer.load(str(path))
     for key, value in queues.items():
         torch.testing.assert_close(trainer.objective.state_dict()[key], value, rtol=0, atol=0)
@@ -497,3 +497,14 @@ def test_a_corrupt_checkpoint_is_refused_before_resuming(tmp_path) -> None:
             sgcl_train.main([*common, "--resume", "auto"], method="byol")
     torch.save(good, path)
     sgcl_train.main([*common, "--resume", "auto"], method="byol")  # the good one still resumes
+
+
+def test_two_runs_never_write_one_out_at_once(tmp_path) -> None:
+    """Two runs on one --out shared checkpoint.pt.tmp (a crash, or a torn checkpoint): the second is refused while
+    the first holds the --out's lock, which goes with the first run however it ends."""
+    args = sgcl_train.parse_args(["--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path)], method="byol")
+    first = sgcl_train.Trainer(args)
+    with pytest.raises(ValueError, match="Another run is writing --out"):
+        sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path)], method="byol")
+    first.release()
+    sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path)], method="byol")
