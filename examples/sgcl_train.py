@@ -212,6 +212,11 @@ TESTBED = dict(
 )  # fmt: skip
 
 
+class Refused(ValueError):
+    """A run this script refuses to start (an --out that holds another run, a checkpoint it cannot resume
+    exactly, ...): run as a script it prints the message and exits with status 2, as argparse's refusals do."""
+
+
 def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> argparse.Namespace:
     """Parses the options; ``--smoke`` and ``--testbed`` swap in their defaults, which explicit options still
     override."""
@@ -248,6 +253,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         ("--eval-train", args.eval_train, 1), ("--eval-test", args.eval_test, 1), ("--eval-every", args.eval_every, 0),
         ("--stop-after-steps", args.stop_after_steps, 0), ("--pictures", args.pictures, 0),
         ("--first-refresh", args.first_refresh, 0), ("--width", args.width, 1), ("--max-side", args.max_side, 0),
+        ("--hidden-dim", args.hidden_dim, 1), ("--proj-dim", args.proj_dim, 1),
+        ("--saliency-size", args.saliency_size, 2), ("--baseline-crop-size", args.baseline_crop_size, 0),
+        ("--seed", args.seed, 0),
     ):  # fmt: skip
         if value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
@@ -256,6 +264,32 @@ def parse_args(argv: Optional[Sequence[str]] = None, method: Optional[str] = Non
         if not (math.isfinite(value) and value >= 0) or (flag in ("--lr", "--temperature") and value == 0):
             parser.error(f"{flag} must be a finite number {'> 0' if flag in ('--lr', '--temperature') else '>= 0'}, "
                          f"got {value}")  # fmt: skip
+    if args.seed >= 2**32:
+        parser.error(f"--seed must be below 2**32 (numpy's seeds), got {args.seed}")
+    if 0 < args.baseline_crop_size < 2:
+        parser.error(f"--baseline-crop-size must be 0 (automatic) or >= 2 pixels, got {args.baseline_crop_size}")
+    for flag, value, cap in (("--crop-size", args.crop_size, 2048), ("--image-size", args.image_size, 4096),
+                             ("--saliency-size", args.saliency_size, 4096)):  # fmt: skip
+        if value > cap:
+            parser.error(f"{flag} {value} is beyond what this script can hold in memory (at most {cap})")
+    needs_queue = args.sgcl and args.inter or args.method == "nnclr"
+    if needs_queue and args.queue_size < args.num_neighbors:
+        parser.error(
+            f"--queue-size {args.queue_size} holds fewer rows than --num-neighbors {args.num_neighbors} are looked up"
+        )
+    from sgcl_plugin.backbones import KNOWN_ARCHS
+
+    if args.arch not in KNOWN_ARCHS:
+        parser.error(f"--arch {args.arch!r} is not one of {', '.join(KNOWN_ARCHS)}")
+    lo, hi = args.object_scale
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi <= 1):
+        parser.error(f"--object-scale needs 0 < LOW <= HIGH <= 1 (a share of the scene's side), got {lo} {hi}")
+    if args.data != "composed" and not Path(args.data).is_dir():
+        parser.error(f"--data {args.data}: no such folder (give a folder of images, or 'composed')")
+    if args.resume and args.resume != "auto" and not Path(args.resume).is_file():
+        parser.error(f"--resume {args.resume}: no such checkpoint file")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder")
     lo, hi = args.objects
     if not 1 <= lo <= hi:
         parser.error(f"--objects needs 1 <= MIN <= MAX, got {lo} {hi}")
@@ -338,7 +372,7 @@ def folder_images(folder: str, max_side: int = 0) -> ImageFiles:
     training and of the refresh), each at its own size and aspect ratio until the crop; ``max_side`` > 0 shrinks
     larger images. Memory holds the file names, never the images; an unreadable file stops the run, named."""
     if not Path(folder).is_dir():
-        raise ValueError(f"--data {folder} is neither 'composed' nor a folder.")
+        raise Refused(f"--data {folder} is neither 'composed' nor a folder.")
     return ImageFiles(folder, max_side=max_side or None)
 
 
@@ -642,13 +676,13 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as err:  # pickle.UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(
+        raise Refused(
             f"{path} is not a checkpoint this script can load safely ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}). Checkpoints are loaded with weights_only=True, "
             "so files holding other Python objects (or written by an older version) are refused."
         ) from err
     if not isinstance(state, dict) or "model" not in state or "rng" not in state:
-        raise ValueError(f"{path} is not a checkpoint of examples/sgcl_train.py (no 'model' / 'rng' entries).")
+        raise Refused(f"{path} is not a checkpoint of examples/sgcl_train.py (no 'model' / 'rng' entries).")
     return state
 
 
@@ -675,7 +709,7 @@ def check_resumable(args: argparse.Namespace, saved: Dict[str, Any], world: int,
     if world != saved_world:
         diffs.append(f"processes {saved_world} -> {world}")
     if diffs:
-        raise ValueError(
+        raise Refused(
             "Cannot resume this checkpoint exactly; these differ from the run that wrote it: "
             + "; ".join(diffs)
             + ". Resume with the same options (or start a new run in another --out)."
@@ -711,7 +745,7 @@ def check_checkpoint_fields(state: Dict[str, Any], epochs: int, steps_per_epoch:
     if not isinstance(state.get("history", []), list):
         problems.append("history is not a list")
     if problems:
-        raise ValueError(
+        raise Refused(
             "Cannot resume: the checkpoint's position is corrupt (" + "; ".join(problems) + "). It was damaged or "
             "edited, or written by other --epochs / --batch-size / --num-images; resume from another checkpoint."
         )
@@ -737,7 +771,7 @@ def lock_out(out: Path) -> Optional[Any]:
         handle.seek(0)
         who = handle.read().strip()
         handle.close()
-        raise ValueError(
+        raise Refused(
             f"Another run is writing --out {out} ({who or 'its process holds'} {out / '.sgcl-lock'}): wait for it "
             "to end, or use another --out."
         ) from None
@@ -766,7 +800,7 @@ class Trainer:
         held = [n for n in ("checkpoint.pt", "log.csv", "backbone.pt") if (self.out / n).exists()]
         if held and not args.resume and not args.overwrite:
             self.release()
-            raise ValueError(
+            raise Refused(
                 f"--out {self.out} holds a run ({', '.join(held)}): continue it with --resume auto, start a new run "
                 "in another --out, or pass --overwrite to replace it."
             )
@@ -808,7 +842,7 @@ class Trainer:
         self.sampler = EpochSampler(n, args.batch_size, args.seed, self.rank, self.world)
         self.steps_per_epoch = len(self.sampler) // args.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{n} images cannot fill one batch of {args.batch_size} per process.")
+            raise Refused(f"{n} images cannot fill one batch of {args.batch_size} per process.")
         self.loader = DataLoader(
             self.items,
             batch_size=args.batch_size,
@@ -975,6 +1009,8 @@ class Trainer:
         from sgcl_plugin.viewer import contact_sheet, render_saliency
 
         k = min(self.args.pictures, len(self.images))
+        if k == 0:  # --pictures 0: none drawn
+            return
         shown = [self.images[i] for i in range(k)]  # a folder's RGB PIL images at their sizes, or uint8 tensors
         x = torch.stack([SaliencyInput(self.args.saliency_size)(image) for image in shown])
         with torch.no_grad():
@@ -1041,7 +1077,7 @@ class Trainer:
             if path.exists():
                 self.load(str(path))
             elif args.resume != "auto":
-                raise FileNotFoundError(f"--resume {path}: no such checkpoint.")
+                raise Refused(f"--resume {path}: no such checkpoint.")
         amp = args.amp and self.device.type == "cuda"
         # What the pairs show before training (random crops, or the true boxes with --regions gt).
         self.start_pair_rate = self.pair_rate()
@@ -1194,6 +1230,15 @@ def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> 
     return result
 
 
-if __name__ == "__main__":
-    main()
+def cli(method: Optional[str] = None) -> None:
+    """Runs :func:`main` as a command: a refusal prints its message (no traceback) and exits with status 2."""
+    try:
+        main(method=method)
+    except Refused as err:
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,6 +1,6 @@
 """SIMCLR pretraining with SGCL (`--no-sgcl` for the plain SIMCLR baseline): examples/sgcl_train.py preset."""
 
-from sgcl_train import main
+from sgcl_train import cli
 
 if __name__ == "__main__":
-    main(method="simclr")
+    cli(method="simclr")

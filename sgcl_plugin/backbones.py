@@ -44,6 +44,22 @@ class FeatureBackbone(nn.Module):
         return self.trunk(x)
 
 
+KNOWN_ARCHS = (
+    "tiny-resnet",
+    "efficientnet-lite0",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+)
+"""The backbone names the reference trainer builds (torchvision's ResNets and their wide / ResNeXt kin)."""
+
+
 def resnet_backbone(name: str = "resnet50", checkpoint: Optional[str] = None) -> FeatureBackbone:
     """A torchvision ResNet without its pooling and classifier (stride 32).
 

@@ -219,6 +219,25 @@ def test_training_outputs_load_where_the_docs_say(tmp_path) -> None:
         (["--ema", "1.5"], "--ema must be in"),
         (["--epochs", "0", "--no-eval"], "does nothing"),
         (["--data", "tests", "--regions", "gt"], "--regions gt needs the composed scenes"),
+        # each of these gave a traceback (or an out-of-memory) instead of a message
+        (["--hidden-dim", "0"], "--hidden-dim must be >= 1"),
+        (["--hidden-dim", "-5"], "--hidden-dim must be >= 1"),
+        (["--proj-dim", "0"], "--proj-dim must be >= 1"),
+        (["--object-scale", "2", "3"], "--object-scale needs 0 < LOW <= HIGH <= 1"),
+        (["--object-scale", "nan", "nan"], "--object-scale needs"),
+        (["--queue-size", "2", "--num-neighbors", "5"], "--queue-size 2 holds fewer rows than --num-neighbors 5"),
+        (["--baseline-crop-size", "-4"], "--baseline-crop-size must be >= 0"),
+        (["--baseline-crop-size", "1"], "--baseline-crop-size must be 0 (automatic) or >= 2"),
+        (["--arch", "nosuchnet"], "--arch 'nosuchnet' is not one of"),
+        (["--arch", "vit_b_16"], "--arch 'vit_b_16' is not one of"),
+        (["--arch", "alexnet"], "--arch 'alexnet' is not one of"),
+        (["--data", "/no/such/folder"], "--data /no/such/folder: no such folder"),
+        (["--resume", "/no/such/ckpt.pt"], "--resume /no/such/ckpt.pt: no such checkpoint file"),
+        (["--out", "README.md"], "--out README.md is a file"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--seed", "99999999999"], "--seed must be below 2**32"),
+        (["--crop-size", "100000"], "--crop-size 100000 is beyond"),
+        (["--image-size", "100000"], "--image-size 100000 is beyond"),
     ],
 )
 def test_bad_options_are_refused_at_start(argv: list, match: str, capsys: pytest.CaptureFixture) -> None:
@@ -508,3 +527,13 @@ def test_two_runs_never_write_one_out_at_once(tmp_path) -> None:
         sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path)], method="byol")
     first.release()
     sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path)], method="byol")
+
+
+def test_a_refusal_is_a_message_and_exit_status_2_not_a_traceback(tmp_path) -> None:
+    import subprocess
+
+    sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--epochs", "1", "--out", str(tmp_path)], method="byol")
+    cmd = [sys.executable, str(EXAMPLES / "byol.py"), "--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("byol.py: error: --out") and "--resume auto" in done.stderr
