@@ -92,6 +92,9 @@ def resnet_backbone(name: str = "resnet50", checkpoint: Optional[str] = None) ->
                 break
         if not isinstance(state, dict):
             raise ValueError(f"Checkpoint {checkpoint} holds a {type(state).__name__}, not a state dict.")
+        if any(str(k).startswith(("backbone.", "online_backbone.")) for k in state):
+            # a whole SSL model (the trainer's checkpoint.pt): its backbone only, not heads or target copies
+            state = {k: v for k, v in state.items() if str(k).startswith(("backbone.", "online_backbone."))}
         # A trunk saved as nn.Sequential(*children[:-2]) numbers its modules: 0 = conv1, 4 = layer1, ...
         names = list(net._modules)
         cleaned = {}
@@ -104,10 +107,24 @@ def resnet_backbone(name: str = "resnet50", checkpoint: Optional[str] = None) ->
                 k = f"{names[int(head)]}.{rest}"
             cleaned[k] = v
         cleaned = {k: v for k, v in cleaned.items() if not k.startswith("fc.")}
-        missing, unexpected = net.load_state_dict(cleaned, strict=False)
+        _check_finite_weights(cleaned, checkpoint)
+        try:
+            missing, unexpected = net.load_state_dict(cleaned, strict=False)
+        except RuntimeError as err:  # shapes of another depth or width
+            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+            raise ValueError(
+                f"Checkpoint {checkpoint} does not fit a {name} ({detail or 'other shapes'}): was it trained with "
+                "another --arch (e.g. resnet50, tiny-resnet)? Name that backbone."
+            ) from None
         missing = [k for k in missing if not k.startswith("fc.")]
-        if missing:
-            raise ValueError(f"Checkpoint {checkpoint} lacks {len(missing)} ResNet weights, e.g. {missing[:3]}.")
+        unexpected = [k for k in unexpected if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            what = f"lacks {len(missing)} {name} weights, e.g. {missing[:3]}" if missing else ""
+            extra = f"holds {len(unexpected)} weights a {name} has no place for, e.g. {unexpected[:3]}"
+            raise ValueError(
+                f"Checkpoint {checkpoint} {what or extra}: was it trained with another --arch (e.g. resnet50, "
+                "tiny-resnet)? Name that backbone."
+            )
     trunk = nn.Sequential(*list(net.children())[:-2])
     return FeatureBackbone(trunk, channels=net.fc.in_features, stride=32)
 
@@ -179,10 +196,53 @@ def tiny_resnet(width: int = 16) -> nn.Sequential:
     )
 
 
+def _check_finite_weights(state: dict, checkpoint: object) -> None:
+    bad = [
+        k for k, v in state.items() if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        raise ValueError(
+            f"Checkpoint {checkpoint} holds NaN or Inf weights ({len(bad)} tensors, e.g. {bad[:3]}): the training "
+            "diverged before it was saved; use an earlier checkpoint."
+        )
+
+
+def tiny_resnet_backbone(checkpoint: Optional[str] = None, width: Optional[int] = None) -> FeatureBackbone:
+    """:func:`tiny_resnet` as a :class:`FeatureBackbone` (stride 16), from a ``backbone.pt`` / training checkpoint of
+    the trainer's ``--arch tiny-resnet`` (its width read from the weights) or random (``width``, default 16)."""
+    state = None
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"Cannot load checkpoint {checkpoint}: {type(err).__name__} (weights_only=True).") from err
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = {k[len("backbone.") :]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+        if not isinstance(state, dict) or not isinstance(state.get("stem.0.weight"), Tensor):
+            raise ValueError(f"Checkpoint {checkpoint} is not a tiny-resnet's (no 'stem.0.weight'): name its --arch.")
+        _check_finite_weights(state, checkpoint)
+        width = int(state["stem.0.weight"].shape[0])
+    trunk = tiny_resnet(width or 16)
+    if state is not None:
+        try:
+            trunk.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"Checkpoint {checkpoint} does not fit a tiny-resnet: {str(err).splitlines()[0]}"
+            ) from None
+    return FeatureBackbone(trunk, channels=8 * (width or 16), stride=16)
+
+
 def load_backbone(name: str, checkpoint: Optional[str] = None) -> FeatureBackbone:
-    """A backbone by name: ``"efficientnet-lite0"`` (pretrained) or a torchvision ResNet name."""
+    """A backbone by name: ``"efficientnet-lite0"`` (pretrained), ``"tiny-resnet"`` (the testbed's; its width read
+    from the checkpoint) or a torchvision ResNet name; ``checkpoint`` as the trainer writes it (``backbone.pt`` or
+    ``checkpoint.pt``)."""
     if name in ("efficientnet-lite0", "efficientnet_lite0"):
         if checkpoint is not None:
             raise ValueError("efficientnet-lite0 uses its packaged ImageNet weights; no checkpoint is taken.")
         return efficientnet_lite0(pretrained=True)
+    if name in ("tiny-resnet", "tiny_resnet"):
+        return tiny_resnet_backbone(checkpoint)
     return resnet_backbone(name, checkpoint)

@@ -497,10 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backbone",
         default="efficientnet-lite0",
-        help="'efficientnet-lite0' (ImageNet-pretrained, offline) or a torchvision ResNet name",
+        help="'efficientnet-lite0' (ImageNet-pretrained, offline), 'tiny-resnet' (the testbed's) or a torchvision "
+        "ResNet name",
     )
     p.add_argument(
-        "--checkpoint", default=None, help="ResNet state dict / training checkpoint (default: random weights)"
+        "--checkpoint",
+        default=None,
+        help="ResNet / tiny-resnet state dict or training checkpoint, e.g. a run's backbone.pt (default: random "
+        "weights)",
     )
     p.add_argument("--size", type=int, default=448, help="side of the square saliency input (default: 448)")
     p.add_argument(
@@ -517,8 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--stride", type=int, nargs="+", default=None, metavar="STRIDE",
-        help="feature stride(s) to read: one, or two (fine coarse) for hierarchy (default: 16 and the last map for "
-        "hierarchy, 16 for objects, the backbone's last map for paper)",
+        help="feature stride(s) to read: one, or two (fine coarse) for hierarchy (default: the last map and the stage "
+        "at half its stride for hierarchy, 16 for objects, the backbone's last map for paper)",
     )  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
@@ -594,7 +598,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backbone = load_backbone(args.backbone, args.checkpoint)
     except (ImportError, ValueError, OSError) as err:
         return fail(str(err))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        return fail(f"--device {args.device}: {str(err).splitlines()[0]} (e.g. cpu, cuda, cuda:1).")
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        return fail(f"--device {args.device}: the viewer runs on cpu or a GPU, not on {device.type!r}.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return fail(f"--device {args.device}: this machine has no CUDA GPU torch can use; leave --device out.")
+    if args.solver == "cupy" and device.type != "cuda":
+        return fail("--solver cupy solves on a CUDA GPU; on the CPU use auto, eigh or krylov.")
     backbone = backbone.to(device).eval()
     transform = SaliencyInput(args.size, backbone.mean, backbone.std)
     modes = {"both": ["paper", "hierarchy"], "all": ["paper", "objects", "hierarchy"]}.get(args.regions, [args.regions])
@@ -611,7 +624,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.stride is not None and (mode == "hierarchy" or len(args.stride) == 1):
             strides = args.stride if mode == "hierarchy" else args.stride[:1]
         else:
-            strides = {"hierarchy": [16, backbone.stride], "objects": [16]}.get(mode, [backbone.stride])
+            # hierarchy: the last map and the stage at half its stride (16 and 32 for a ResNet), as hierarchy_strides
+            pair = [backbone.stride // 2, backbone.stride]
+            strides = {"hierarchy": pair, "objects": [16]}.get(mode, [backbone.stride])
         if args.size < 2 * max(strides):
             return fail(f"--size {args.size} gives a feature map under 2 x 2 cells (stride {max(strides)}).")
         try:

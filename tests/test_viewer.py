@@ -226,6 +226,49 @@ def test_non_utf8_names_corrupt_checkpoint_and_unwritable_out(tmp_path: Path) ->
     assert main([*argv, "--out", str(blocker / "sub")]) == 2
 
 
+def test_checkpoints_devices_and_solvers_are_messages_not_tracebacks(tmp_path: Path, capsys) -> None:
+    """Exit 2 with a message where these gave tracebacks: a checkpoint of another depth or with NaN weights, a
+    bogus or absent device, the cupy solver on the CPU; and the trainer's tiny-resnet backbone.pt loads."""
+    import torchvision
+
+    from sgcl_plugin.backbones import load_backbone, tiny_resnet
+
+    images = tmp_path / "images"
+    export_sample_images(images, ["coffee"])
+    argv = ["--images", str(images), "--out", str(tmp_path / "out"), "--size", "128", "--no-progress"]
+    deeper = tmp_path / "resnet34.pt"
+    torch.save(torchvision.models.resnet34().state_dict(), deeper)
+    assert main([*argv, "--backbone", "resnet18", "--checkpoint", str(deeper)]) == 2
+    assert "has no place for" in capsys.readouterr().err  # resnet34's extra blocks
+    wider = tmp_path / "resnet50.pt"
+    torch.save(torchvision.models.resnet50().state_dict(), wider)
+    assert main([*argv, "--backbone", "resnet18", "--checkpoint", str(wider)]) == 2
+    assert "does not fit a resnet18" in capsys.readouterr().err
+    state = torchvision.models.resnet18().state_dict()
+    state["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    nan = tmp_path / "nan.pt"
+    torch.save(state, nan)
+    assert main([*argv, "--backbone", "resnet18", "--checkpoint", str(nan)]) == 2
+    assert "NaN or Inf weights" in capsys.readouterr().err
+    for device, message in (("bogus", "--device bogus"), ("meta", "not on 'meta'")):
+        assert main([*argv, "--backbone", "resnet18", "--device", device]) == 2
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*argv, "--backbone", "resnet18", "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+        assert main([*argv, "--backbone", "resnet18", "--solver", "cupy"]) == 2
+        assert "--solver cupy" in capsys.readouterr().err
+    # the testbed's network: the trainer saves its backbone's state dict as backbone.pt
+    tiny = tiny_resnet(8)
+    torch.save(tiny.state_dict(), tmp_path / "backbone.pt")
+    loaded = load_backbone("tiny-resnet", str(tmp_path / "backbone.pt")).eval()
+    assert loaded.stride == 16 and loaded.channels == 64
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), tiny.eval()(x))
+    assert main([*argv, "--backbone", "tiny-resnet", "--checkpoint", str(tmp_path / "backbone.pt")]) == 0
+
+
 def test_sixteen_bit_photo_is_rendered_not_blank(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()
