@@ -35,6 +35,7 @@ from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
 from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.features import feature_maps, hierarchy_strides
+from sgcl_plugin.files import atomic_write, open_new_or_own
 from sgcl_plugin.image_folder import ImageFiles
 from sgcl_plugin.items import flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
@@ -764,6 +765,8 @@ def lock_out(out: Path) -> Optional[Any]:
     except ImportError:  # pragma: no cover - not POSIX
         return None
     out.mkdir(parents=True, exist_ok=True)
+    if (out / ".sgcl-lock").is_symlink():
+        raise Refused(f"{out / '.sgcl-lock'} is a symbolic link: refusing to write through it; remove it.")
     handle = open(out / ".sgcl-lock", "a+")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -797,6 +800,17 @@ class Trainer:
         self.main = self.rank == 0
         self.out = Path(args.out)
         self._lock = lock_out(self.out) if self.main else None  # one run per --out at a time
+        links = [
+            n
+            for n in ("checkpoint.pt", "log.csv", "backbone.pt", "eval.csv", "saliency")
+            if (self.out / n).is_symlink()
+        ]
+        if links:
+            self.release()
+            raise Refused(
+                f"--out {self.out} holds symbolic links where this script writes ({', '.join(links)}): refusing to "
+                "write through them; remove them, or choose another --out."
+            )
         held = [n for n in ("checkpoint.pt", "log.csv", "backbone.pt") if (self.out / n).exists()]
         if held and not args.resume and not args.overwrite:
             self.release()
@@ -923,9 +937,9 @@ class Trainer:
     def save(self) -> None:
         if not self.main:
             return
-        tmp = self.out / "checkpoint.pt.tmp"
-        torch.save(self.state(), tmp)
-        os.replace(tmp, self.out / "checkpoint.pt")  # atomic: a kill never leaves a torn checkpoint
+        state = self.state()
+        # atomic: a kill or a full disk never leaves a torn checkpoint, and no link planted in --out is followed
+        atomic_write(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
 
     def load(self, path: str) -> None:
         state = load_checkpoint(path)
@@ -1023,7 +1037,8 @@ class Trainer:
             image = item if isinstance(item, Image.Image) else Image.fromarray(item.permute(1, 2, 0).numpy())
             picture = render_saliency(image, result.maps[i].cpu(), result.regions[i], max_boxes=8)  # the 8 best
             items.append((f"image {i}", picture))
-        contact_sheet(items, columns=2).save(self.out / "saliency" / name)
+        sheet = contact_sheet(items, columns=2)
+        atomic_write(self.out / "saliency" / name, lambda f: sheet.save(f, format="PNG"))
 
     # --- one step ---------------------------------------------------------------------------------
 
@@ -1087,7 +1102,7 @@ class Trainer:
             # A resumed run replays the steps after its checkpoint: keep only the rows up to it.
             with open(self.log_path, newline="") as f:
                 kept = [r for r in csv.reader(f) if r and r[0] != "epoch" and int(r[1]) <= self.global_step]
-        log_file = open(self.log_path, "w", newline="") if self.main else None
+        log_file = open_new_or_own(self.log_path, "w") if self.main else None
         log = csv.writer(log_file) if log_file else None
         if log and log_file:
             log.writerows([header, *kept])
@@ -1175,7 +1190,8 @@ class Trainer:
         if stopped:  # as if killed: no final save, the next run resumes from the last checkpoint
             return result
         if self.main:
-            torch.save(self.model.backbone.state_dict(), self.out / "backbone.pt")
+            weights = self.model.backbone.state_dict()
+            atomic_write(self.out / "backbone.pt", lambda f: torch.save(weights, f))
             if args.sgcl:
                 self.pictures("final.png")
             if not args.no_eval:
@@ -1200,7 +1216,7 @@ class Trainer:
     def add_history(self, accuracies: Dict[str, float]) -> None:
         """Appends this epoch's accuracies to the curves and rewrites eval.csv."""
         self.history.append({"epoch": float(self.epoch), **accuracies})
-        with open(self.out / "eval.csv", "w", newline="") as f:
+        with open_new_or_own(self.out / "eval.csv", "w") as f:
             w = csv.writer(f)
             keys = [k for k in ("knn", "linear", "dense_knn", "dense_linear") if k in self.history[0]]
             w.writerow(["epoch", *keys])

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import functools
 import html
+import os
+import re
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import Tensor
 
+from sgcl_plugin.files import atomic_write
 from sgcl_plugin.regions import Regions
 
 # Piecewise-linear "jet"-like heat colour map: dark blue (0) -> cyan -> green -> yellow -> dark red (1).
@@ -476,8 +480,29 @@ def _write_index(out: Path, rendered: List[_Rendered], skipped: List[str], title
         parts.append(f"</table>{esc(note)}")
     parts.append("</body></html>")
     path = out / "index.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write(path, lambda f: f.write("\n".join(parts).encode("utf-8")))
     return path
+
+
+MANIFEST = ".sgcl-saliency"
+"""The file, in ``--out``, listing what the viewer wrote there (what a later run may overwrite)."""
+
+
+def _previous_outputs(out: Path) -> set:
+    """Names of the files earlier viewer runs wrote in ``out`` (its manifest; for a folder from before the
+    manifest, the pictures its own index.html shows)."""
+    manifest = out / MANIFEST
+    if manifest.is_file() and not manifest.is_symlink():
+        return set(manifest.read_bytes().decode("utf-8", "surrogateescape").splitlines()) | {MANIFEST}
+    index = out / "index.html"
+    if index.is_file() and not index.is_symlink():
+        text = index.read_text(encoding="utf-8", errors="replace")
+        if "<title>SGCL saliency" in text:
+            from urllib.parse import unquote
+
+            names = {unquote(m, errors="surrogateescape") for m in re.findall(r'<img src="([^"/]+)"', text)}
+            return names | {"contact_sheet.png", "index.html"}
+    return set()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -650,11 +675,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        probe = args.out / ".sgcl-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".sgcl-write-test.", dir=args.out)  # O_EXCL: no planted link is followed
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         return fail(f"cannot write into --out {args.out}: {err}")
+    # Never overwrite a file this viewer did not write (--images par/photos --out par replaced par/img0.png):
+    # the names it is about to write, against what its earlier runs in --out wrote.
+    planned = {"contact_sheet.png", "index.html", MANIFEST}
+    plan_used: set = set()
+    for name, _ in sources:
+        for label, _, _ in passes:
+            stem = name if len(passes) == 1 else f"{Path(name).stem}_{label.split(',')[0]}"
+            planned.add(f"{_unique_stem(stem, plan_used)}.png")
+    ours = _previous_outputs(args.out)
+    foreign = sorted(n for n in planned if (args.out / n).exists() and n not in ours)
+    links = sorted(n for n in planned if (args.out / n).is_symlink())
+    if foreign or links:
+        shown = ", ".join(_display(n) for n in (links or foreign)[:3])
+        why = "are symbolic links" if links else "were not written by sgcl-saliency"
+        return fail(
+            f"--out {args.out} holds files that {why} and would be overwritten ({shown}"
+            f"{', ...' if len(links or foreign) > 3 else ''}). Choose an empty folder, or an earlier sgcl-saliency "
+            "--out."
+        )
     rendered: List[_Rendered] = []
     thumbs: List[Tuple[str, Image.Image]] = []
     skipped: List[str] = []
@@ -674,7 +718,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     picture = render_saliency(im, smap, regions, max_boxes=args.max_boxes or None)
                     stem = name if len(passes) == 1 else f"{Path(name).stem}_{label.split(',')[0]}"
                     path = args.out / f"{_unique_stem(stem, used)}.png"
-                    picture.save(path, optimize=True)
+                    try:
+                        atomic_write(path, lambda f, p=picture: p.save(f, format="PNG", optimize=True))
+                    except OSError as err:
+                        bar.close()
+                        return fail(f"cannot write {path}: {err.strerror or err} (disk full?); nothing half-written")
                     shown = name if len(passes) == 1 else f"{name} ({label})"
                     rendered.append(_Rendered(name=shown, path=path, size=im.size, regions=regions))
                     thumb = picture.copy()
@@ -687,14 +735,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"Skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
     if not rendered:
         return fail(f"none of the {len(sources)} file(s) in {origin} is a readable image.")
-    contact_sheet(thumbs, columns=args.columns, tile_width=tile_width).save(
-        args.out / "contact_sheet.png", optimize=True
-    )
     title = (
         f"SGCL saliency: {args.backbone} at {args.size} px ({args.affinity} affinity, sign rule {args.sign_rule}; "
         f"regions: {'; '.join(label for label, _, _ in passes)})"
     )
-    index = _write_index(args.out, rendered, skipped, title)
+    sheet = contact_sheet(thumbs, columns=args.columns, tile_width=tile_width)
+    written = sorted(ours | {r.path.name for r in rendered} | {"contact_sheet.png", "index.html"})
+    try:
+        atomic_write(args.out / "contact_sheet.png", lambda f: sheet.save(f, format="PNG", optimize=True))
+        index = _write_index(args.out, rendered, skipped, title)
+        atomic_write(args.out / MANIFEST, lambda f: f.write("\n".join(written).encode("utf-8", "surrogateescape")))
+    except OSError as err:
+        return fail(f"cannot write into --out {args.out}: {err.strerror or err} (disk full?); nothing half-written")
     print(f"Rendered {len(rendered)} image(s) from {origin} into {args.out}/")
     print(f"  contact sheet: {args.out / 'contact_sheet.png'}")
     print(f"  web page:      {index}")

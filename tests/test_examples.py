@@ -537,3 +537,23 @@ def test_a_refusal_is_a_message_and_exit_status_2_not_a_traceback(tmp_path) -> N
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("byol.py: error: --out") and "--resume auto" in done.stderr
+
+
+def test_links_planted_in_out_are_never_written_through(tmp_path) -> None:
+    import os
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    for name in ("log.csv", "backbone.pt", "saliency"):
+        out = tmp_path / f"out_{name}"
+        out.mkdir()
+        os.symlink(target, out / name)
+        with pytest.raises(sgcl_train.Refused, match=f"symbolic links.*{name}"):
+            sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--overwrite", "--out", str(out)], method="byol")
+        assert target.read_text() == "keep me"
+    # the checkpoint's temporary file is a fresh one each time (O_EXCL): a link at the old fixed name is inert
+    out = tmp_path / "out_tmp"
+    out.mkdir()
+    os.symlink(target, out / "checkpoint.pt.tmp")
+    sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--epochs", "1", "--out", str(out)], method="byol")
+    assert target.read_text() == "keep me" and (out / "checkpoint.pt").is_file()

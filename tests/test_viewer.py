@@ -301,3 +301,67 @@ def test_render_pairs_draws_both_crops_of_each_pair_in_its_colour() -> None:
         render_pairs(image, v1, v2, labels=["x"])
     with pytest.raises(ValueError, match=r"\(t, 4\)"):
         render_pairs(image, v1, v2[:1])
+
+
+def test_the_viewer_overwrites_only_its_own_files_and_never_half_writes(tmp_path: Path, capsys) -> None:
+    """--images par/photos --out par replaced the user's par/img0.png; links planted in --out were followed; a
+    full disk left truncated PNGs and a traceback."""
+    import os
+
+    par = tmp_path / "par"
+    photos = par / "photos"
+    export_sample_images(photos, ["coffee"])
+    (photos / "img0.jpg").write_bytes((photos / "coffee.jpg").read_bytes())
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(par / "img0.png")  # the user's own picture, beside the photos
+    before = (par / "img0.png").read_bytes()
+    argv = ["--images", str(photos), "--backbone", "resnet18", "--size", "128", "--no-progress"]
+    assert main([*argv, "--out", str(par)]) == 2
+    assert "were not written by sgcl-saliency" in capsys.readouterr().err and (par / "img0.png").read_bytes() == before
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == 0  # its own earlier outputs: fine to replace
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (out / "index.html").unlink()
+    os.symlink(target, out / "index.html")
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "symbolic links" in capsys.readouterr().err and target.read_text() == "keep me"
+    (out / "index.html").unlink()
+    # a disk that fills up: a message, exit 2, and no half-written file left behind
+    import sgcl_plugin.viewer as viewer_module
+
+    def full_disk(path, write):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    full = tmp_path / "full"
+    original = viewer_module.atomic_write
+    viewer_module.atomic_write = full_disk
+    try:
+        assert main([*argv, "--out", str(full)]) == 2
+    finally:
+        viewer_module.atomic_write = original
+    assert "No space left on device" in capsys.readouterr().err and not list(full.glob("*.png"))
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    from sgcl_plugin.files import atomic_write, open_new_or_own
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+
+    def half(f):  # type: ignore[no-untyped-def]
+        f.write(b"new but")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, half)
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    atomic_write(link, lambda f: f.write(b"replaced the link"))
+    assert path.read_bytes() == b"old" and not link.is_symlink() and link.read_bytes() == b"replaced the link"
+    link2 = tmp_path / "link2"
+    link2.symlink_to(path)
+    with pytest.raises(OSError, match="symbolic link"):
+        open_new_or_own(link2)
+    assert path.read_bytes() == b"old"
