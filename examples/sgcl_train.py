@@ -1101,7 +1101,7 @@ class Trainer:
         if self.main and self.global_step > 0 and self.log_path.exists():
             # A resumed run replays the steps after its checkpoint: keep only the rows up to it.
             with open(self.log_path, newline="") as f:
-                kept = [r for r in csv.reader(f) if r and r[0] != "epoch" and int(r[1]) <= self.global_step]
+                kept = [r for r in csv.reader(f) if _log_step(r) is not None and _log_step(r) <= self.global_step]
         log_file = open_new_or_own(self.log_path, "w") if self.main else None
         log = csv.writer(log_file) if log_file else None
         if log and log_file:
@@ -1244,6 +1244,15 @@ def main(argv: Optional[Sequence[str]] = None, method: Optional[str] = None) -> 
     if dist.is_initialized():
         dist.destroy_process_group()
     return result
+
+
+def _log_step(row: List[str]) -> Optional[int]:
+    """The step of a log.csv row; None for the header or a line that is not a row (a garbage line is dropped
+    on resume instead of stopping it)."""
+    try:
+        return int(row[1]) if len(row) > 1 and row[0] != "epoch" else None
+    except ValueError:
+        return None
 
 
 def cli(method: Optional[str] = None) -> None:

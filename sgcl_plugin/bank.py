@@ -128,6 +128,9 @@ class SaliencyBank:
         for name, value in (("boxes", boxes), ("scores", scores), ("counts", counts), ("fallback", fallback)):
             if tuple(value.shape) != expect[name]:
                 raise ValueError(f"{name} must have shape {expect[name]}, got {tuple(value.shape)}.")
+        for name, value in (("counts", counts), ("index", index)):
+            if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
+                raise TypeError(f"{name} must be an integer tensor, got {value.dtype} (a float would be truncated).")
         if index is not None:
             index = index.to("cpu", torch.int64)
             if index.numel() and (index.min() < 0 or index.max() >= self.num_images):
@@ -151,6 +154,13 @@ class SaliencyBank:
             )
         if ((scores.to(used.device) <= 0) & used).any():
             raise ValueError("Every region within a row's count needs a score > 0 (zero scores are never sampled).")
+        rising = (scores[:, 1:] > scores[:, :-1]).to(used.device) & used[:, 1:]
+        if rising.any():
+            row = int(rising.nonzero()[0, 0])
+            raise ValueError(
+                f"Row {row}'s scores rise ({scores[row].tolist()}): regions are stored best first (descending scores); "
+                "the first max_regions of a row are what is kept."
+            )
         sel = slice(None) if index is None else index
         if int(self._seq[0]) % 2 and (index is None or int(torch.unique(index).numel()) == self.num_images):
             # Odd before we start: a writer died half-way and left the table torn. A write of every row

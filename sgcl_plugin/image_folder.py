@@ -11,6 +11,7 @@ no square resize is needed before the crop.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -104,6 +105,8 @@ class ImageFiles(Dataset):
     def path(self, index: int) -> Path:
         """The file of item ``index`` (negative indices count from the end)."""
         n = len(self)
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"Image indices are integers, got {index!r} ({type(index).__name__}).")
         i = int(index)
         if not -n <= i < n:
             raise IndexError(f"Index {index} out of range for {n} images.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, Callable, Dict, Literal, Optional, Sequence, Union
 
 import torch
@@ -64,12 +65,14 @@ def _check_pair(a: Any, b: Any, names: str = "a, b") -> None:
 
 
 def _check_temperature(temperature: float) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+    ok = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+    if not ok or not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}.")
 
 
 def _check_gamma(gamma: float) -> None:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
+    # numbers.Real: Python and numpy scalars alike (np.float32(0.5) was refused)
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(gamma):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}.")
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0 (0 turns the saliency weighting off), got {gamma}.")
@@ -149,7 +152,8 @@ def byol_loss(p: Tensor, z: Tensor) -> Tensor:
         tensor([0., 2.])
     """
     _check_pair(p, z, "p, z")
-    return 2 - 2 * (F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1)
+    # eps 1e-6 (not 1e-12): the gradient of a normalized near-zero vector is ~1/eps (it was 4.8e12 at zero)
+    return 2 - 2 * (F.normalize(p, dim=1, eps=1e-6) * F.normalize(z, dim=1, eps=1e-6)).sum(dim=1)
 
 
 def ntxent_loss(

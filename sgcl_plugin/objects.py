@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
+from sgcl_plugin.affinity import unit_features
 from sgcl_plugin.regions import Regions, border_mask
 
 __all__ = ["batched_kmeans", "component_labels", "object_regions", "objectness"]
@@ -202,7 +203,7 @@ def object_regions(
     labels, counts = component_labels(clusters.reshape(B, h, w), min_area, connectivity)
     R = max(1, int(counts.max()))
     masks = _region_masks(labels.to(features.device), R)
-    unit = F.normalize(features.flatten(2).transpose(1, 2).float(), dim=-1)
+    unit = unit_features(features).float()  # as the graph's: scaled first, so 1e-30 or 1e20 features score alike
     score, _, _, _ = objectness(masks, unit, sal, h, w, ring)
     boxes = _boxes(labels, R, h, w)
     score = score.cpu()

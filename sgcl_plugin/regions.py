@@ -93,6 +93,8 @@ def extract_regions(
         return []
     if maps.shape[1] == 0 or maps.shape[2] == 0:
         raise ValueError(f"maps have an empty grid, shape {tuple(maps.shape)}.")
+    if maps.is_complex():  # a cast to float64 would drop the imaginary part without a word
+        raise TypeError(f"maps must be real, got {maps.dtype}.")
     S = maps.detach().to("cpu", torch.float64).numpy()
     if not np.isfinite(S).all():
         raise ValueError("maps contain NaN or Inf values.")

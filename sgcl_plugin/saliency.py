@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
@@ -238,6 +239,11 @@ class SaliencyGenerator:
                     raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}.")
         if sign_rule not in SIGN_RULES:
             raise ValueError(f"Unknown sign rule '{sign_rule}'; choose one of {SIGN_RULES}.")
+        for name, value in (("eps", eps), ("tau", tau)):  # NaN / Inf eps sent every image to the fallback
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive (it keeps every degree > 0), got {eps}.")
         if min_area < 1:
             raise ValueError(f"min_area must be >= 1, got {min_area}.")
         if connectivity not in (4, 8):

@@ -589,6 +589,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"sgcl-saliency: error: {message}", file=sys.stderr)
         return 2
 
+    if args.size > 8192:
+        return fail(f"--size {args.size} is beyond what fits in memory (at most 8192; the paper uses 640).")
     for flag, value, low in (
         ("--size", args.size, 2),
         ("--batch-size", args.batch_size, 1),

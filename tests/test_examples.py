@@ -557,3 +557,13 @@ def test_links_planted_in_out_are_never_written_through(tmp_path) -> None:
     os.symlink(target, out / "checkpoint.pt.tmp")
     sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--epochs", "1", "--out", str(out)], method="byol")
     assert target.read_text() == "keep me" and (out / "checkpoint.pt").is_file()
+
+
+def test_a_garbage_line_in_the_log_does_not_block_resume(tmp_path) -> None:
+    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
+    sgcl_train.main([*common, "--stop-after-steps", "3", "--ckpt-every", "1"], method="byol")
+    with open(tmp_path / "log.csv", "a") as f:
+        f.write("\x00garbage,not a step\n1,\n")
+    sgcl_train.main([*common, "--resume", "auto"], method="byol")
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step") and [int(r.split(",")[1]) for r in rows[1:]] == [1, 2, 3, 4]

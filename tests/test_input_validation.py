@@ -12,6 +12,7 @@ from sgcl_plugin import (
     InterImageLoss,
     SaliencyBank,
     SaliencyGenerator,
+    SaliencyWeightedLoss,
     cosine_affinity,
     extract_regions,
     fiedler_vector,
@@ -288,3 +289,58 @@ def test_a_dark_sixteen_bit_photo_stays_dark() -> None:
         torch.testing.assert_close(to_image_tensor(image)[0], torch.from_numpy(dark / 65535).float(), atol=1e-6, rtol=0)
     # a plain int32 array has no mode: small values are 8-bit pixels, as before
     torch.testing.assert_close(to_image_tensor(dark)[0], torch.from_numpy(dark / 255).float(), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------ issue 19, low
+
+
+def test_small_refusals_that_were_accepted_or_tracebacks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image
+
+    from sgcl_plugin.image_folder import ImageFiles
+    from sgcl_plugin.losses import byol_loss, ntxent_loss
+
+    for eps in (float("nan"), float("inf")):  # every image silently took the fallback
+        with pytest.raises(ValueError, match="eps must be a finite number"):
+            SaliencyGenerator(eps=eps)
+    with pytest.raises(TypeError, match="real"):
+        extract_regions(torch.rand(1, 4, 4, dtype=torch.complex64))
+    bank = SaliencyBank(2, max_regions=2)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]] * 2)
+    ok = (boxes, torch.tensor([[1.0, 0.5]] * 2), torch.tensor([2, 2]), torch.zeros(2, dtype=torch.bool))
+    bank.write(*ok)
+    with pytest.raises(TypeError, match="counts must be an integer tensor"):
+        bank.write(ok[0], ok[1], torch.tensor([2.0, 1.9]), ok[3])
+    with pytest.raises(TypeError, match="index must be an integer tensor"):
+        bank.write(ok[0][:1], ok[1][:1], ok[2][:1], ok[3][:1], index=torch.tensor([0.7]))
+    with pytest.raises(ValueError, match="scores rise"):
+        bank.write(ok[0], torch.tensor([[0.5, 1.0]] * 2), ok[2], ok[3])
+    with pytest.raises(ValueError, match="temperature"):
+        ntxent_loss(torch.randn(4, 8), torch.randn(4, 8), temperature=float("inf"))
+    a = torch.randn(4, 8)
+    torch.testing.assert_close(
+        SaliencyWeightedLoss("byol", gamma=np.float32(0.5))(a, a, torch.ones(4)),  # a numpy gamma was refused
+        SaliencyWeightedLoss("byol", gamma=0.5)(a, a, torch.ones(4)),
+    )
+    zero = torch.zeros(2, 8, requires_grad=True)
+    byol_loss(zero, torch.randn(2, 8)).sum().backward()
+    assert zero.grad.abs().max() < 1e7  # was 4.8e12 at a zero vector
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    files = ImageFiles(tmp_path)
+    for bad in (0.0, 2.5, True):
+        with pytest.raises(TypeError, match="integers"):
+            files[bad]  # type: ignore[index]
+    assert files[np.int64(0)].size == (8, 8)
+
+
+def test_objects_mode_scores_do_not_depend_on_the_feature_scale() -> None:
+    torch.manual_seed(0)
+    f = torch.randn(1, 16, 12, 12)
+    f[:, :4, 3:8, 2:7] += 3.0
+    gen = SaliencyGenerator(regions="objects")
+    ref = gen(f).regions[0]
+    for scale in (1e-30, 1e20):  # the affinity did not change; the scores did
+        r = gen(f * scale).regions[0]
+        torch.testing.assert_close(r.boxes, ref.boxes)
+        torch.testing.assert_close(r.scores, ref.scores, rtol=1e-3, atol=1e-4)

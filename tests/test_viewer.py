@@ -365,3 +365,8 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) 
     with pytest.raises(OSError, match="symbolic link"):
         open_new_or_own(link2)
     assert path.read_bytes() == b"old"
+
+
+def test_an_input_size_no_memory_holds_is_a_message(tmp_path: Path, capsys) -> None:
+    assert main(["--out", str(tmp_path / "o"), "--size", "40000", "--no-progress", "--backbone", "resnet18"]) == 2
+    assert "--size 40000" in capsys.readouterr().err
