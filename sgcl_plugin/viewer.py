@@ -387,11 +387,17 @@ class _Rendered:
     regions: Regions
 
 
-def _load_image(path: Path) -> Image.Image:
+def _load_image(path: Path, bound: Optional[int] = None) -> Image.Image:
+    """The photo as RGB; with ``bound``, its longer side brought down to at most ``bound`` pixels as early as
+    possible (JPEGs decode at 1/2, 1/4, 1/8 scale), so a 9000 x 9000 photo costs megabytes, not gigabytes."""
     from sgcl_plugin.refresh import _WIDE_MODES, to_image_tensor
 
     with Image.open(path) as opened:
+        if bound is not None and max(opened.size) > bound:
+            opened.draft(None, (bound, bound))  # JPEG: decode at a reduced scale (a no-op for other formats)
         opened.load()
+        if bound is not None and max(opened.size) > bound and opened.mode not in _WIDE_MODES:
+            opened.thumbnail((bound, bound), Image.Resampling.LANCZOS)
         im: Image.Image = ImageOps.exif_transpose(opened)
         if im.mode in _WIDE_MODES:  # 16-bit / float: convert("RGB") would clip everything to white
             t = to_image_tensor(im).permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8)
@@ -403,9 +409,9 @@ def _identity(image: Image.Image) -> Image.Image:
     return image
 
 
-def _image_sources(folder: Path) -> List[Tuple[str, Callable[[], Image.Image]]]:
+def _image_sources(folder: Path, bound: Optional[int] = None) -> List[Tuple[str, Callable[[], Image.Image]]]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [(p.name, functools.partial(_load_image, p)) for p in files]
+    return [(p.name, functools.partial(_load_image, p, bound)) for p in files]
 
 
 def _unique_stem(name: str, used: set) -> str:
@@ -616,7 +622,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         if not args.images.is_dir():
             return fail(f"--images {args.images} is not a folder.")
-        sources = _image_sources(args.images)
+        # What the renderings and the backbone need, no more: the longer of --max-side and --size (0: the full photo)
+        sources = _image_sources(args.images, max(args.max_side, args.size) if args.max_side else None)
         origin = str(args.images)
         if not sources:
             return fail(f"no image files in {args.images}.")

@@ -370,3 +370,16 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) 
 def test_an_input_size_no_memory_holds_is_a_message(tmp_path: Path, capsys) -> None:
     assert main(["--out", str(tmp_path / "o"), "--size", "40000", "--no-progress", "--backbone", "resnet18"]) == 2
     assert "--size 40000" in capsys.readouterr().err
+
+
+def test_big_photos_are_brought_down_as_they_are_read(tmp_path: Path) -> None:
+    from sgcl_plugin.viewer import _load_image
+
+    big = Image.fromarray((np.indices((1500, 2000)).sum(0) % 251).astype(np.uint8)).convert("RGB")
+    big.save(tmp_path / "big.jpg", quality=90)
+    big.save(tmp_path / "big.png")
+    for name in ("big.jpg", "big.png"):
+        small = _load_image(tmp_path / name, bound=300)
+        assert max(small.size) <= 300 and small.mode == "RGB"
+        assert abs(small.size[0] / small.size[1] - 2000 / 1500) < 0.02
+    assert _load_image(tmp_path / "big.png").size == (2000, 1500)  # no bound: the photo as it is
