@@ -10,6 +10,8 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from sgcl_plugin.checks import check_not_meta
+
 READ_TIMEOUT = 60.0
 """Seconds a reader waits for a write to finish before it reports a torn table."""
 
@@ -123,6 +125,14 @@ class SaliencyBank:
             fallback: (n,) whether the row is the whole-image fallback.
             index: (n,) dataset indices; all rows in order when omitted.
         """
+        for name, value in (
+            ("boxes", boxes),
+            ("scores", scores),
+            ("counts", counts),
+            ("fallback", fallback),
+            ("index", index),
+        ):
+            check_not_meta(value, name)
         n = self.num_images if index is None else int(index.numel())
         expect = {"boxes": (n, self.max_regions, 4), "scores": (n, self.max_regions), "counts": (n,), "fallback": (n,)}
         for name, value in (("boxes", boxes), ("scores", scores), ("counts", counts), ("fallback", fallback)):

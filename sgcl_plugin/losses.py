@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sgcl_plugin.checks import check_not_meta
+
 Normalize = Literal["count", "weight"]
 NORMALIZATIONS = ("count", "weight")
 BaseLoss = Callable[..., Tensor]
@@ -48,6 +50,7 @@ def _shape(x: Any) -> Any:
 def _check_embeddings(x: Any, name: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    check_not_meta(x, name)
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d), got {tuple(x.shape)}.")
     if x.shape[0] < 1:
@@ -104,6 +107,7 @@ def check_scores(scores: Any, n: int) -> Tensor:
     """
     if not isinstance(scores, Tensor):
         raise TypeError(f"scores must be a torch.Tensor of shape ({n},), got {type(scores).__name__}.")
+    check_not_meta(scores, "scores")
     if scores.ndim != 1 or scores.shape[0] != n:
         raise ValueError(f"scores must have shape ({n},) (one score per pair), got {tuple(scores.shape)}.")
     scores = scores.detach()

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.checks import check_not_meta
 from sgcl_plugin.distributed import comm_device
 from sgcl_plugin.features import check_feature_output
 from sgcl_plugin.items import DatasetImages, split_item
@@ -36,6 +37,7 @@ def to_image_tensor(image: Any) -> Tensor:
     if isinstance(image, (tuple, list, dict)):
         image = split_item(image, -1).image
     if isinstance(image, Tensor):
+        check_not_meta(image, "The image")
         t = image
         if t.ndim == 2:
             t = t[None]

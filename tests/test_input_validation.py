@@ -344,3 +344,26 @@ def test_objects_mode_scores_do_not_depend_on_the_feature_scale() -> None:
         r = gen(f * scale).regions[0]
         torch.testing.assert_close(r.boxes, ref.boxes)
         torch.testing.assert_close(r.scores, ref.scores, rtol=1e-3, atol=1e-4)
+
+
+def test_meta_tensors_are_named_not_item_errors() -> None:
+    """Meta tensors (shape only) gave "Tensor.item() cannot be called on meta tensors" from inside the checks."""
+    from sgcl_plugin import FeatureQueue, RegionCrops, SGCLObjective
+    from sgcl_plugin.losses import inter_image_loss, saliency_weighted_loss
+
+    def m(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape, device="meta")
+
+    for call in (
+        lambda: saliency_weighted_loss(torch.ones(4), m(4)),
+        lambda: inter_image_loss(m(4, 8), m(16, 8), torch.ones(4)),
+        lambda: InterImageLoss(8, 16, 2)(m(4, 8), torch.ones(4)),
+        lambda: FeatureQueue(8, 16).enqueue(m(4, 8)),
+        lambda: RegionCrops(2, 8)(m(3, 20, 20), torch.tensor([[0.0, 0.0, 1.0, 1.0]]), None),
+        lambda: SaliencyBank(1, 1).write(
+            m(1, 1, 4), m(1, 1), torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.bool)
+        ),
+        lambda: SGCLObjective("byol", dim=8)(torch.ones(4), p1=m(4, 8), p2=m(4, 8), t1=m(4, 8), t2=m(4, 8)),
+    ):
+        with pytest.raises(ValueError, match="meta tensor"):
+            call()
