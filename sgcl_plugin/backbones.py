@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from sgcl_plugin.checks import check_int
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -182,8 +183,7 @@ def tiny_resnet(width: int = 16) -> nn.Sequential:
     Returns:
         ``nn.Sequential`` mapping (B, 3, H, W) to (B, 8 * width, H / 16, W / 16).
     """
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive integer, got {width!r}.")
+    check_int("width", width, 1)
     w = width
     return nn.Sequential(
         OrderedDict(

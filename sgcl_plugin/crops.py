@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.checks import check_int
 from sgcl_plugin.items import DatasetImages, ImageItem, check_map_style, split_item
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, to_image_tensor
 
@@ -105,15 +106,11 @@ def _check_boxes(boxes: Tensor, what: str = "boxes") -> Tensor:
 
 
 def check_crop_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 2:
-        raise ValueError(f"size must be an integer side length >= 2 pixels, got {size!r}.")
-    return int(size)
+    return check_int("size", size, 2)  # the crops' side, in pixels
 
 
 def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return int(value)
+    return check_int(name, value, 1)
 
 
 # ------------------------------------------------------------------------------------- sampling

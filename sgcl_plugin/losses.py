@@ -22,7 +22,6 @@ the queue entries, an NNCLR support set) already detached, as BYOL, NNCLR and SG
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 from typing import Any, Callable, Dict, Literal, Optional, Sequence, Union
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sgcl_plugin.checks import check_not_meta
+from sgcl_plugin.checks import check_int, check_not_meta, check_number
 
 Normalize = Literal["count", "weight"]
 NORMALIZATIONS = ("count", "weight")
@@ -68,21 +67,15 @@ def _check_pair(a: Any, b: Any, names: str = "a, b") -> None:
 
 
 def _check_temperature(temperature: float) -> None:
-    ok = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
-    if not ok or not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}.")
+    check_number("temperature", temperature, 0, strict=True)
 
 
 def _check_gamma(gamma: float) -> None:
-    # numbers.Real: Python and numpy scalars alike (np.float32(0.5) was refused)
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(gamma):
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}.")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0 (0 turns the saliency weighting off), got {gamma}.")
+    check_number("gamma (0 turns the saliency weighting off)", gamma, 0)  # numpy scalars too
 
 
 def _check_num_neighbors(num_neighbors: int) -> None:
-    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 1:
+    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, numbers.Integral) or num_neighbors < 1:
         raise ValueError(
             f"num_neighbors must be an integer >= 1, got {num_neighbors!r} (for l = 0 leave the inter-image loss out)."
         )
@@ -563,10 +556,8 @@ class FeatureQueue(nn.Module):
 
     def __init__(self, dim: int, size: int = 4096, gather_distributed: bool = False) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}.")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"The queue size must be a positive integer, got {size!r}.")
+        check_int("dim", dim, 1)
+        check_int("The queue size", size, 1)
         self.dim = dim
         self.queue_size = size
         self.gather_distributed = gather_distributed
@@ -697,14 +688,11 @@ class InterImageLoss(FeatureQueue):
         gather_distributed: bool = False,
         scale: float = 1.0,
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}.")
+        check_int("dim", dim, 1)
         _check_num_neighbors(num_neighbors)
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < num_neighbors:
-            raise ValueError(f"queue_size must be an integer >= num_neighbors = {num_neighbors}, got {queue_size!r}.")
+        check_int("queue_size (at least num_neighbors)", queue_size, num_neighbors)
         _check_gamma(gamma)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}.")
+        check_number("scale", scale, 0, strict=True)
         super().__init__(dim, queue_size, gather_distributed)
         self.num_neighbors = num_neighbors
         self.gamma = float(gamma)

@@ -18,6 +18,7 @@ from typing import Dict, Literal, Optional, Tuple
 import torch
 from torch import Tensor
 
+from sgcl_plugin.checks import check_int
 from sgcl_plugin.precision import full_precision
 
 Solver = Literal["auto", "eigh", "krylov", "cupy"]
@@ -372,8 +373,7 @@ def ncut_embedding(
     """
     if validate:
         check_affinity(W)
-    if isinstance(num_vectors, bool) or not isinstance(num_vectors, int) or num_vectors < 1:
-        raise ValueError(f"num_vectors must be an integer >= 1, got {num_vectors!r}.")
+    check_int("num_vectors", num_vectors, 1)
     if W.shape[-1] <= num_vectors + 1:
         raise ValueError(f"A graph of {W.shape[-1]} nodes has fewer than {num_vectors} non-trivial eigenvectors.")
     name = resolve_solver(solver, W)

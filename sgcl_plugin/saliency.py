@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
@@ -10,6 +9,7 @@ import torch
 from torch import Tensor
 
 from sgcl_plugin.affinity import Affinity, check_feature_map, cosine_affinity, unit_affinity, unit_features
+from sgcl_plugin.checks import check_int, check_number
 from sgcl_plugin.ncut import Solver, fiedler_vector, ncut_embedding
 from sgcl_plugin.precision import full_precision
 from sgcl_plugin.regions import Regions, border_mask, extract_regions
@@ -230,20 +230,13 @@ class SaliencyGenerator:
                     f"regions={regions!r} solves several eigenvectors, which the cupy solver does not: "
                     "use 'auto', 'eigh' or 'krylov'."
                 )
-            for name, value, lo in (
-                ("num_vectors", num_vectors, 1),
-                ("num_clusters", num_clusters, 2),
-                ("ring", ring, 1),
-            ):
-                if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                    raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}.")
+            check_int("num_vectors", num_vectors, 1)
+            check_int("num_clusters", num_clusters, 2)
+            check_int("ring", ring, 1)
         if sign_rule not in SIGN_RULES:
             raise ValueError(f"Unknown sign rule '{sign_rule}'; choose one of {SIGN_RULES}.")
-        for name, value in (("eps", eps), ("tau", tau)):  # NaN / Inf eps sent every image to the fallback
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
-        if eps <= 0:
-            raise ValueError(f"eps must be positive (it keeps every degree > 0), got {eps}.")
+        check_number("eps", eps, 0, strict=True)  # NaN / Inf eps sent every image to the fallback
+        check_number("tau", tau)
         if min_area < 1:
             raise ValueError(f"min_area must be >= 1, got {min_area}.")
         if connectivity not in (4, 8):
@@ -264,10 +257,8 @@ class SaliencyGenerator:
         self.min_fraction = float(min_fraction)
         if not 0.0 < nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou!r}.")
-        if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
-            raise ValueError(f"max_regions must be an integer >= 1, got {max_regions!r}.")
-        if not (isinstance(score_power, (int, float)) and 0 < score_power < float("inf")):
-            raise ValueError(f"score_power must be a positive finite number, got {score_power!r}.")
+        check_int("max_regions", max_regions, 1)
+        check_number("score_power", score_power, 0, strict=True)
         self.nms_iou = float(nms_iou)
         self.max_regions = max_regions
         self.score_power = float(score_power)

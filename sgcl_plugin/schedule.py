@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Dict, List, Optional
+
+from sgcl_plugin.checks import check_int
 
 __all__ = ["RefreshSchedule"]
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+    return check_int(name, value, minimum)
 
 
 class RefreshSchedule:
@@ -48,11 +47,12 @@ class RefreshSchedule:
         self.every_n_epochs = _positive_int("every_n_epochs", every_n_epochs)
         if first_epoch is None:
             first_epoch = self.every_n_epochs
-        if isinstance(first_epoch, bool) or not isinstance(first_epoch, numbers.Integral) or first_epoch < 1:
+        try:
+            check_int("first_epoch", first_epoch, 1)
+        except ValueError as err:
             raise ValueError(
-                f"first_epoch must be an integer >= 1, got {first_epoch!r}: SGCL never refreshes at epoch 0, "
-                "when the backbone has not learnt anything yet."
-            )
+                f"{err} SGCL never refreshes at epoch 0, when the backbone has not learnt anything yet."
+            ) from None
         self.first_epoch = int(first_epoch)
         self.last_epoch = -1
         self.history: List[Dict[str, float]] = []

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.checks import check_int
 from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
 from sgcl_plugin.features import check_stride, feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
@@ -86,9 +87,7 @@ def _select(cfg: Any, key: str, default: Any = None) -> Any:
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"sgcl.{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+    return check_int(f"sgcl.{name}", value, minimum)
 
 
 def _expand_augmentations(cfg: Any) -> List[Any]:  # one augmentation config per crop
