@@ -23,7 +23,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -785,6 +785,19 @@ def lock_out(out: Path) -> Optional[Any]:
     return handle
 
 
+def write_output(path: Path, write: Callable[[Any], Any]) -> None:
+    """:func:`~sgcl_plugin.files.atomic_write`, a failure (a full disk) refused with a message: the file that was
+    there is intact, and the run continues from its last checkpoint with --resume auto."""
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError from its writer
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise Refused(
+            f"Cannot write {path} ({first}; disk full?): the previous file is intact (the last checkpoint too); "
+            "free space and continue with --resume auto."
+        ) from err
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -939,7 +952,7 @@ class Trainer:
             return
         state = self.state()
         # atomic: a kill or a full disk never leaves a torn checkpoint, and no link planted in --out is followed
-        atomic_write(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
+        write_output(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
 
     def load(self, path: str) -> None:
         state = load_checkpoint(path)
@@ -1038,7 +1051,7 @@ class Trainer:
             picture = render_saliency(image, result.maps[i].cpu(), result.regions[i], max_boxes=8)  # the 8 best
             items.append((f"image {i}", picture))
         sheet = contact_sheet(items, columns=2)
-        atomic_write(self.out / "saliency" / name, lambda f: sheet.save(f, format="PNG"))
+        write_output(self.out / "saliency" / name, lambda f: sheet.save(f, format="PNG"))
 
     # --- one step ---------------------------------------------------------------------------------
 
@@ -1191,7 +1204,7 @@ class Trainer:
             return result
         if self.main:
             weights = self.model.backbone.state_dict()
-            atomic_write(self.out / "backbone.pt", lambda f: torch.save(weights, f))
+            write_output(self.out / "backbone.pt", lambda f: torch.save(weights, f))
             if args.sgcl:
                 self.pictures("final.png")
             if not args.no_eval:

@@ -567,3 +567,18 @@ def test_a_garbage_line_in_the_log_does_not_block_resume(tmp_path) -> None:
     sgcl_train.main([*common, "--resume", "auto"], method="byol")
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step") and [int(r.split(",")[1]) for r in rows[1:]] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_at_a_checkpoint_is_a_message_and_the_old_one_stays(tmp_path, monkeypatch) -> None:
+    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "2", "--ckpt-every", "1", "--out", str(tmp_path)]
+    sgcl_train.main([*common, "--stop-after-steps", "2"], method="byol")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def full(path, write):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sgcl_train, "atomic_write", full)
+    with pytest.raises(sgcl_train.Refused, match="disk full.*previous file is intact"):
+        sgcl_train.main([*common, "--resume", "auto"], method="byol")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
