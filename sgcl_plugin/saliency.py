@@ -304,18 +304,28 @@ class SaliencyGenerator:
         regions = extract_regions(y.reshape(maps.shape), min_area=self.min_area, connectivity=self.connectivity)
         return SaliencyResult(maps=maps, regions=regions, fiedler=y)
 
+    def _embedding(self, features: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The k-way cut's pieces shared by the objects and hierarchy modes: the cells as unit vectors
+        (B, N, C), the spectral embedding (B, k, N), the oriented Fiedler vector (B, N; zero for a graph with
+        no cut: every affinity equal) and which graphs have no cut (B,)."""
+        unit = unit_features(features)
+        W = unit_affinity(unit, mode=self.affinity, eps=self.eps, tau=self.tau)
+        h, w = features.shape[-2:]
+        k = min(self.num_vectors, h * w - 2)
+        if k < 1:
+            raise ValueError(f"regions={self.regions!r} needs a grid of at least 3 cells, got {h}x{w}.")
+        Y, _ = ncut_embedding(W, num_vectors=k, solver=self.solver, validate=False)  # type: ignore[arg-type]
+        flat = flat_graphs(W)
+        y = orient(Y[:, 0], h, w, self.sign_rule)
+        y = torch.where(flat[:, None], torch.zeros_like(y), y)  # zero saliency: whole-image fallback
+        return unit, Y, y, flat
+
     @torch.no_grad()
     def _objects(self, features: Tensor) -> SaliencyResult:
         from sgcl_plugin.objects import object_regions
 
-        W = cosine_affinity(features, mode=self.affinity, eps=self.eps, tau=self.tau)
+        _, Y, y, _ = self._embedding(features)  # checks the map first
         B, _, h, w = features.shape
-        k = min(self.num_vectors, h * w - 2)
-        if k < 1:
-            raise ValueError(f"regions='objects' needs a grid of at least 3 cells, got {h}x{w}.")
-        Y, _ = ncut_embedding(W, num_vectors=k, solver=self.solver, validate=False)  # type: ignore[arg-type]
-        y = orient(Y[:, 0], h, w, self.sign_rule)
-        y = torch.where(flat_graphs(W)[:, None], torch.zeros_like(y), y)  # zero saliency: whole-image fallback
         maps = normalize_maps(y).reshape(B, h, w).float()
         regions = object_regions(
             features, Y, maps, num_clusters=self.num_clusters,
@@ -328,16 +338,8 @@ class SaliencyGenerator:
     def _hierarchy(self, fine: Tensor, coarse: Optional[Tensor]) -> SaliencyResult:
         from sgcl_plugin.hierarchy import hierarchy_regions
 
-        unit = unit_features(fine)
-        W = unit_affinity(unit, mode=self.affinity, eps=self.eps, tau=self.tau)
+        unit, Y, y, flat = self._embedding(fine)  # checks the map first
         B, _, h, w = fine.shape
-        k = min(self.num_vectors, h * w - 2)
-        if k < 1:
-            raise ValueError(f"regions='hierarchy' needs a grid of at least 3 cells, got {h}x{w}.")
-        Y, _ = ncut_embedding(W, num_vectors=k, solver=self.solver, validate=False)  # type: ignore[arg-type]
-        flat = flat_graphs(W)
-        y = orient(Y[:, 0], h, w, self.sign_rule)
-        y = torch.where(flat[:, None], torch.zeros_like(y), y)
         fine_sal = normalize_maps(y)
         if coarse is not None and coarse.shape[-2] * coarse.shape[-1] >= 3:
             hc, wc = coarse.shape[-2:]
