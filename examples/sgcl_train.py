@@ -48,149 +48,188 @@ METHODS = ("byol", "simclr", "nnclr")
 # ----------------------------------------------------------------------------- options
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as it is, and every option's default after its help (not for switches that are off,
+    nor for defaults the help explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action) or ""
+
+
 def build_parser(method: Optional[str] = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=METHODS, default=method or "byol")
-    p.add_argument(
-        "--sgcl", action=argparse.BooleanOptionalAction, default=True, help="SGCL on (default) or the plain method"
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    sgcl = p.add_argument_group("SGCL: the method")
+    sgcl.add_argument(
+        "--method",
+        choices=METHODS,
+        default=method or "byol",
+        help="the SSL method: BYOL, SimCLR or NNCLR (byol.py / simclr.py / nnclr.py preset it)",
     )
-    p.add_argument(
+    sgcl.add_argument(
+        "--sgcl", action=argparse.BooleanOptionalAction, default=True, help="SGCL, or the plain method (--no-sgcl)"
+    )
+    sgcl.add_argument(
         "--inter", action=argparse.BooleanOptionalAction, default=None,
         help="inter-image loss (Eq. 10); default: on for BYOL and NNCLR, off for SimCLR (the paper's SGCL-SimCLR is "
         "the crops and the weighted NT-Xent; measured in docs/RESULTS.md#testbed)",
     )  # fmt: skip
-    p.add_argument("--scores", action=argparse.BooleanOptionalAction, default=True, help="weight pairs by P^gamma")
-    p.add_argument("--gamma", type=float, default=0.5)
-    p.add_argument("--num-regions", type=int, default=4, help="t: region pairs per image")
-    p.add_argument(
+    sgcl.add_argument("--scores", action=argparse.BooleanOptionalAction, default=True, help="weight pairs by P^gamma")
+    sgcl.add_argument("--gamma", type=float, default=0.5, help="pair weight = score ** gamma (Eq. 9; 0: no weighting)")
+    sgcl.add_argument("--num-regions", type=int, default=4, help="t: region pairs per image")
+    sgcl.add_argument(
         "--every-n-epochs", "--refresh-interval", dest="every_n_epochs", type=int, default=2,
         help="epochs between saliency refreshes (never at epoch 0); --refresh-interval is its old name",
     )  # fmt: skip
-    p.add_argument(
+    sgcl.add_argument(
         "--first-refresh", type=int, default=0,
         help="epoch of the first refresh (0: --every-n-epochs); a warm-up of random crops before it, as the "
         "paper's first 100 epochs",
     )  # fmt: skip
-    p.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
-    p.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
-    p.add_argument(
-        "--regions", choices=("hierarchy", "objects", "paper", "ncut", "heatmap", "gt"), default="hierarchy",
-        help="region source: SGCL's Ncut in hierarchy mode (k-way parts merged into whole objects, scored), objects "
-        "mode (the parts themselves) or paper mode (Eq. 4-5; 'ncut' is an old name for it), a ContrastiveCrop-style "
-        "heat map, or the composed scenes' true boxes",
-    )  # fmt: skip
-    p.add_argument(
+    sgcl.add_argument(
+        "--refresh-at-start", action="store_true", help="also refresh before epoch 0 (for a pretrained backbone)"
+    )
+    sgcl.add_argument("--saliency-size", type=int, default=256, help="refresh input size (paper: 640)")
+    sgcl.add_argument(
         "--saliency-stride", type=int, nargs="+", default=None, metavar="STRIDE",
         help="feature stride(s) the refresh reads: one (16: the stride-16 stage; 32: the last map, the paper's) or "
         "two (fine coarse, hierarchy mode). Default: the last map and the stage at half its stride for hierarchy "
         "(ResNet: 16 32), 16 otherwise",
     )  # fmt: skip
-    p.add_argument(
+    sgcl.add_argument(
+        "--regions", choices=("hierarchy", "objects", "paper", "ncut", "heatmap", "gt"), default="hierarchy",
+        help="region source: SGCL's Ncut in hierarchy mode (k-way parts merged into whole objects, scored), objects "
+        "mode (the parts themselves) or paper mode (Eq. 4-5; 'ncut' is an old name for it), a ContrastiveCrop-style "
+        "heat map, or the composed scenes' true boxes",
+    )  # fmt: skip
+    sgcl.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
+    sgcl.add_argument(
         "--before-refresh", choices=("crops", "regions"), default="crops",
         help="before the first refresh: random crops of the whole image, or Algorithm 1's t random regions "
         "with rule-R pairs inside",
     )  # fmt: skip
-    p.add_argument("--box-jitter", type=float, default=0.0, help="Eq. 6 box jitter: edge moves, fraction of side")
-    p.add_argument(
+    sgcl.add_argument("--box-jitter", type=float, default=0.0, help="Eq. 6 box jitter: edge moves, fraction of side")
+    sgcl.add_argument(
         "--intra-reduction", choices=("mean", "sum"), default="mean",
         help="intra loss over an image's t pairs: mean (intra : inter = 1 : 1) or Eq. 9 read literally, a sum (t : 1)",
     )  # fmt: skip
-    p.add_argument("--queue-size", type=int, default=1024, help="inter-image (and NNCLR support) queue")
-    p.add_argument("--num-neighbors", type=int, default=5, help="l: neighbours per prediction in the inter loss")
-    p.add_argument("--temperature", type=float, default=0.2, help="SimCLR / NNCLR temperature")
-    # data
-    p.add_argument(
+    sgcl.add_argument("--queue-size", type=int, default=1024, help="inter-image (and NNCLR support) queue")
+    sgcl.add_argument("--num-neighbors", type=int, default=5, help="l: neighbours per prediction in the inter loss")
+    sgcl.add_argument("--temperature", type=float, default=0.2, help="SimCLR / NNCLR temperature")
+    data = p.add_argument_group("data and views")
+    data.add_argument(
         "--data", default="composed",
         help="'composed' (default scenes, kept in RAM) or a folder of images (sub-folders too, e.g. COCO's "
         "train2017/), read lazily by the --workers at each file's own size and aspect ratio",
     )  # fmt: skip
-    p.add_argument("--num-images", type=int, default=512, help="composed scenes to generate")
-    p.add_argument("--image-size", type=int, default=160, help="composed scene side in pixels")
-    p.add_argument(
+    data.add_argument("--num-images", type=int, default=512, help="composed scenes to generate")
+    data.add_argument("--image-size", type=int, default=160, help="composed scene side in pixels")
+    data.add_argument(
         "--max-side", type=int, default=0,
         help="--data <folder>: shrink images whose longer side exceeds this (aspect kept; bounds the decoding "
         "cost of large photos); 0: each file at its own size",
     )  # fmt: skip
-    p.add_argument("--crop-size", type=int, default=64, help="region crop size (paper: 96)")
-    p.add_argument(
+    data.add_argument("--crop-size", type=int, default=64, help="region crop size (paper: 96)")
+    data.add_argument(
+        "--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LOW", "HIGH"),
+        help="crop area as a fraction of the region's (random crops: of the image's) area",
+    )  # fmt: skip
+    data.add_argument("--hue", type=float, default=0.1, help="view augmentation: hue jitter (BYOL 0.1; 0.5: any hue)")
+    data.add_argument("--grayscale-p", type=float, default=0.2, help="view augmentation: grayscale probability")
+    data.add_argument("--augment-on-device", action="store_true", help="view augmentations on the batch with kornia")
+    data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    model = p.add_argument_group("model and optimisation")
+    model.add_argument(
+        "--arch",
+        default="resnet18",
+        help="torchvision ResNet (random init), tiny-resnet (a small CPU testbed net) or efficientnet-lite0 (ImageNet)",
+    )
+    model.add_argument("--width", type=int, default=16, help="--arch tiny-resnet: channels of its first stage")
+    model.add_argument("--hidden-dim", type=int, default=1024, help="projector / predictor hidden width")
+    model.add_argument("--proj-dim", type=int, default=128, help="projection (embedding) width")
+    model.add_argument("--epochs", type=int, default=5, help="training epochs")
+    model.add_argument("--batch-size", type=int, default=32, help="images per step (per process)")
+    model.add_argument(
+        "--optimizer",
+        choices=("sgd", "adamw"),
+        default="adamw",
+        help="optimizer (the paper: SGD with lr 1.0 at batch 512; AdamW suits these short CPU runs)",
+    )
+    model.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (linear warm-up, then cosine)")
+    model.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    model.add_argument("--warmup-epochs", type=float, default=1.0, help="learning-rate warm-up, in epochs")
+    model.add_argument("--ema", type=float, default=0.99, help="BYOL target EMA, cosine schedule to 1")
+    model.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast on CUDA")
+    model.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of everything (weights, data, crops, augmentations); runs with one seed repeat exactly",
+    )
+    run = p.add_argument_group("run, checkpoints and outputs")
+    run.add_argument(
+        "--out",
+        default="runs/sgcl",
+        help="output folder: checkpoint.pt, log.csv, eval.csv, backbone.pt, saliency/ pictures",
+    )
+    run.add_argument("--resume", default="", help="a checkpoint path, or 'auto' for <out>/checkpoint.pt if present")
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an --out that holds one (its checkpoint, log and weights are replaced); without "
+        "it such an --out is refused",
+    )  # fmt: skip
+    run.add_argument("--ckpt-every", type=int, default=50, help="steps between checkpoints (and at each epoch end)")
+    run.add_argument(
+        "--stop-after-steps", type=int, default=0, help="stop as if killed (no save) after this many steps"
+    )
+    run.add_argument("--pictures", type=int, default=8, help="images shown in the saliency pictures")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars: one line per epoch instead")
+    run.add_argument("--smoke", action="store_true", help="a few steps on tiny data (< 2 minutes on a CPU)")
+    evaluation = p.add_argument_group("evaluation")
+    evaluation.add_argument(
+        "--eval-data", choices=("objects", "isolated", "fashion"), default="objects",
+        help="classify objects cut from composed scenes by their true boxes (with context; 'isolated': the object "
+        "alone on grey), or Fashion-MNIST items",
+    )  # fmt: skip
+    evaluation.add_argument(
+        "--eval-train", type=int, default=2000, help="labelled objects (train split) for kNN / probe"
+    )
+    evaluation.add_argument(
+        "--eval-test", type=int, default=1000, help="objects to classify (Fashion-MNIST test split)"
+    )
+    evaluation.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    evaluation.add_argument(
+        "--eval-every", type=int, default=0, help="also evaluate at epoch 0 and every N epochs (eval.csv); 0: end only"
+    )
+    testbed = p.add_argument_group("testbed and ablations (composed scenes)")
+    testbed.add_argument(
+        "--testbed", action="store_true",
+        help="the evidence testbed's settings (docs/RESULTS.md#testbed): cluttered scenes, tiny ResNet, 48 epochs",
+    )  # fmt: skip
+    testbed.add_argument(
         "--object-scale", type=float, nargs=2, default=(0.15, 0.45), metavar=("LOW", "HIGH"),
         help="composed scenes: object side as a fraction of the image side (training and evaluation scenes)",
     )  # fmt: skip
-    p.add_argument(
+    testbed.add_argument(
         "--objects", type=int, nargs=2, default=(2, 6), metavar=("MIN", "MAX"),
         help="composed scenes: objects per scene (training and evaluation scenes)",
     )  # fmt: skip
-    p.add_argument(
+    testbed.add_argument(
         "--co-occurrence", type=int, choices=(1, 2, 5, 10), default=10,
         help="composed scenes: classes a scene's objects come from. 10: any class anywhere; 2: each scene draws "
         "one fixed pair of classes (c, c + 5), structured co-occurrence as in real scenes, so two random crops "
         "often show two classes that always appear together; 1: one class per scene (training and evaluation)",
     )  # fmt: skip
-    p.add_argument(
-        "--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LOW", "HIGH"),
-        help="crop area as a fraction of the region's (random crops: of the image's) area",
-    )  # fmt: skip
-    p.add_argument("--hue", type=float, default=0.1, help="view augmentation: hue jitter (BYOL 0.1; 0.5: any hue)")
-    p.add_argument("--grayscale-p", type=float, default=0.2, help="view augmentation: grayscale probability")
-    p.add_argument(
+    testbed.add_argument(
         "--baseline-views", choices=("pairs", "pixels"), default="pairs",
         help="the plain method's views: t random pairs at --crop-size (same resolution and pixels as SGCL), "
         "or one pair of side crop-size * sqrt(t) (same pixels, a higher resolution than evaluated)",
     )  # fmt: skip
-    p.add_argument(
+    testbed.add_argument(
         "--baseline-crop-size", type=int, default=0, help="with --baseline-views pixels: the view size (0: automatic)"
     )
-    # model and optimisation
-    p.add_argument(
-        "--arch",
-        default="resnet18",
-        help="torchvision ResNet (random init), tiny-resnet (a small CPU testbed net) or efficientnet-lite0 (ImageNet)",
-    )
-    p.add_argument("--width", type=int, default=16, help="--arch tiny-resnet: channels of its first stage")
-    p.add_argument("--hidden-dim", type=int, default=1024)
-    p.add_argument("--proj-dim", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (per process)")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--ema", type=float, default=0.99, help="BYOL target EMA, cosine schedule to 1")
-    p.add_argument("--augment-on-device", action="store_true", help="view augmentations on the batch with kornia")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast on CUDA")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--refresh-at-start", action="store_true", help="also refresh before epoch 0 (for a pretrained backbone)"
-    )
-    # outputs
-    p.add_argument("--out", default="runs/sgcl")
-    p.add_argument("--resume", default="", help="a checkpoint path, or 'auto' for <out>/checkpoint.pt if present")
-    p.add_argument(
-        "--overwrite", action="store_true",
-        help="start a new run in an --out that holds one (its checkpoint, log and weights are replaced); without "
-        "it such an --out is refused",
-    )  # fmt: skip
-    p.add_argument("--ckpt-every", type=int, default=50, help="steps between checkpoints (and at each epoch end)")
-    p.add_argument("--stop-after-steps", type=int, default=0, help="stop as if killed (no save) after this many steps")
-    p.add_argument(
-        "--eval-data", choices=("objects", "isolated", "fashion"), default="objects",
-        help="classify objects cut from composed scenes by their true boxes (with context; 'isolated': the object "
-        "alone on grey), or Fashion-MNIST items",
-    )  # fmt: skip
-    p.add_argument("--eval-train", type=int, default=2000, help="labelled objects (train split) for kNN / probe")
-    p.add_argument("--eval-test", type=int, default=1000, help="objects to classify (Fashion-MNIST test split)")
-    p.add_argument("--no-eval", action="store_true")
-    p.add_argument(
-        "--eval-every", type=int, default=0, help="also evaluate at epoch 0 and every N epochs (eval.csv); 0: end only"
-    )
-    p.add_argument("--pictures", type=int, default=8, help="images shown in the saliency pictures")
-    p.add_argument("--smoke", action="store_true", help="a few steps on tiny data (< 2 minutes on a CPU)")
-    p.add_argument(
-        "--testbed", action="store_true",
-        help="the evidence testbed's settings (docs/RESULTS.md#testbed): cluttered scenes, tiny ResNet, 48 epochs",
-    )  # fmt: skip
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -1144,6 +1183,8 @@ class Trainer:
                 )
             t_epoch = time.perf_counter()
             steps_timed = 0
+            epoch_losses: List[float] = []
+            shown_epoch = self.epoch
             self.model.train()
             for batch in self.loader:
                 t0 = time.perf_counter()
@@ -1172,6 +1213,8 @@ class Trainer:
                     row = [self.epoch, self.global_step, *(f"{v:.5f}" for v in values)]
                     log.writerow([*row, f"{lr:.6g}", f"{tau:.6f}", f"{ips:.1f}", f"{dt:.3f}"])
                     log_file.flush()  # type: ignore[union-attr]  # a kill keeps every row written
+                if values is not None:
+                    epoch_losses.append(values[0])
                 if bar is not None and values is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{values[0]:.3f}", img_s=f"{ips:.1f}")
@@ -1187,6 +1230,13 @@ class Trainer:
                     break
             if bar is not None:
                 bar.close()
+            elif self.main and epoch_losses:  # --no-progress: the loss still reaches the console, once an epoch
+                took = time.perf_counter() - t_epoch
+                print(
+                    f"epoch {shown_epoch}: loss {sum(epoch_losses) / len(epoch_losses):.4f} over {len(epoch_losses)} "
+                    f"steps, {took:.1f} s",
+                    flush=True,
+                )
             if steps_timed:
                 epoch_times.append((time.perf_counter() - t_epoch) / steps_timed * self.steps_per_epoch)
             if stopped:

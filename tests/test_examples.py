@@ -582,3 +582,21 @@ def test_a_full_disk_at_a_checkpoint_is_a_message_and_the_old_one_stays(tmp_path
         sgcl_train.main([*common, "--resume", "auto"], method="byol")
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_help_has_groups_a_help_for_every_option_and_defaults() -> None:
+    parser = sgcl_train.build_parser()
+    titles = [g.title for g in parser._action_groups]
+    for title in ("SGCL: the method", "data and views", "model and optimisation", "run, checkpoints and outputs",
+                  "evaluation", "testbed and ablations (composed scenes)"):  # fmt: skip
+        assert title in titles
+    bare = [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
+    assert bare == []  # 14 options had no help (--method, --gamma, --epochs, --lr, --seed, --out, --workers, ...)
+    text = parser.format_help()
+    assert "--lr LR" in text and "(default: 0.002)" in text and "(default: runs/sgcl)" in text
+
+
+def test_no_progress_still_prints_the_loss_once_an_epoch(tmp_path, capsys) -> None:
+    sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path)], method="byol")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(": loss " in line for line in lines)
