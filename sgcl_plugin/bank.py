@@ -5,7 +5,8 @@ from __future__ import annotations
 import numbers
 import os
 import time
-from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
+import weakref
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -14,6 +15,14 @@ from sgcl_plugin.checks import check_not_meta
 
 READ_TIMEOUT = 60.0
 """Seconds a reader waits for a write to finish before it reports a torn table."""
+
+
+_READ_BY_CROPS: weakref.WeakSet[SaliencyBank] = weakref.WeakSet()
+
+
+def banks_read_by_crops(num_images: int) -> List[SaliencyBank]:
+    """The live banks of ``num_images`` rows that a crop transform reads."""
+    return [b for b in list(_READ_BY_CROPS) if len(b) == num_images]
 
 
 class SaliencyBank:
@@ -184,6 +193,11 @@ class SaliencyBank:
             self.fallback[sel] = fallback.to("cpu", torch.bool)
         finally:
             self._seq[0] += 1
+
+    def read_by_crops(self) -> None:
+        """Notes that a crop transform reads this bank (:class:`~sgcl_plugin.crops.SaliencyCropTransform` calls it):
+        a refresh of a dataset of this size into a *new* bank then warns, as its regions would reach no crop."""
+        _READ_BY_CROPS.add(self)
 
     def mark_refreshed(self) -> None:
         """Counts one completed refresh (called by ``refresh_bank`` after its writes)."""

@@ -873,6 +873,7 @@ class SaliencyCropTransform(RegionCrops):
         if not isinstance(bank, SaliencyBank):
             raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
         self.bank = bank
+        bank.read_by_crops()  # a refresh without this bank then warns: its regions would reach no crop
         super().__init__(num_regions, size, view_transforms, augment, scale, ratio, before_refresh, box_jitter)
 
     def sample_boxes(self, index: int, image_size: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -70,7 +70,22 @@ def split_item(item: Any, index: int) -> ImageItem:
             f"Dataset item {index} already holds {len(image)} views: its dataset applies a multi-view transform. "
             "Build it without a transform (e.g. LightlyDataset(..., transform=None)); SGCL makes the views."
         )
+    if _same_kind_of_image(image, target):
+        raise ValueError(
+            f"Dataset item {index} is (image, image) of one shape: a pair of views (its dataset applies a two-view "
+            "transform), not (image, target). Build it without that transform; SGCL makes the views."
+        )
     return ImageItem(image, -1 if target is None else target, filename)
+
+
+def _same_kind_of_image(a: Any, b: Any) -> bool:
+    """Two PIL images of one size, or two arrays / tensors of one shape with 2 or more axes (two views)."""
+    from PIL import Image
+
+    if isinstance(a, Image.Image) and isinstance(b, Image.Image):
+        return a.size == b.size
+    shape_a, shape_b = getattr(a, "shape", None), getattr(b, "shape", None)
+    return shape_a is not None and shape_b is not None and len(shape_a) >= 2 and tuple(shape_a) == tuple(shape_b)
 
 
 def check_map_style(dataset: Any, who: str) -> None:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.bank import SaliencyBank, banks_read_by_crops
 from sgcl_plugin.checks import check_not_meta
 from sgcl_plugin.distributed import comm_device
 from sgcl_plugin.features import check_feature_output
@@ -222,6 +222,14 @@ def refresh_bank(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if bank is None:
+        if banks_read_by_crops(n):
+            warnings.warn(
+                f"refresh without bank= fills a new SaliencyBank, but a SaliencyCropTransform reads another bank of "
+                f"these {n} images: the new regions would reach no crop (training would go on with the old ones). "
+                "Pass that bank: refresh(model, images, bank=transform.bank).",
+                UserWarning,
+                stacklevel=3,
+            )
         bank = SaliencyBank(n, max_regions=max_regions)
     elif len(bank) != n:
         raise ValueError(f"The bank holds {len(bank)} images but the dataset has {n}.")

@@ -160,3 +160,31 @@ def test_region_crops_refuse_scores_that_do_not_match_the_boxes() -> None:
         crops(image, boxes.flatten(), torch.ones(3))
     assert crops(image, boxes, None).views1.shape == (2, 3, 8, 8)  # None: all 1
     assert crops(image, torch.zeros(0, 4), None).views1.shape == (2, 3, 8, 8)  # no regions: random crops
+
+
+def test_silent_misuse_of_the_core_api_is_refused_or_warned() -> None:
+    """(a) a dataset that still returns (view1, view2) was taken as (image, target); (b) a refresh without bank=
+    filled a new bank the crops never read, and training went on with random crops."""
+    from PIL import Image
+
+    from sgcl_plugin import SaliencyGenerator
+
+    views = [(Image.new("RGB", (40, 30)), Image.new("RGB", (40, 30))) for _ in range(4)]
+    data = SaliencyCropDataset(views, SaliencyCropTransform(SaliencyBank(4), num_regions=1, size=8, augment=False))
+    with pytest.raises(ValueError, match=r"\(image, image\) of one shape: a pair of views"):
+        data[0]
+    with pytest.raises(ValueError, match="pair of views"):
+        split_item((torch.rand(3, 8, 8), torch.rand(3, 8, 8)), 0)
+    assert split_item((torch.rand(3, 8, 8), torch.zeros(8, 8)), 0).target.shape == (8, 8)  # image + mask: fine
+    images = [torch.rand(3, 32, 32) for _ in range(4)]
+    bank = SaliencyBank(4)
+    SaliencyCropTransform(bank, num_regions=1, size=8)
+    model = torch.nn.Conv2d(3, 8, 4, stride=4)
+    with pytest.warns(UserWarning, match="reach no crop"):
+        SaliencyGenerator(regions="paper").refresh(model, images, saliency_size=32, progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        SaliencyGenerator(regions="paper").refresh(model, images, bank, saliency_size=32, progress=False)
+    assert bank.refreshes == 1
