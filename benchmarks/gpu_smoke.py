@@ -10,7 +10,8 @@ Needs only what ``pip install -e '.[test]'`` brings (cupy rows when cupy is inst
 - the saliency generator under bf16 / fp16 autocast against float32 (same regions);
 - a refresh of 256 composed scenes on the device against the CPU, same weights (same regions);
 - a tiny training run with ``--augment-on-device``; a Lightning ``bf16-mixed`` fit with the refresh callback;
-- refresh throughput (images/s) at 640 px with a ResNet-50 (random weights) in paper and objects mode.
+- refresh throughput (images/s) at 640 px with a ResNet-50 (random weights) in paper, objects and hierarchy mode,
+  and the generator's time on one batch as a share of the backbone's forward on it.
 
 Every check is a row with ``ok`` / ``FAIL``; the script exits 1 when one fails, after writing the table.
 """
@@ -254,9 +255,26 @@ def throughput_rows(device: torch.device, images: int, size: int, workers: int) 
             sync(device)
             rate = images / (time.perf_counter() - t0)
             rows.append((check, "ok", f"{rate:.1f} images/s ({images} images, batch {batch}, {workers} workers)"))
+            rows.append(share_row(gen, model, device, batch, size, mode))
         except Exception as err:  # noqa: BLE001
             rows.append((check, "FAIL", f"{type(err).__name__}: {err}"[:200]))
     return rows
+
+
+def share_row(gen: Any, model: Any, device: torch.device, batch: int, size: int, mode: str) -> Row:
+    """The generator's time on one batch as a share of the backbone's forward on it (the same batch, on device)."""
+    check = f"saliency share of the forward, ResNet-50 at {size} px, {mode} mode"
+    try:
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(batch, 3, size, size, generator=g).to(device)
+        with torch.no_grad():
+            feats, forward_ms = timed(lambda: model(x), device)
+            _, saliency_ms = timed(lambda: gen(feats), device)
+        share = 100 * saliency_ms / forward_ms
+        detail = f"{share:.1f}% (forward {forward_ms:.1f} ms, saliency {saliency_ms:.1f} ms, batch {batch})"
+        return (check, "ok", detail)
+    except Exception as err:  # noqa: BLE001
+        return (check, "FAIL", f"{type(err).__name__}: {err}"[:200])
 
 
 def table(rows: List[Row], command: str) -> str:

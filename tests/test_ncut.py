@@ -266,3 +266,48 @@ def test_the_scale_of_the_affinities_does_not_change_the_vectors(scale: float, s
         Y[:, 0].double().norm(dim=-1) * Y0[:, 0].double().norm(dim=-1)
     )
     assert (c0.abs() > 0.999).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-13)])
+def test_gram_schmidt_rows_orthonormal_and_orthogonal_to_the_basis_even_when_dependent(
+    dtype: torch.dtype, tol: float
+) -> None:
+    """The GPU's orthonormalization (CGS2): a nearly dependent row, a row in the basis' span and an
+    exact zero row still come out as orthonormal rows orthogonal to the basis, spanning Z where Z has rank."""
+    from sgcl_plugin.ncut import _gram_schmidt
+
+    g = torch.Generator().manual_seed(0)
+    B, N = 3, 50
+    basis = torch.linalg.qr(torch.randn(B, N, 9, generator=g, dtype=torch.float64))[0].transpose(-1, -2).to(dtype)
+    Z = torch.randn(B, 4, N, generator=g, dtype=dtype)
+    Z[0, 1] = 2 * Z[0, 0] + 1e-6 * torch.randn(N, generator=g, dtype=dtype)  # nearly dependent
+    Z[1, 2] = basis[1, 3] * 5  # inside the basis' span: vanishes after the projection
+    Z[2, 3] = 0.0  # exactly zero
+    Q = _gram_schmidt(Z, basis)
+    eye = torch.eye(4, dtype=dtype)
+    assert (Q @ Q.transpose(-1, -2) - eye).abs().max() < tol
+    assert (Q @ basis.transpose(-1, -2)).abs().max() < tol
+    # The first row spans the same direction as Z's first row minus its projection (numpy reference).
+    z0 = Z[:, 0].double().numpy()
+    b = basis.double().numpy()
+    r = z0 - np.einsum("bm,bmn->bn", np.einsum("bn,bmn->bm", z0, b), b)
+    cos = np.abs((Q[:, 0].double().numpy() * r).sum(1)) / np.linalg.norm(r, axis=1)
+    assert cos.min() > 1 - tol
+
+
+@pytest.mark.parametrize("N,B", [(64, 3), (400, 4)])
+def test_krylov_through_gram_schmidt_matches_scipy(monkeypatch: pytest.MonkeyPatch, N: int, B: int) -> None:
+    """The solver as a GPU runs it (Gram-Schmidt instead of QR), checked on the CPU against scipy, hard graphs too."""
+    from sgcl_plugin import ncut
+
+    monkeypatch.setattr(ncut, "CPU_ORTHONORMALIZE", "gram-schmidt")
+    W = feature_graph(B, N, 64, seed=N + B)
+    assert abs_cos(fiedler_krylov(W), scipy_fiedler(W)).min() > 0.9999
+    grid = grid_graph(20, 21)
+    info: dict = {}
+    assert abs_cos(fiedler_krylov(grid, info=info), scipy_fiedler(grid)).min() > 0.999
+    assert info["dense_fallback"] == 0
+    embedding, values = ncut_embedding(W, 3, solver="krylov")
+    reference, ref_values = ncut_embedding(W, 3, solver="eigh")
+    assert abs_cos(embedding[:, 0], scipy_fiedler(W)).min() > 0.9999
+    assert torch.allclose(values, ref_values, atol=1e-3)
