@@ -38,6 +38,8 @@ the CPU over at most a few dozen parts.
 
 from __future__ import annotations
 
+import heapq
+import math
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -93,18 +95,14 @@ def _cosines(gram: np.ndarray, i: int, idx: np.ndarray) -> np.ndarray:
     return np.divide(gram[i, idx], den, out=np.zeros(idx.size), where=den > 0)
 
 
-def _merge_into(gram: np.ndarray, adj: np.ndarray, keep: int, gone: int) -> None:
-    """Region ``gone`` joins region ``keep``: the Gram matrix of feature sums and the adjacency follow."""
-    gram[keep] += gram[gone]
-    gram[:, keep] += gram[:, gone]  # with the row update, gram[keep, keep] = G_kk + 2 G_kg + G_gg
-    adj[keep] |= adj[gone]
-    adj[:, keep] |= adj[:, gone]
-    adj[keep, keep] = False
-    adj[gone], adj[:, gone] = False, False
-
-
 def absorb_small_parts(labels: np.ndarray, gram: np.ndarray, min_cells: int) -> Tuple[np.ndarray, int]:
     """Merges every part smaller than ``min_cells`` into its most similar neighbour, smallest first.
+
+    The smallest part left (ties: lowest id) joins the adjacent part whose feature sum has the
+    largest cosine with its own (ties: lowest id); the Gram matrix and the adjacency follow, and
+    the next smallest part is taken, until none is small. A heap holds the candidates and the
+    adjacency is a set per part, so one merge costs two Gram updates and a few set operations
+    (a real photo's 28 x 28 k-means map has about a hundred specks to absorb).
 
     Args:
         labels: (h, w) int part ids 0..P-1 of one image (every cell in a part).
@@ -116,34 +114,47 @@ def absorb_small_parts(labels: np.ndarray, gram: np.ndarray, min_cells: int) -> 
         neighbour (it is the whole image) is kept whatever its size.
     """
     P = int(labels.max()) + 1
-    sizes = np.bincount(labels.ravel(), minlength=P).astype(np.int64)
+    sizes = np.bincount(labels.ravel(), minlength=P).tolist()
     gram = gram.astype(np.float64, copy=True)
     adj = _adjacency(labels, P)
-    owner = np.arange(P)  # part -> the part it joined (chains resolved below)
-    alive = sizes > 0
-    has_nb = adj.any(1)  # kept up to date for the rows a merge touches
-    while True:
-        small = np.nonzero(alive & (sizes < min_cells) & has_nb)[0]
-        if small.size == 0:
-            break
-        p = int(small[np.argmin(sizes[small])])  # smallest first; ties: lowest id
-        nb = np.nonzero(adj[p])[0]
-        q = int(nb[np.argmax(_cosines(gram, p, nb))])
-        _merge_into(gram, adj, q, p)
+    neighbours = [set(np.nonzero(row)[0].tolist()) for row in adj]
+    owner = list(range(P))  # part -> the part it joined (chains resolved below)
+    alive = [n > 0 for n in sizes]
+    heap = [(n, p) for p, n in enumerate(sizes) if 0 < n < min_cells]
+    heapq.heapify(heap)
+    while heap:
+        n, p = heapq.heappop(heap)
+        if not alive[p] or n != sizes[p] or not neighbours[p]:
+            continue  # merged away, grown since it was pushed, or the whole image
+        gpp = float(gram[p, p])
+        q, best = -1, -math.inf
+        for r in sorted(neighbours[p]):  # cosine of the sums; the first of equals wins
+            den = math.sqrt(max(gpp * float(gram[r, r]), 0.0))
+            c = float(gram[p, r]) / den if den > 0 else 0.0
+            if c > best:
+                q, best = r, c
+        gram[q] += gram[p]
+        gram[:, q] += gram[:, p]  # with the row update, gram[q, q] = G_qq + 2 G_qp + G_pp
+        for r in neighbours[p]:
+            neighbours[r].discard(p)
+            if r != q:
+                neighbours[r].add(q)
+                neighbours[q].add(r)
+        neighbours[p] = set()
         sizes[q] += sizes[p]
         alive[p] = False
         owner[p] = q
-        touched = np.append(nb, p)
-        has_nb[touched] = adj[touched].any(1)
+        if sizes[q] < min_cells:
+            heapq.heappush(heap, (sizes[q], q))
     for p in range(P):
         r = p
         while owner[r] != r:
             r = owner[r]
         owner[p] = r
-    kept = np.nonzero(alive)[0]
+    kept = [p for p in range(P) if alive[p]]
     renumber = np.full(P, -1, dtype=np.int64)
-    renumber[kept] = np.arange(kept.size)
-    return renumber[owner[labels]], int(kept.size)
+    renumber[kept] = np.arange(len(kept))
+    return renumber[np.asarray(owner)[labels]], len(kept)
 
 
 def merge_tree(labels: np.ndarray, gram: np.ndarray) -> np.ndarray:

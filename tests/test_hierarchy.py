@@ -106,6 +106,65 @@ def test_absorb_small_parts_joins_the_most_similar_neighbour():
     assert absorb_small_parts(one, _gram(one, np.ones((3, 2))), min_cells=10)[1] == 1
 
 
+def _reference_absorb(labels: np.ndarray, cells: np.ndarray, min_cells: int) -> np.ndarray:
+    """absorb_small_parts recomputed from scratch at every step: sizes, 8-adjacency and feature sums
+    from the current label map, the smallest part (lowest id) into its most similar neighbour."""
+    lab = labels.copy()
+    h, w = lab.shape
+    while True:
+        ids, sizes = np.unique(lab, return_counts=True)
+        size = dict(zip(ids.tolist(), sizes.tolist()))
+
+        def neighbours(p: int) -> list:
+            m = lab == p
+            grown = m.copy()
+            for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+                shifted = np.zeros_like(m)
+                shifted[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = m[
+                    max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+                ]
+                grown |= shifted
+            return sorted(set(lab[grown & ~m].tolist()))
+
+        small = [p for p in ids.tolist() if size[p] < min_cells and neighbours(p)]
+        if not small:
+            break
+        p = min(small, key=lambda q: (size[q], q))
+        sp = cells[lab.ravel() == p].sum(0)
+        best, q = -np.inf, -1
+        for r in neighbours(p):
+            sr = cells[lab.ravel() == r].sum(0)
+            den = np.linalg.norm(sp) * np.linalg.norm(sr)
+            c = sp @ sr / den if den > 0 else 0.0
+            if c > best:
+                best, q = c, r
+        lab[lab == p] = q
+    kept = np.unique(lab)
+    return np.searchsorted(kept, lab)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_absorb_small_parts_matches_a_from_scratch_reference(seed: int) -> None:
+    """The heap + set implementation against the slow definition, on random part maps (integer features: exact sums)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(4, 14)), int(rng.integers(4, 14))
+    clusters = rng.integers(0, int(rng.integers(2, 6)), (h, w))
+    labels = np.zeros((h, w), dtype=np.int64)
+    n = 0
+    for c in np.unique(clusters):
+        comp, m = ndimage.label(clusters == c, structure=np.ones((3, 3)))
+        labels[comp > 0] = comp[comp > 0] - 1 + n
+        n += m
+    cells = rng.integers(-3, 4, (h * w, 3)).astype(np.float64)
+    min_cells = int(rng.integers(2, 8))
+    parts, P = absorb_small_parts(labels, _gram(labels, cells), min_cells)
+    expected = _reference_absorb(labels, cells, min_cells)
+    assert P == int(expected.max()) + 1
+    assert np.array_equal(parts, expected)
+
+
 def test_cell_features_sums_equal_the_explicit_semantic_features():
     torch.manual_seed(0)
     fine, coarse = torch.randn(5, 6, 8), torch.randn(7, 3, 4)
