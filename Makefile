@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= test,pretrained
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg setup.py Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: demo saliency test bench evidence ablation lint data photos saliency-bench clean
+.PHONY: demo saliency test bench evidence ablation lint data photos saliency-bench solo solo-check clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,17 @@ evidence: $(STAMP) data
 # The evidence testbed's ablation (docs/RESULTS.md#testbed): ~2 h on a 2-core CPU, resumable.
 ablation: $(STAMP) data
 	$(PY) benchmarks/ablation.py
+
+# solo-learn main beside sgcl_plugin in a venv of its own (.venv-solo): examples/solo/install.sh, the documented path
+# (clones into $(SOLO_LEARN_DIR) when it is not there). solo-check: that path from a fresh venv, as a test (minutes).
+SOLO_LEARN_DIR ?= solo-learn
+solo:
+	test -x .venv-solo/bin/python || $(PYTHON) -m venv .venv-solo
+	.venv-solo/bin/python -m pip install -q $(TORCH_SPEC) 2>&1 | grep -v '^WARNING: Location' || true
+	PYTHON=.venv-solo/bin/python bash examples/solo/install.sh $(SOLO_LEARN_DIR)
+
+solo-check: $(STAMP)
+	SOLO_LEARN_DIR=$(abspath $(SOLO_LEARN_DIR)) $(PY) -m pytest -q tests/test_solo_install.py
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff mypy 2>&1 | grep -v '^WARNING: Location' || true

@@ -151,7 +151,7 @@ def test_fast_dev_run(photos: List[Any]) -> None:
     assert bank.refreshes == 1 and bank.stats()["images_with_regions"] == len(photos)
 
 
-def test_three_epochs_refresh_at_epochs_1_and_2(photos: List[Any]) -> None:
+def test_three_epochs_refresh_at_epochs_1_and_2(photos: List[Any], capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
     bank = SaliencyBank(len(photos), max_regions=8)
     callback = make_callback(bank, photos)
@@ -173,6 +173,12 @@ def test_three_epochs_refresh_at_epochs_1_and_2(photos: List[Any]) -> None:
     assert float(metrics["sgcl/refreshes"]) == 2.0 and float(metrics["sgcl/version"]) == 2.0
     assert float(metrics["sgcl/images_with_regions"]) == len(photos)
     assert 0.0 < float(metrics["sgcl/mean_score"]) <= 1.0
+    # one summary line per refresh on the console (the callback's progress bar is off here), the bank's numbers
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("SGCL refresh")]
+    assert [line.split(":")[0] for line in lines] == ["SGCL refresh 1 at epoch 1", "SGCL refresh 2 at epoch 2"]
+    stats = bank.stats()
+    assert f"{stats['regions_per_image']:.2f} regions/image over {len(photos)} images" in lines[1]
+    assert f"{int(stats['fallback_images'])} whole-image fallbacks, mean score {stats['mean_score']:.3f}" in lines[1]
 
 
 def test_reused_callback_and_bf16_true_backbone(photos: List[Any]) -> None:

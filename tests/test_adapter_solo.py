@@ -6,6 +6,8 @@ release) skip with a reason when ``solo`` is not importable; see docs/adapters/s
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import types
@@ -96,10 +98,37 @@ def test_importing_sgcl_plugin_never_imports_solo() -> None:
 def test_register_without_solo_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "solo", None)
     monkeypatch.setitem(sys.modules, "solo.methods", None)
-    with pytest.raises(ImportError, match=r"(?s)main branch.*pip install -e \./solo-learn"):
+    with pytest.raises(ImportError, match=r"(?s)^solo-learn is not installed.*main branch.*examples/solo/install\.sh"):
         adapter.register()
     with pytest.raises(ImportError, match="not on PyPI"):
         adapter.SGCLBYOL  # noqa: B018 - building the classes imports solo
+
+
+@pytest.mark.parametrize(
+    "failure, expected",
+    [
+        ("raise ModuleNotFoundError(\"No module named 'pkg_resources'\", name='pkg_resources')",
+         r"^solo-learn is installed \(.*broken.solo\), but importing it failed: ModuleNotFoundError: No module "
+         r"named 'pkg_resources'\. lightning 2\.1\.2 .* pip install 'setuptools>=77\.0\.3,<81'"),
+        ("raise ImportError('cannot import name LightningModule')",
+         r"^solo-learn is installed \(.*\), but importing it failed: ImportError: cannot import name "
+         r"LightningModule\. Fix that dependency"),
+    ],
+)  # fmt: skip
+def test_a_broken_solo_install_names_the_real_cause_first(tmp_path: Path, failure: str, expected: str) -> None:
+    """solo-learn installed, one of its imports failing (lightning 2.1.2 without pkg_resources, as
+    setuptools >= 81 leaves it): the message starts with that cause, not with "solo-learn is missing"."""
+    pkg = tmp_path / "broken" / "solo"
+    (pkg / "methods").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "methods" / "__init__.py").write_text(failure + "\n")
+    code = (
+        "import sys\nfrom sgcl_plugin.adapters.solo import register\n"
+        "try:\n    register()\nexcept ImportError as err:\n    print(err)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "broken"), str(Path(__file__).parents[1])])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert re.search(expected, out.stdout.strip(), flags=re.S), out.stdout
 
 
 def test_old_solo_learn_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

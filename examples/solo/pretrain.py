@@ -111,7 +111,7 @@ def load_main_pretrain(path: Path) -> ModuleType:
     return module
 
 
-def make_data(root: str, per_class: int = 8, size: int = 64) -> None:
+def make_data(root: str, per_class: int = 8, size: int = 96) -> None:
     """A tiny ImageFolder: coloured shapes on textured backgrounds, two classes."""
     import numpy as np
     from PIL import Image

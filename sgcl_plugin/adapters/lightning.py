@@ -83,6 +83,19 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def refresh_summary(record: Dict[str, Any], epoch: int) -> str:
+    """The one line printed after a refresh: its number and epoch, regions per image, whole-image
+    fallbacks, mean score, top box area and time (from the callback's history record / ``bank.stats()``)."""
+    n = int(record.get("images_with_regions", 0))
+    return (
+        f"SGCL refresh {int(record.get('refreshes', 0))} at epoch {epoch}: "
+        f"{record.get('regions_per_image', 0.0):.2f} regions/image over {n} images, "
+        f"{int(record.get('fallback_images', 0))} whole-image fallbacks, "
+        f"mean score {record.get('mean_score', 0.0):.3f}, "
+        f"top box {100 * record.get('mean_top_box_area', 0.0):.0f}% of the image, {record.get('seconds', 0.0):.1f} s"
+    )
+
+
 class SGCLRefreshCallback:
     """Refreshes a :class:`~sgcl_plugin.bank.SaliencyBank` in place with the module's backbone, on schedule.
 
@@ -99,7 +112,8 @@ class SGCLRefreshCallback:
         backbone: None for ``pl_module.backbone``, or ``get_backbone(pl_module)`` returning the module mapping
             (B, 3, S, S) images to feature maps (B, C, h, w).
         saliency_size, batch_size, num_workers, transform, progress: Options of the refresh.
-        log_stats: Log the bank statistics (``sgcl/...``) after each refresh.
+        log_stats: Log the bank statistics (``sgcl/...``) after each refresh, and print them in one line
+            on rank 0 (:func:`refresh_summary`; with or without the progress bar).
         package: ``"auto"`` (subclass every installed package's ``Callback``), ``"lightning"``, ``"pytorch_lightning"``.
         feature_stride: What a refresh reads (:func:`~sgcl_plugin.features.refresh_features`): ``"auto"``
             (hierarchy mode: the last map and the stage at half its stride; other modes: the last map), None (the
@@ -300,6 +314,8 @@ class SGCLRefreshCallback:
         self._prepare(trainer)
         if self.schedule.is_due(int(trainer.current_epoch)):  # a resumed run does not repeat its refresh
             values = self.refresh(trainer, pl_module)
+            if self.log_stats and bool(getattr(trainer, "is_global_zero", True)):
+                print(refresh_summary(self.history[-1], int(trainer.current_epoch)), flush=True)
             if self.log_stats:  # inside a hook, where LightningModule.log is allowed
                 # Every rank holds the same bank after the gather: sync_dist=True reduces a few equal scalars.
                 stats = {k: v for k, v in self.history[-1].items() if k not in ("epoch", "global_step")}

@@ -8,6 +8,7 @@ images. Install, configuration (the ``sgcl`` node), losses and refresh: docs/ada
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import math
 import numbers
@@ -35,9 +36,14 @@ __all__ = [
 INSTALL_HINT = (
     "sgcl_plugin.adapters.solo needs solo-learn's main branch (1.0.6; hydra configs, `BaseMethod(cfg)`), "
     "which is not on PyPI (PyPI's solo-learn 1.0.2 is from 2021, built for pytorch-lightning 1.4, with "
-    "another API). Install it beside sgcl_plugin from a clone:\n"
-    "    git clone https://github.com/vturrisi/solo-learn && pip install -e ./solo-learn\n"
+    "another API). Install it beside sgcl_plugin from a clone, in the environment you train in:\n"
+    "    bash examples/solo/install.sh [SOLO_LEARN_DIR]   # from sgcl_plugin's repository; clones when needed\n"
     "(it pins lightning==2.1.2 and torchmetrics<0.12; see docs/adapters/solo.md)."
+)
+SETUPTOOLS_HINT = (
+    "lightning 2.1.2 (solo-learn's pin) imports pkg_resources, which setuptools 81 and later no longer ship, "
+    "while torch 2.6+ needs setuptools >= 77.0.3: pip install 'setuptools>=77.0.3,<81' "
+    "(examples/solo/install.sh does this; see docs/adapters/solo.md)."
 )
 
 METHOD_NAMES = {"sgcl_byol": "SGCLBYOL", "sgcl_simclr": "SGCLSimCLR", "sgcl_nnclr": "SGCLNNCLR"}
@@ -66,12 +72,29 @@ def _import_solo() -> Any:
     try:
         methods = importlib.import_module("solo.methods")
     except ImportError as err:
-        raise ImportError(f"{INSTALL_HINT}\nImport error: {err!r}") from err
+        raise ImportError(_import_failure(err)) from err
     base = getattr(methods, "BaseMethod", None)
     params = {} if base is None else inspect.signature(base.__init__).parameters
     if "cfg" not in params or not all(hasattr(methods, name) for name in ("METHODS", "BYOL", "SimCLR", "NNCLR")):
         raise ImportError(f"The installed solo-learn ({getattr(methods, '__file__', '?')}) is too old. {INSTALL_HINT}")
     return methods
+
+
+def _import_failure(err: ImportError) -> str:
+    """The message for a failed ``import solo.methods``: the real cause first (solo-learn installed but
+    one of its dependencies failing is not "solo-learn is missing")."""
+    missing = getattr(err, "name", None)
+    try:
+        spec = importlib.util.find_spec("solo")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or missing == "solo":
+        return f"solo-learn is not installed ({err}). {INSTALL_HINT}"
+    where = next(iter(spec.submodule_search_locations or []), spec.origin)
+    cause = f"solo-learn is installed ({where}), but importing it failed: {type(err).__name__}: {err}."
+    if missing == "pkg_resources":
+        return f"{cause} {SETUPTOOLS_HINT}"
+    return f"{cause} Fix that dependency (solo-learn main pins lightning==2.1.2 and torchmetrics<0.12). {INSTALL_HINT}"
 
 
 def _omegaconf() -> Any:
