@@ -37,9 +37,9 @@ from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed, knn
 from sgcl_plugin.features import feature_maps, hierarchy_strides
 from sgcl_plugin.files import atomic_write, open_new_or_own
 from sgcl_plugin.image_folder import ImageFiles
+from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
 from sgcl_plugin.items import flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
-from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
 from sgcl_plugin.schedule import RefreshSchedule
 
 METHODS = ("byol", "simclr", "nnclr")

@@ -13,7 +13,8 @@ from PIL import Image
 
 from sgcl_plugin import SaliencyBank, SaliencyGenerator
 from sgcl_plugin.backbones import resnet_backbone
-from sgcl_plugin.refresh import SaliencyInput, eval_mode, to_image_tensor
+from sgcl_plugin.images import SaliencyInput, to_image_tensor
+from sgcl_plugin.refresh import eval_mode
 
 SIZE = 224
 
