@@ -1080,7 +1080,7 @@ class Trainer:
         shown = [self.images[i] for i in range(k)]  # a folder's RGB PIL images at their sizes, or uint8 tensors
         x = torch.stack([SaliencyInput(self.args.saliency_size)(image) for image in shown])
         with torch.no_grad():
-            from sgcl_plugin.refresh import eval_mode
+            from sgcl_plugin.features import eval_mode
 
             with eval_mode(self.model.backbone):
                 result = self.generator(self.saliency_backbone(x.to(self.device)))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sgcl_plugin.bank import SaliencyBank, banks_read_by_crops
 from sgcl_plugin.distributed import comm_device
-from sgcl_plugin.features import check_feature_output
+from sgcl_plugin.features import check_feature_output, default_device, eval_mode
 from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.items import DatasetImages
 
@@ -35,38 +34,6 @@ class _Indexed(Dataset):
     def __getitem__(self, i: int) -> Tuple[int, Tensor]:
         index = int(self.indices[i])
         return index, self.transform(self.dataset[index])
-
-
-@contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """Puts every submodule of ``model`` in eval mode and restores each one's own flag afterwards."""
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def default_device(model: Any) -> torch.device:
-    """The device of the model's first parameter or buffer; a bound method or ``functools.partial`` of a module
-    counts as that module (e.g. ``backbone.forward_features``); the CPU for any other callable."""
-    if not isinstance(model, torch.nn.Module):
-        for attribute in ("__self__", "func"):  # a bound method; a functools.partial of a module
-            owner = getattr(model, attribute, None)
-            if isinstance(owner, torch.nn.Module):
-                model = owner
-                break
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.device
-        for b in model.buffers():
-            return b.device
-    return torch.device("cpu")
 
 
 def _shard(n: int, rank: int, world: int) -> List[int]:

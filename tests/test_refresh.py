@@ -13,8 +13,8 @@ from PIL import Image
 
 from sgcl_plugin import SaliencyBank, SaliencyGenerator
 from sgcl_plugin.backbones import resnet_backbone
+from sgcl_plugin.features import default_device, eval_mode
 from sgcl_plugin.images import SaliencyInput, to_image_tensor
-from sgcl_plugin.refresh import eval_mode
 
 SIZE = 224
 
@@ -152,7 +152,6 @@ def test_all_gather_device_follows_the_backend() -> None:
 
 def testdefault_device_reads_through_bound_methods() -> None:
     """A bound method of a module (backbone.forward_features) runs on the module's device (it ran on the CPU)."""
-    from sgcl_plugin.refresh import default_device
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.features import Stride, check_feature_output, check_stride, refresh_features
+from sgcl_plugin.features import Stride, check_feature_output, check_stride, default_device, eval_mode, refresh_features
 from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.items import DatasetImages
-from sgcl_plugin.refresh import default_device, eval_mode
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 from sgcl_plugin.schedule import RefreshSchedule
 
