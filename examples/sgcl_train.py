@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
+from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator, refresh_bank
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
 from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.features import feature_maps, hierarchy_strides
@@ -1036,9 +1036,10 @@ class Trainer:
         # A folder is decoded by --workers processes; the composed table is decoded already (and refreshes
         # in the main process, as it always did).
         workers = self.args.workers if isinstance(self.images, ImageFiles) else 0
-        self.generator.refresh(
-            self.saliency_backbone, self.images, self.bank, batch_size=32, saliency_size=self.args.saliency_size,
-            device=self.device, num_workers=workers, progress=self.main and not self.args.no_progress,
+        refresh_bank(
+            self.generator, self.saliency_backbone, self.images, self.bank, batch_size=32,
+            saliency_size=self.args.saliency_size, device=self.device, num_workers=workers,
+            progress=self.main and not self.args.no_progress,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         stats = self.bank.stats()

@@ -357,7 +357,7 @@ class FeatureMaps(nn.Module):
     Examples:
         >>> backbone = torchvision.models.resnet50(weights="IMAGENET1K_V2")
         >>> fmap = FeatureMaps(backbone, stride=16)  # layer3: (B, 1024, H/16, W/16)
-        >>> bank = SaliencyGenerator(regions="objects").refresh(fmap, dataset)
+        >>> bank = refresh_bank(SaliencyGenerator(regions="objects"), fmap, dataset)
         >>> FeatureMaps(backbone, layers=["layer3", "layer4"])  # both, at stride 16
         >>> FeatureMaps(backbone, stride=(16, 32))  # (layer3, layer4) as a tuple, for regions="hierarchy"
     """

@@ -4,7 +4,7 @@
 skipped) and decodes an item only when it is asked for, so a dataset of any number of images costs
 the memory of its file names; DataLoader workers decode in parallel, and the same dataset feeds the
 crops (:class:`~sgcl_plugin.crops.SaliencyCropDataset`) and the saliency refresh
-(:meth:`SaliencyGenerator.refresh <sgcl_plugin.saliency.SaliencyGenerator.refresh>`). Items keep the
+(:func:`~sgcl_plugin.refresh.refresh_bank`). Items keep the
 file's aspect ratio: the crop transform and the refresh express boxes relative to the image, so
 no square resize is needed before the crop.
 """
@@ -74,7 +74,7 @@ class ImageFiles(Dataset):
         >>> data[0].size  # (W, H) of the file, aspect ratio kept
         (640, 480)
         >>> bank = SaliencyBank(len(data))
-        >>> SaliencyGenerator().refresh(backbone, data, bank, num_workers=8)
+        >>> refresh_bank(SaliencyGenerator(), backbone, data, bank, num_workers=8)
     """
 
     def __init__(self, root: Union[str, Path], max_side: Optional[int] = None) -> None:

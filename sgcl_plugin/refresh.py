@@ -96,9 +96,9 @@ def refresh_bank(
             warnings.warn(
                 f"refresh without bank= fills a new SaliencyBank, but a SaliencyCropTransform reads another bank of "
                 f"these {n} images: the new regions would reach no crop (training would go on with the old ones). "
-                "Pass that bank: refresh(model, images, bank=transform.bank).",
+                "Pass that bank: refresh_bank(generator, model, images, bank=transform.bank).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
         bank = SaliencyBank(n, max_regions=max_regions)
     elif len(bank) != n:
