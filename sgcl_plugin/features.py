@@ -1,7 +1,8 @@
 """Feature maps from any backbone, for saliency refreshes: one helper for torchvision, timm, lightly, solo-learn.
 
 :func:`feature_maps` is what every refresh path (the reference trainer, the lightly, solo-learn and
-Lightning adapters) calls on the user's model; :class:`FeatureMaps` reads a stage at a chosen stride.
+Lightning adapters) calls on the user's model; :class:`FeatureMaps` reads a stage at a chosen stride;
+:func:`eval_mode` and :func:`default_device` are how the refresh, the probes and the evaluation run a model.
 """
 
 from __future__ import annotations
