@@ -50,8 +50,8 @@ from scipy.stats import spearmanr
 
 from sgcl_plugin import ChannelSumGenerator, FeatureMaps, SaliencyBank, SaliencyGenerator, SaliencyResult
 from sgcl_plugin.backbones import FeatureBackbone, efficientnet_lite0, resnet_backbone
+from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.metrics import SHOW_SHARE, box_iou, same_object_pair_rate
-from sgcl_plugin.refresh import SaliencyInput
 from sgcl_plugin.regions import Regions
 
 ROOT = Path(__file__).resolve().parents[1]

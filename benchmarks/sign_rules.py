@@ -36,8 +36,8 @@ from torch import Tensor
 
 from sgcl_plugin.affinity import cosine_affinity
 from sgcl_plugin.backbones import FeatureBackbone, efficientnet_lite0
+from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.ncut import fiedler_vector
-from sgcl_plugin.refresh import SaliencyInput
 from sgcl_plugin.regions import extract_regions
 from sgcl_plugin.saliency import SIGN_RULES, normalize_maps, orient
 from sgcl_plugin.scenes import ComposedScenes, masks_to_boxes

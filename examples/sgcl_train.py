@@ -31,15 +31,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
+from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator, refresh_bank
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
 from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.features import feature_maps, hierarchy_strides
 from sgcl_plugin.files import atomic_write, open_new_or_own
 from sgcl_plugin.image_folder import ImageFiles
+from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
 from sgcl_plugin.items import flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
-from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
 from sgcl_plugin.schedule import RefreshSchedule
 
 METHODS = ("byol", "simclr", "nnclr")
@@ -1036,9 +1036,10 @@ class Trainer:
         # A folder is decoded by --workers processes; the composed table is decoded already (and refreshes
         # in the main process, as it always did).
         workers = self.args.workers if isinstance(self.images, ImageFiles) else 0
-        self.generator.refresh(
-            self.saliency_backbone, self.images, self.bank, batch_size=32, saliency_size=self.args.saliency_size,
-            device=self.device, num_workers=workers, progress=self.main and not self.args.no_progress,
+        refresh_bank(
+            self.generator, self.saliency_backbone, self.images, self.bank, batch_size=32,
+            saliency_size=self.args.saliency_size, device=self.device, num_workers=workers,
+            progress=self.main and not self.args.no_progress,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         stats = self.bank.stats()
@@ -1080,7 +1081,7 @@ class Trainer:
         shown = [self.images[i] for i in range(k)]  # a folder's RGB PIL images at their sizes, or uint8 tensors
         x = torch.stack([SaliencyInput(self.args.saliency_size)(image) for image in shown])
         with torch.no_grad():
-            from sgcl_plugin.refresh import eval_mode
+            from sgcl_plugin.features import eval_mode
 
             with eval_mode(self.model.backbone):
                 result = self.generator(self.saliency_backbone(x.to(self.device)))

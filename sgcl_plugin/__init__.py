@@ -14,6 +14,7 @@ from sgcl_plugin.crops import (
 )
 from sgcl_plugin.features import FeatureMaps, feature_maps, refresh_features
 from sgcl_plugin.image_folder import ImageFiles, UnreadableImageError
+from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.items import DatasetImages, split_item
 from sgcl_plugin.losses import (
     FeatureQueue,
@@ -27,7 +28,7 @@ from sgcl_plugin.losses import (
 )
 from sgcl_plugin.ncut import fiedler_vector, ncut_embedding
 from sgcl_plugin.objective import SGCLObjective
-from sgcl_plugin.refresh import SaliencyInput, refresh_bank
+from sgcl_plugin.refresh import refresh_bank
 from sgcl_plugin.regions import Regions, extract_regions
 from sgcl_plugin.saliency import ChannelSumGenerator, SaliencyGenerator, SaliencyResult, orient
 from sgcl_plugin.schedule import RefreshSchedule

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from sgcl_plugin.checks import check_int
-from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD
+from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 class FeatureBackbone(nn.Module):

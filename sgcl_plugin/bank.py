@@ -45,7 +45,7 @@ class SaliencyBank:
 
     Examples:
         >>> bank = SaliencyBank(len(dataset), max_regions=16)
-        >>> SaliencyGenerator().refresh(backbone, dataset, bank)  # fills it, in place
+        >>> refresh_bank(SaliencyGenerator(), backbone, dataset, bank)  # fills it, in place
         >>> boxes, scores = bank[17]  # (K, 4), (K,)
         >>> torch.save({"model": model.state_dict(), "bank": bank.state_dict()}, "ckpt.pt")
     """

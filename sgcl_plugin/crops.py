@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.checks import check_int
+from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD, to_image_tensor
 from sgcl_plugin.items import DatasetImages, ImageItem, check_map_style, split_item
-from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, to_image_tensor
 
 __all__ = [
     "BatchViewAugment",

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from sgcl_plugin.refresh import default_device, eval_mode
+from sgcl_plugin.features import default_device, eval_mode
 
 
 @torch.no_grad()

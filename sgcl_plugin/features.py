@@ -1,13 +1,15 @@
 """Feature maps from any backbone, for saliency refreshes: one helper for torchvision, timm, lightly, solo-learn.
 
 :func:`feature_maps` is what every refresh path (the reference trainer, the lightly, solo-learn and
-Lightning adapters) calls on the user's model; :class:`FeatureMaps` reads a stage at a chosen stride.
+Lightning adapters) calls on the user's model; :class:`FeatureMaps` reads a stage at a chosen stride;
+:func:`eval_mode` and :func:`default_device` are how the refresh, the probes and the evaluation run a model.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +19,46 @@ __all__ = [
     "FeatureMaps",
     "at_stride",
     "check_feature_output",
+    "default_device",
+    "eval_mode",
     "feature_map_backbone",
     "feature_maps",
     "find_stride_layer",
 ]
 
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity)
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Puts every submodule of ``model`` in eval mode and restores each one's own flag afterwards."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def default_device(model: Any) -> torch.device:
+    """The device of the model's first parameter or buffer; a bound method or ``functools.partial`` of a module
+    counts as that module (e.g. ``backbone.forward_features``); the CPU for any other callable."""
+    if not isinstance(model, torch.nn.Module):
+        for attribute in ("__self__", "func"):  # a bound method; a functools.partial of a module
+            owner = getattr(model, attribute, None)
+            if isinstance(owner, torch.nn.Module):
+                model = owner
+                break
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
+    return torch.device("cpu")
 
 
 def _unwrap(model: Any) -> Any:
@@ -150,8 +186,6 @@ def hierarchy_strides(model: Any, probe_size: int = 256) -> Tuple[int, int]:
     Raises:
         ValueError: the last map is not a (B, C, h, w) map, or its stride is under 2.
     """
-    from sgcl_plugin.refresh import eval_mode
-
     backbone = feature_maps(model)
     param = next(iter(_unwrap(model).parameters()), None) if isinstance(_unwrap(model), nn.Module) else None
     x = torch.zeros(1, 3, probe_size, probe_size, device=param.device if param is not None else None)
@@ -234,14 +268,6 @@ def _first_tensor(output: Any) -> Optional[Tensor]:
     return None
 
 
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def find_stride_layer(model: nn.Module, stride: int, probe_size: int = 128) -> str:
     """The name of the module that ends a backbone's stage at ``stride``.
@@ -283,8 +309,6 @@ def find_stride_layer(model: nn.Module, stride: int, probe_size: int = 128) -> s
 def _probe(model: nn.Module, names: Sequence[str], probe_size: int) -> List[Any]:
     """Runs one probe forward; returns ``[(name, [(h, w) of each call's 4-D output])]`` in the order
     in which the modules first finished."""
-    from sgcl_plugin.refresh import eval_mode
-
     modules = dict(model.named_modules())
     calls: Dict[str, List[Any]] = {}
     hooks = []
@@ -299,7 +323,7 @@ def _probe(model: nn.Module, names: Sequence[str], probe_size: int) -> List[Any]
         with eval_mode(model):
             p = next(iter(model.parameters()), None)
             dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-            model(torch.zeros(1, 3, probe_size, probe_size, device=_device(model), dtype=dtype))
+            model(torch.zeros(1, 3, probe_size, probe_size, device=default_device(model), dtype=dtype))
     finally:
         for h in hooks:
             h.remove()
@@ -334,7 +358,7 @@ class FeatureMaps(nn.Module):
     Examples:
         >>> backbone = torchvision.models.resnet50(weights="IMAGENET1K_V2")
         >>> fmap = FeatureMaps(backbone, stride=16)  # layer3: (B, 1024, H/16, W/16)
-        >>> bank = SaliencyGenerator(regions="objects").refresh(fmap, dataset)
+        >>> bank = refresh_bank(SaliencyGenerator(regions="objects"), fmap, dataset)
         >>> FeatureMaps(backbone, layers=["layer3", "layer4"])  # both, at stride 16
         >>> FeatureMaps(backbone, stride=(16, 32))  # (layer3, layer4) as a tuple, for regions="hierarchy"
     """

@@ -4,7 +4,7 @@
 skipped) and decodes an item only when it is asked for, so a dataset of any number of images costs
 the memory of its file names; DataLoader workers decode in parallel, and the same dataset feeds the
 crops (:class:`~sgcl_plugin.crops.SaliencyCropDataset`) and the saliency refresh
-(:meth:`SaliencyGenerator.refresh <sgcl_plugin.saliency.SaliencyGenerator.refresh>`). Items keep the
+(:func:`~sgcl_plugin.refresh.refresh_bank`). Items keep the
 file's aspect ratio: the crop transform and the refresh express boxes relative to the image, so
 no square resize is needed before the crop.
 """
@@ -14,18 +14,15 @@ from __future__ import annotations
 import numbers
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from sgcl_plugin.refresh import _WIDE_MODES, to_image_tensor  # 16-bit, 32-bit, float: convert("RGB") would clip
+from sgcl_plugin.images import IMAGE_EXTENSIONS, list_image_files, to_rgb_image
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFiles", "UnreadableImageError"]
-
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-"""File name endings (any case) that :class:`ImageFiles` lists."""
+__all__ = ["ImageFiles", "UnreadableImageError"]
 
 
 class UnreadableImageError(OSError):
@@ -35,10 +32,11 @@ class UnreadableImageError(OSError):
 class ImageFiles(Dataset):
     """The image files under a folder, decoded lazily, one RGB PIL image per item at its own size.
 
-    The files are listed once, at construction: every file under ``root`` (sub-folders included,
-    symbolic links to folders not followed) whose name ends in one of :data:`IMAGE_EXTENSIONS`,
-    skipping any path with a hidden part (a name starting with ``"."``, e.g. macOS ``._x.jpg``
-    metadata files or a ``.cache/`` folder), sorted by path components. A flat folder of JPEGs such
+    The files are listed once, at construction, by :func:`~sgcl_plugin.images.list_image_files`: every
+    regular file under ``root`` (sub-folders included, symbolic links to folders not followed) whose
+    name ends in one of :data:`~sgcl_plugin.images.IMAGE_EXTENSIONS`, skipping any path with a hidden
+    part (a name starting with ``"."``, e.g. macOS ``._x.jpg`` metadata files or a ``.cache/`` folder),
+    sorted by path components. A flat folder of JPEGs such
     as COCO's ``train2017/`` and nested class folders both work. The list is kept as one byte string,
     so the dataset pickles (to spawned DataLoader workers) in the size of its file names and forked
     workers share it without copy-on-read growth.
@@ -47,9 +45,9 @@ class ImageFiles(Dataset):
     cannot be decoded raises :class:`UnreadableImageError`, naming the file, when its item is read,
     from a DataLoader worker too. Clean such files out of the folder, or wrap the dataset.
 
-    Every item is an 8-bit RGB PIL image: grey, palette, CMYK and RGBA files are converted (alpha
-    dropped), and 16-bit, 32-bit and float files are scaled to 8 bits as
-    :func:`~sgcl_plugin.refresh.to_image_tensor` reads them (16-bit by 65535, not clipped at 255).
+    Every item is an 8-bit RGB PIL image (:func:`~sgcl_plugin.images.to_rgb_image`): grey, palette, CMYK
+    and RGBA files are converted (alpha dropped), and 16-bit, 32-bit and float files are scaled to 8 bits
+    as :func:`~sgcl_plugin.images.to_image_tensor` reads them (16-bit by 65535, not clipped at 255).
     Pixels are as stored (EXIF orientation is not applied).
 
     With DataLoader workers under glibc, each worker's heap can keep growing with the number of
@@ -76,7 +74,7 @@ class ImageFiles(Dataset):
         >>> data[0].size  # (W, H) of the file, aspect ratio kept
         (640, 480)
         >>> bank = SaliencyBank(len(data))
-        >>> SaliencyGenerator().refresh(backbone, data, bank, num_workers=8)
+        >>> refresh_bank(SaliencyGenerator(), backbone, data, bank, num_workers=8)
     """
 
     def __init__(self, root: Union[str, Path], max_side: Optional[int] = None) -> None:
@@ -88,7 +86,7 @@ class ImageFiles(Dataset):
             raise FileNotFoundError(f"No such image folder: {self.root}")
         if not self.root.is_dir():
             raise NotADirectoryError(f"Not a folder of images: {self.root}")
-        files = _list_image_files(self.root)
+        files = list_image_files(self.root)
         if not files:
             raise ValueError(
                 f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root} (hidden files and folders are skipped)."
@@ -120,7 +118,7 @@ class ImageFiles(Dataset):
                 if self.max_side is not None and max(im.size) > self.max_side:
                     im.draft(None, _shrunk(im.size, self.max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
                 im.load()
-                image = _to_rgb(im)
+                image = to_rgb_image(im)
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, EOFError, ... for bad files
             raise UnreadableImageError(f"Cannot read image file {path}: {type(err).__name__}: {err}") from err
         if self.max_side is not None and max(image.size) > self.max_side:
@@ -131,37 +129,8 @@ class ImageFiles(Dataset):
         return f"{type(self).__name__}({str(self.root)!r}, {len(self)} images, max_side={self.max_side})"
 
 
-def _list_image_files(root: Path) -> List[Tuple[str, ...]]:
-    """Path components (relative to ``root``) of the image files under it, hidden ones skipped, sorted.
-
-    Regular files only (links to regular files count): a named pipe, socket or device with an image
-    extension is left out, since opening it would block or read forever."""
-    found: List[Tuple[str, ...]] = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # never walk into hidden folders
-        relative = Path(folder).relative_to(root).parts
-        found.extend(
-            (*relative, name)
-            for name in names
-            if not name.startswith(".")
-            and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-            and os.path.isfile(os.path.join(folder, name))  # S_ISREG after links: no FIFO, socket, device
-        )
-    return sorted(found)
-
-
 def _shrunk(size: Tuple[int, int], max_side: int) -> Tuple[int, int]:
     """(W, H) scaled so that the longer side is ``max_side``, aspect ratio kept (each side >= 1)."""
     w, h = size
     scale = max_side / max(w, h)
     return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """An 8-bit RGB copy of a loaded image; wide modes scaled as ``to_image_tensor`` reads them."""
-    if im.mode not in _WIDE_MODES:
-        return im.convert("RGB")
-
-    t = to_image_tensor(im)  # (3, H, W) in [0, 1]: 16-bit / 65535, 8-bit values in "I" / 255
-    pixels = t.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).contiguous().numpy()
-    return Image.fromarray(pixels)  # (H, W, 3) uint8: RGB

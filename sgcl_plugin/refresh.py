@@ -4,122 +4,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from sgcl_plugin.bank import SaliencyBank, banks_read_by_crops
-from sgcl_plugin.checks import check_not_meta
 from sgcl_plugin.distributed import comm_device
-from sgcl_plugin.features import check_feature_output
-from sgcl_plugin.items import DatasetImages, split_item
+from sgcl_plugin.features import check_feature_output, default_device, eval_mode
+from sgcl_plugin.images import SaliencyInput
+from sgcl_plugin.items import DatasetImages
 
 if TYPE_CHECKING:
     from sgcl_plugin.saliency import SaliencyGenerator
 
 MIN_GRID_CELLS = 64
 """A refresh warns once when the feature grid has fewer cells than this (e.g. 224 px at stride 32: 7 x 7)."""
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def to_image_tensor(image: Any) -> Tensor:
-    """A (3, H, W) float tensor in [0, 1] from a PIL image, a (H, W[, C]) array or a (C, H, W) tensor.
-
-    Dataset items (tuples, dicts) are read by :func:`~sgcl_plugin.items.split_item` first.
-    """
-    if isinstance(image, (tuple, list, dict)):
-        image = split_item(image, -1).image
-    if isinstance(image, Tensor):
-        check_not_meta(image, "The image")
-        t = image
-        if t.ndim == 2:
-            t = t[None]
-        if t.ndim != 3:
-            raise ValueError(f"Image tensors must be (C, H, W) or (H, W), got {tuple(t.shape)}.")
-        t = _to_unit_range(t)
-    else:
-        from PIL import Image
-
-        sixteen = False
-        if isinstance(image, Image.Image):
-            # 16-bit and float modes keep their values (convert("RGB") would clip them to 255); PIL's 32-bit
-            # integer mode "I" holds 16-bit PNGs: scaled by 65535 like them, whatever its largest value.
-            sixteen = image.mode in _WIDE_MODES and image.mode != "F"
-            image = np.asarray(image) if image.mode in _WIDE_MODES else np.asarray(image.convert("RGB"))
-        if not isinstance(image, np.ndarray):
-            raise TypeError(f"Cannot read an image from a {type(image).__name__}.")
-        arr = image[:, :, None] if image.ndim == 2 else image
-        if arr.ndim != 3:
-            raise ValueError(f"Image arrays must be (H, W) or (H, W, C), got {image.shape}.")
-        if arr.dtype.byteorder == ">" or (arr.dtype.kind == "u" and arr.dtype.itemsize == 2):  # unsupported by torch
-            arr = arr.astype(np.int32 if arr.dtype.kind in "ui" else np.float32)
-        uint16 = sixteen or (image.dtype.kind == "u" and image.dtype.itemsize == 2)  # either byte order
-        t = _to_unit_range(torch.from_numpy(np.array(arr)).permute(2, 0, 1), uint16=uint16)
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    elif t.shape[0] == 4:
-        t = t[:3]
-    if t.shape[0] != 3:
-        raise ValueError(f"Images must have 1, 3 or 4 channels, got {t.shape[0]}.")
-    return t
-
-
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def _to_unit_range(t: Tensor, uint16: bool = False) -> Tensor:
-    """A float image in [0, 1]: uint8 / 255, 16-bit / 65535, floats as they are (must be in [0, 1]).
-
-    Other integer types are scaled by 255 when they fit in 8 bits, else by 65535 when they fit in 16
-    (PIL's "I" mode holds 16-bit PNGs); anything else is refused rather than silently clipped.
-    """
-    if t.dtype == torch.bool:
-        return t.float()
-    if t.is_floating_point():
-        t = t.float()
-        if t.numel() and not bool(torch.isfinite(t).all()):
-            raise ValueError("The image contains NaN or Inf values.")
-        if t.numel() and (float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3):
-            raise ValueError(
-                f"Float images must hold values in [0, 1], got [{float(t.min()):.4g}, {float(t.max()):.4g}]: pass "
-                "uint8 / uint16 pixels, or divide by 255 (or 65535) first; do not normalize before the transform."
-            )
-        return t
-    if t.dtype == torch.uint8:
-        return t.float() / 255.0
-    uint16 = uint16 or t.dtype == getattr(torch, "uint16", None)
-    if uint16:
-        t = t.to(torch.int32)
-    top = int(t.max()) if t.numel() else 0
-    low = int(t.min()) if t.numel() else 0
-    if low < 0 or top > 65535:
-        raise ValueError(f"Integer images must hold values in [0, 65535], got [{low}, {top}].")
-    return t.float() / (65535.0 if uint16 or top > 255 else 255.0)
-
-
-class SaliencyInput:
-    """The default refresh transform: image -> (3, size, size) tensor, resized and normalized."""
-
-    def __init__(
-        self, size: int = 640, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-    ) -> None:
-        self.size = int(size)
-        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
-
-    def __call__(self, image: Any) -> Tensor:
-        t = to_image_tensor(image)
-        t = torch.nn.functional.interpolate(
-            t[None], size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
-        )[0]
-        return (t - self.mean) / self.std
 
 
 class _Indexed(Dataset):
@@ -132,38 +34,6 @@ class _Indexed(Dataset):
     def __getitem__(self, i: int) -> Tuple[int, Tensor]:
         index = int(self.indices[i])
         return index, self.transform(self.dataset[index])
-
-
-@contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """Puts every submodule of ``model`` in eval mode and restores each one's own flag afterwards."""
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def default_device(model: Any) -> torch.device:
-    """The device of the model's first parameter or buffer; a bound method or ``functools.partial`` of a module
-    counts as that module (e.g. ``backbone.forward_features``); the CPU for any other callable."""
-    if not isinstance(model, torch.nn.Module):
-        for attribute in ("__self__", "func"):  # a bound method; a functools.partial of a module
-            owner = getattr(model, attribute, None)
-            if isinstance(owner, torch.nn.Module):
-                model = owner
-                break
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.device
-        for b in model.buffers():
-            return b.device
-    return torch.device("cpu")
 
 
 def _shard(n: int, rank: int, world: int) -> List[int]:
@@ -226,9 +96,9 @@ def refresh_bank(
             warnings.warn(
                 f"refresh without bank= fills a new SaliencyBank, but a SaliencyCropTransform reads another bank of "
                 f"these {n} images: the new regions would reach no crop (training would go on with the old ones). "
-                "Pass that bank: refresh(model, images, bank=transform.bank).",
+                "Pass that bank: refresh_bank(generator, model, images, bank=transform.bank).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
         bank = SaliencyBank(n, max_regions=max_regions)
     elif len(bank) != n:

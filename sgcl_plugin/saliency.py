@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Tuple, Union
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -13,9 +13,6 @@ from sgcl_plugin.checks import check_int, check_number
 from sgcl_plugin.ncut import Solver, fiedler_vector, ncut_embedding
 from sgcl_plugin.precision import full_precision
 from sgcl_plugin.regions import Regions, border_mask, extract_regions
-
-if TYPE_CHECKING:
-    from sgcl_plugin.bank import SaliencyBank
 
 SignRule = Literal["border", "argmax", "minority"]
 SIGN_RULES = ("border", "argmax", "minority")
@@ -362,36 +359,21 @@ class SaliencyGenerator:
         )  # fmt: skip
         return SaliencyResult(maps=sal.reshape(B, h, w).float(), regions=regions, fiedler=y)
 
-    def refresh(
-        self,
-        model: Union[torch.nn.Module, Callable[[Tensor], Tensor]],
-        dataset: Any,
-        bank: Optional[SaliencyBank] = None,
-        **kwargs: Any,
-    ) -> SaliencyBank:
-        """Recomputes the regions of every image of ``dataset`` with ``model``; fills ``bank``.
-
-        See :func:`sgcl_plugin.refresh.refresh_bank` for the arguments (batch size, saliency size,
-        device, workers, progress bar, distributed sharding).
-        """
-        from sgcl_plugin.refresh import refresh_bank
-
-        return refresh_bank(self, model, dataset, bank=bank, **kwargs)
-
 
 class ChannelSumGenerator(SaliencyGenerator):
     """Baseline saliency source in the style of ContrastiveCrop: one box per image from a heat map.
 
     The heat map is the sum over channels of the feature map, min-max scaled per image; the single
     region is the tightest box around the cells above ``threshold`` (ContrastiveCrop's default 0.1),
-    with score 1. Same interface as :class:`SaliencyGenerator` (``__call__`` and ``refresh``), so
-    ablations can swap the region source. A flat heat map gives the whole image (``fallback``).
+    with score 1. Same interface as :class:`SaliencyGenerator` (``__call__``; the generator of a
+    :func:`~sgcl_plugin.refresh.refresh_bank`), so ablations can swap the region source. A flat heat map
+    gives the whole image (``fallback``).
 
     Args:
         threshold: Fraction of the heat map's range above which a cell belongs to the box.
 
     Examples:
-        >>> bank = ChannelSumGenerator().refresh(backbone, dataset)
+        >>> bank = refresh_bank(ChannelSumGenerator(), backbone, dataset)
     """
 
     def __init__(self, threshold: float = 0.1) -> None:
@@ -402,8 +384,6 @@ class ChannelSumGenerator(SaliencyGenerator):
 
     @torch.no_grad()
     def saliency_maps(self, features: Tensor) -> Tuple[Tensor, Tensor]:
-        from sgcl_plugin.affinity import check_feature_map
-
         check_feature_map(features)
         heat = features.float().sum(1).flatten(1)
         maps = normalize_maps(heat)

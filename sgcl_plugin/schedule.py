@@ -34,7 +34,7 @@ class RefreshSchedule:
         >>> schedule = RefreshSchedule(every_n_epochs=10)
         >>> for epoch in range(epochs):
         ...     if schedule.is_due(epoch):
-        ...         generator.refresh(feature_maps(model), dataset.images, bank)
+        ...         refresh_bank(generator, feature_maps(model), dataset.images, bank)
         ...         schedule.mark_done(epoch, bank.stats())
     """
 

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import Tensor
 
 from sgcl_plugin.files import atomic_write
+from sgcl_plugin.images import _WIDE_MODES, IMAGE_EXTENSIONS, list_image_files, to_rgb_image
 from sgcl_plugin.regions import Regions
 
 # Piecewise-linear "jet"-like heat colour map: dark blue (0) -> cyan -> green -> yellow -> dark red (1).
@@ -389,20 +390,16 @@ class _Rendered:
 
 def _load_image(path: Path, bound: Optional[int] = None) -> Image.Image:
     """The photo as RGB; with ``bound``, its longer side brought down to at most ``bound`` pixels as early as
-    possible (JPEGs decode at 1/2, 1/4, 1/8 scale), so a 9000 x 9000 photo costs megabytes, not gigabytes."""
-    from sgcl_plugin.refresh import _WIDE_MODES, to_image_tensor
-
+    possible (JPEGs decode at 1/2, 1/4, 1/8 scale), so a 9000 x 9000 photo costs megabytes, not gigabytes.
+    EXIF orientation is applied; 16-bit and float photos are scaled as :func:`~sgcl_plugin.images.to_rgb_image`
+    does."""
     with Image.open(path) as opened:
         if bound is not None and max(opened.size) > bound:
             opened.draft(None, (bound, bound))  # JPEG: decode at a reduced scale (a no-op for other formats)
         opened.load()
         if bound is not None and max(opened.size) > bound and opened.mode not in _WIDE_MODES:
             opened.thumbnail((bound, bound), Image.Resampling.LANCZOS)
-        im: Image.Image = ImageOps.exif_transpose(opened)
-        if im.mode in _WIDE_MODES:  # 16-bit / float: convert("RGB") would clip everything to white
-            t = to_image_tensor(im).permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8)
-            return Image.fromarray(t.numpy())
-        return im.convert("RGB")
+        return to_rgb_image(ImageOps.exif_transpose(opened))
 
 
 def _identity(image: Image.Image) -> Image.Image:
@@ -410,7 +407,9 @@ def _identity(image: Image.Image) -> Image.Image:
 
 
 def _image_sources(folder: Path, bound: Optional[int] = None) -> List[Tuple[str, Callable[[], Image.Image]]]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """``(name, loader)`` of the folder's own image files (:func:`~sgcl_plugin.images.list_image_files`, not
+    recursive: renderings written to a sub-folder never become inputs)."""
+    files = [folder.joinpath(*parts) for parts in list_image_files(folder, recursive=False)]
     return [(p.name, functools.partial(_load_image, p, bound)) for p in files]
 
 
@@ -592,7 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from sgcl_plugin.backbones import load_backbone
     from sgcl_plugin.features import FeatureMaps
-    from sgcl_plugin.refresh import SaliencyInput
+    from sgcl_plugin.images import SaliencyInput
     from sgcl_plugin.saliency import SaliencyGenerator
 
     def fail(message: str) -> int:
@@ -630,7 +629,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sources = _image_sources(args.images, max(args.max_side, args.size) if args.max_side else None)
         origin = str(args.images)
         if not sources:
-            return fail(f"no image files in {args.images}.")
+            return fail(
+                f"no image files in {args.images} (read: {' '.join(IMAGE_EXTENSIONS)}, not hidden, not in sub-folders)."
+            )
 
     try:
         backbone = load_backbone(args.backbone, args.checkpoint)

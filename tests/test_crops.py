@@ -29,7 +29,7 @@ from sgcl_plugin.crops import (
     sample_crops_in_boxes,
     sample_regions,
 )
-from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD
+from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 
 skdata = pytest.importorskip("skimage.data")
 

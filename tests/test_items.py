@@ -167,7 +167,7 @@ def test_silent_misuse_of_the_core_api_is_refused_or_warned() -> None:
     filled a new bank the crops never read, and training went on with random crops."""
     from PIL import Image
 
-    from sgcl_plugin import SaliencyGenerator
+    from sgcl_plugin import SaliencyGenerator, refresh_bank
 
     views = [(Image.new("RGB", (40, 30)), Image.new("RGB", (40, 30))) for _ in range(4)]
     data = SaliencyCropDataset(views, SaliencyCropTransform(SaliencyBank(4), num_regions=1, size=8, augment=False))
@@ -181,10 +181,10 @@ def test_silent_misuse_of_the_core_api_is_refused_or_warned() -> None:
     SaliencyCropTransform(bank, num_regions=1, size=8)
     model = torch.nn.Conv2d(3, 8, 4, stride=4)
     with pytest.warns(UserWarning, match="reach no crop"):
-        SaliencyGenerator(regions="paper").refresh(model, images, saliency_size=32, progress=False)
+        refresh_bank(SaliencyGenerator(regions="paper"), model, images, saliency_size=32, progress=False)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        SaliencyGenerator(regions="paper").refresh(model, images, bank, saliency_size=32, progress=False)
+        refresh_bank(SaliencyGenerator(regions="paper"), model, images, bank, saliency_size=32, progress=False)
     assert bank.refreshes == 1

@@ -191,7 +191,7 @@ def composed_lite0():
     pytest.importorskip("skimage")
     from sgcl_plugin.backbones import efficientnet_lite0
     from sgcl_plugin.features import FeatureMaps
-    from sgcl_plugin.refresh import SaliencyInput
+    from sgcl_plugin.images import SaliencyInput
     from sgcl_plugin.scenes import ComposedScenes
 
     try:

@@ -11,9 +11,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from sgcl_plugin import SaliencyBank, SaliencyGenerator
+from sgcl_plugin import SaliencyBank, SaliencyGenerator, refresh_bank
 from sgcl_plugin.backbones import resnet_backbone
-from sgcl_plugin.refresh import SaliencyInput, eval_mode, to_image_tensor
+from sgcl_plugin.features import default_device, eval_mode
+from sgcl_plugin.images import SaliencyInput, to_image_tensor
 
 SIZE = 224
 
@@ -38,7 +39,7 @@ def make_model() -> torch.nn.Module:
 def test_refresh_fills_a_bank_from_real_images() -> None:
     images = real_images(5)
     model = make_model()
-    bank = SaliencyGenerator().refresh(model, images, batch_size=2, saliency_size=SIZE, progress=False)
+    bank = refresh_bank(SaliencyGenerator(), model, images, batch_size=2, saliency_size=SIZE, progress=False)
     assert isinstance(bank, SaliencyBank) and len(bank) == 5 and bank.refreshes == 1
     # the same as running the generator by hand on the same inputs
     x = torch.stack([SaliencyInput(SIZE)(im) for im in images])
@@ -58,8 +59,8 @@ def test_refresh_into_existing_bank_bumps_version_and_accepts_tuples() -> None:
     dataset = [(im, label) for label, im in enumerate(images)]  # (image, target) items
     bank = SaliencyBank(3, max_regions=2)
     gen = SaliencyGenerator()
-    gen.refresh(make_model(), dataset, bank, saliency_size=SIZE, progress=False)
-    gen.refresh(make_model(), dataset, bank, saliency_size=SIZE, progress=False)
+    refresh_bank(gen, make_model(), dataset, bank, saliency_size=SIZE, progress=False)
+    refresh_bank(gen, make_model(), dataset, bank, saliency_size=SIZE, progress=False)
     assert bank.refreshes == 2 and bank.version == 2
     assert all(1 <= len(bank[i][1]) <= 2 for i in range(3))
 
@@ -76,8 +77,8 @@ def test_eval_mode_is_restored_per_module() -> None:
         return model(x)
 
     with eval_mode(model):
-        gen.refresh(spy, real_images(2), saliency_size=SIZE, progress=False)
-    gen.refresh(model, real_images(2), saliency_size=SIZE, progress=False)
+        refresh_bank(gen, spy, real_images(2), saliency_size=SIZE, progress=False)
+    refresh_bank(gen, model, real_images(2), saliency_size=SIZE, progress=False)
     assert seen == [(False, False)]
     assert model.training and not model.trunk[1].training and model.trunk[4].training
 
@@ -99,22 +100,22 @@ def test_bad_input() -> None:
     gen = SaliencyGenerator()
     model = make_model()
     with pytest.raises(ValueError, match="empty dataset"):
-        gen.refresh(model, [], progress=False)
+        refresh_bank(gen, model, [], progress=False)
     with pytest.raises(ValueError, match="bank holds 4 images but the dataset has 2"):
-        gen.refresh(model, real_images(2), SaliencyBank(4), progress=False)
+        refresh_bank(gen, model, real_images(2), SaliencyBank(4), progress=False)
     with pytest.raises(ValueError, match="stride"):  # 16 px through a stride-32 trunk: a 1x1 map
-        gen.refresh(model, real_images(1), saliency_size=16, progress=False)
+        refresh_bank(gen, model, real_images(1), saliency_size=16, progress=False)
     with pytest.raises(TypeError, match="feature map tensor"):
-        gen.refresh(lambda x: (model(x),), real_images(1), saliency_size=64, progress=False)
+        refresh_bank(gen, lambda x: (model(x),), real_images(1), saliency_size=64, progress=False)
     with pytest.raises(RuntimeError, match="not initialized"):
-        gen.refresh(model, real_images(1), saliency_size=64, progress=False, distributed=True)
+        refresh_bank(gen, model, real_images(1), saliency_size=64, progress=False, distributed=True)
 
 
 def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str, n: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        bank = SaliencyGenerator().refresh(
-            make_model(), real_images(n), batch_size=1, saliency_size=SIZE, progress=False
+        bank = refresh_bank(
+            SaliencyGenerator(), make_model(), real_images(n), batch_size=1, saliency_size=SIZE, progress=False
         )
         torch.save(bank.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -125,7 +126,9 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str, n: 
 def test_distributed_refresh_equals_single_process(tmp_path, n: int) -> None:
     world = 2
     mp.spawn(_distributed_worker, args=(world, str(tmp_path / "init"), str(tmp_path), n), nprocs=world, join=True)
-    single = SaliencyGenerator().refresh(make_model(), real_images(n), batch_size=1, saliency_size=SIZE, progress=False)
+    single = refresh_bank(
+        SaliencyGenerator(), make_model(), real_images(n), batch_size=1, saliency_size=SIZE, progress=False
+    )
     for rank in range(world):
         state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert state["refreshes"] == 1
@@ -151,7 +154,6 @@ def test_all_gather_device_follows_the_backend() -> None:
 
 def testdefault_device_reads_through_bound_methods() -> None:
     """A bound method of a module (backbone.forward_features) runs on the module's device (it ran on the CPU)."""
-    from sgcl_plugin.refresh import default_device
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:

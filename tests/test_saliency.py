@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sgcl_plugin import SaliencyGenerator, cosine_affinity, orient, tokens_to_map
-from sgcl_plugin.refresh import SaliencyInput
+from sgcl_plugin.images import SaliencyInput
 
 
 def object_features(B: int = 2, C: int = 32, h: int = 16, w: int = 16, seed: int = 0) -> tuple:

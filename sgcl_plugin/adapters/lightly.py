@@ -21,6 +21,7 @@ from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, Saliency
 from sgcl_plugin.features import Stride, check_stride, feature_map_backbone, refresh_features
 from sgcl_plugin.items import DatasetImages, ImageItem, flatten_pairs, repeat_rows
 from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
+from sgcl_plugin.refresh import refresh_bank
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 from sgcl_plugin.schedule import RefreshSchedule
 
@@ -362,15 +363,16 @@ def refresh(
         feature_stride: What the refresh reads (:func:`~sgcl_plugin.features.refresh_features`): ``"auto"``
             (hierarchy mode: the last map and the stage at half its stride; other modes: the last map), None
             (the last map), a stride (16: the stride-16 stage) or a pair ``(16, 32)``.
-        **kwargs: :meth:`SaliencyGenerator.refresh` options (``saliency_size`` (default 640), ``batch_size``, ...).
+        **kwargs: :func:`~sgcl_plugin.refresh.refresh_bank` options (``saliency_size`` (default 640), ``batch_size``,
+            ...).
 
     Raises:
         ValueError: no bank yet, or a bank of another size than the dataset or not the dataset's.
     """
     images = _refresh_images(dataset, bank)
     gen = resolve_generator(generator, regions)
-    return gen.refresh(
-        refresh_features(backbone, feature_stride, getattr(gen, "regions", None)), images, bank, **kwargs
+    return refresh_bank(
+        gen, refresh_features(backbone, feature_stride, getattr(gen, "regions", None)), images, bank, **kwargs
     )
 
 

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.features import Stride, check_feature_output, check_stride, refresh_features
+from sgcl_plugin.features import Stride, check_feature_output, check_stride, default_device, eval_mode, refresh_features
+from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.items import DatasetImages
-from sgcl_plugin.refresh import SaliencyInput, default_device, eval_mode
+from sgcl_plugin.refresh import refresh_bank
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 from sgcl_plugin.schedule import RefreshSchedule
 
@@ -100,7 +101,7 @@ class SGCLRefreshCallback:
     """Refreshes a :class:`~sgcl_plugin.bank.SaliencyBank` in place with the module's backbone, on schedule.
 
     At the start of epochs ``first_epoch`` (default ``every_n_epochs``, never 0), ``first_epoch +
-    every_n_epochs``, ... it runs :meth:`~sgcl_plugin.saliency.SaliencyGenerator.refresh` over ``dataset``
+    every_n_epochs``, ... it runs :func:`~sgcl_plugin.refresh.refresh_bank` over ``dataset``
     (sharded under DDP). Bank and schedule are saved in checkpoints and restored on resume.
 
     Args:
@@ -333,8 +334,8 @@ class SGCLRefreshCallback:
         backbone = self.backbone_of(pl_module)
         has_params = isinstance(backbone, nn.Module) and next(backbone.parameters(), None) is not None
         start = time.perf_counter()
-        self.generator.refresh(
-            backbone, dataset, target, batch_size=self.batch_size, saliency_size=self.saliency_size,
+        refresh_bank(
+            self.generator, backbone, dataset, target, batch_size=self.batch_size, saliency_size=self.saliency_size,
             transform=self.transform, device=None if has_params else getattr(pl_module, "device", None),
             num_workers=self.num_workers, progress=self.progress and bool(getattr(trainer, "is_global_zero", True)),
         )  # fmt: skip

@@ -25,7 +25,8 @@ from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, Saliency
 from sgcl_plugin.features import check_stride, feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
-from sgcl_plugin.saliency import REGION_MODES
+from sgcl_plugin.refresh import refresh_bank
+from sgcl_plugin.saliency import REGION_MODES, SaliencyGenerator
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
 __all__ = [
@@ -423,10 +424,9 @@ class SGCLMethodMixin:
                 "No saliency bank yet: it is created from the train dataset when training starts "
                 "(on_train_start), or call sgcl_attach(dataset) first."
             )
-        from sgcl_plugin.saliency import SaliencyGenerator
-
         refresh = self.sgcl_cfg.refresh
-        return SaliencyGenerator(regions=str(self.sgcl_cfg.regions)).refresh(  # type: ignore[arg-type]
+        return refresh_bank(
+            SaliencyGenerator(regions=str(self.sgcl_cfg.regions)),  # type: ignore[arg-type]
             self.sgcl_feature_backbone(), self.sgcl_dataset.images, self.sgcl_bank,
             batch_size=int(refresh.batch_size), saliency_size=int(refresh.saliency_size),
             num_workers=int(refresh.num_workers), progress=bool(refresh.progress),

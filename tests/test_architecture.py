@@ -1,0 +1,104 @@
+"""The package's import graph, read from its source with ``ast``: no module imports itself through others.
+
+Every ``import sgcl_plugin.x`` / ``from sgcl_plugin.x import y`` statement counts, wherever it stands: at module
+level, inside a function or method (a lazy import) or under ``if TYPE_CHECKING:``. A lazy import is there to
+defer an optional or heavy module (``saliency`` -> ``hierarchy`` / ``objects``, ``metrics`` -> ``crops``, the
+viewer's backbone and generator, ``solo`` -> the Lightning adapter), never to hide a circle: such an edge is
+fine exactly when the graph with it has no cycle, which is what the test checks. No edge is exempt, adapters
+included (none is needed: ``adapters.solo`` imports ``adapters.lightning`` lazily, and nothing leads back).
+
+The package root counts as the module ``sgcl_plugin``: a submodule that imported names from it would close a
+circle through ``__init__.py``, which imports every public module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sgcl_plugin"
+
+Graph = Dict[str, Set[str]]
+
+
+def module_name(path: Path) -> str:
+    """``sgcl_plugin.adapters.solo`` for ``sgcl_plugin/adapters/solo.py``; the package for its ``__init__.py``."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(tree: ast.AST, modules: Set[str]) -> Set[str]:
+    """The package's modules that the statements of ``tree`` import, at any depth of the tree.
+
+    ``from sgcl_plugin.adapters import lightning`` imports the module ``sgcl_plugin.adapters.lightning`` (and
+    the package ``sgcl_plugin.adapters``); ``from sgcl_plugin.bank import SaliencyBank`` the module ``bank``.
+    """
+    found: Set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # submodules, if any
+    return found & modules
+
+
+def import_graph() -> Graph:
+    """Module -> the package modules it imports, for every ``.py`` file of the package."""
+    paths = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    modules = set(paths)
+    return {name: imported_modules(ast.parse(path.read_text(), str(path)), modules) for name, path in paths.items()}
+
+
+def find_cycle(graph: Graph) -> List[str]:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or ``[]`` when it has none (depth-first search)."""
+    state: Dict[str, int] = {}  # 1: on the current path, 2: done
+    path: List[str] = []
+
+    def visit(node: str) -> List[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return []
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"b"}}) == ["b", "b"]
+
+
+def test_the_graph_holds_lazy_imports_and_the_core_modules() -> None:
+    graph = import_graph()
+    assert {"sgcl_plugin", "sgcl_plugin.images", "sgcl_plugin.refresh", "sgcl_plugin.adapters.solo"} <= set(graph)
+    assert "sgcl_plugin.hierarchy" in graph["sgcl_plugin.saliency"]  # a function-level import
+    assert "sgcl_plugin.adapters.lightning" in graph["sgcl_plugin.adapters.solo"]  # a lazy adapter import
+    assert "sgcl_plugin.saliency" in graph["sgcl_plugin.refresh"]  # under TYPE_CHECKING
+    assert "sgcl_plugin.features" in graph["sgcl_plugin.refresh"]  # module level
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    cycle = find_cycle(import_graph())
+    assert not cycle, (
+        f"Import cycle: {' -> '.join(cycle)}. Move what both modules need into a module that imports neither "
+        "(images.py, features.py, checks.py ...), rather than hiding the circle in a function-level import."
+    )
+
+
+def test_image_decoding_and_eval_mode_live_below_the_refresh() -> None:
+    graph = import_graph()
+    assert graph["sgcl_plugin.images"] <= {"sgcl_plugin.checks", "sgcl_plugin.items"}  # a leaf: decoding only
+    for module in ("sgcl_plugin.features", "sgcl_plugin.saliency", "sgcl_plugin.images", "sgcl_plugin.crops"):
+        assert "sgcl_plugin.refresh" not in graph[module], module
