@@ -2,14 +2,13 @@
 
 from sgcl_plugin.affinity import cosine_affinity, tokens_to_map
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.boxes import random_resized_crop_box, sample_crop_in_box
 from sgcl_plugin.crops import (
     CropSample,
     RegionCrops,
     SaliencyCropDataset,
     SaliencyCropTransform,
     byol_view_transforms,
-    random_resized_crop_box,
-    sample_crop_in_box,
     sample_regions,
 )
 from sgcl_plugin.features import FeatureMaps, feature_maps, refresh_features

@@ -15,18 +15,20 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import RandomResizedCrop
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.crops import (
-    BatchViewAugment,
-    CropSample,
-    SaliencyCropDataset,
-    SaliencyCropTransform,
-    byol_view_transforms,
+from sgcl_plugin.boxes import (
     crop_and_resize,
     jitter_boxes,
     random_resized_crop_box,
     random_resized_crop_boxes,
     sample_crop_in_box,
     sample_crops_in_boxes,
+)
+from sgcl_plugin.crops import (
+    BatchViewAugment,
+    CropSample,
+    SaliencyCropDataset,
+    SaliencyCropTransform,
+    byol_view_transforms,
     sample_regions,
 )
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD
