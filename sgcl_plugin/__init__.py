@@ -8,7 +8,6 @@ from sgcl_plugin.crops import (
     RegionCrops,
     SaliencyCropDataset,
     SaliencyCropTransform,
-    byol_view_transforms,
     sample_regions,
 )
 from sgcl_plugin.features import FeatureMaps, feature_maps, refresh_features
@@ -30,6 +29,7 @@ from sgcl_plugin.refresh import SaliencyInput, refresh_bank
 from sgcl_plugin.regions import Regions, extract_regions
 from sgcl_plugin.saliency import ChannelSumGenerator, SaliencyGenerator, SaliencyResult, orient
 from sgcl_plugin.schedule import RefreshSchedule
+from sgcl_plugin.views import byol_view_transforms
 
 __version__ = "0.2.0"
 

@@ -23,15 +23,9 @@ from sgcl_plugin.boxes import (
     sample_crop_in_box,
     sample_crops_in_boxes,
 )
-from sgcl_plugin.crops import (
-    BatchViewAugment,
-    CropSample,
-    SaliencyCropDataset,
-    SaliencyCropTransform,
-    byol_view_transforms,
-    sample_regions,
-)
+from sgcl_plugin.crops import CropSample, SaliencyCropDataset, SaliencyCropTransform, sample_regions
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD
+from sgcl_plugin.views import BatchViewAugment, byol_view_transforms
 
 skdata = pytest.importorskip("skimage.data")
 
