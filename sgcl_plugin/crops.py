@@ -15,9 +15,8 @@ every worker.
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
+import inspect
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -32,7 +31,7 @@ from sgcl_plugin.boxes import (
     random_resized_crop_boxes,
     sample_crops_in_boxes,
 )
-from sgcl_plugin.checks import check_int, check_range
+from sgcl_plugin.checks import check_int, check_number, check_range
 from sgcl_plugin.items import DatasetImages, ImageItem, check_map_style, split_item
 from sgcl_plugin.refresh import to_image_tensor
 from sgcl_plugin.views import ViewTransform, byol_view_transforms, check_view_transform
@@ -108,20 +107,23 @@ class RegionCrops:
 
     For an image and its regions (boxes and scores): draw ``num_regions`` regions with replacement and
     probability proportional to their scores; for each, two independent rule-R crops inside its box
-    (:func:`sample_crops_in_boxes`), cut out and resized to ``size`` (bilinear, antialiased), then
-    the view-1 / view-2 augmentations. An image without regions (before the first refresh) gets
-    pairs of independent BYOL random-resized crops of the whole image, with score 1.0 and region -1.
+    (:func:`~sgcl_plugin.boxes.sample_crops_in_boxes`), cut out and resized to ``size`` (bilinear,
+    antialiased), then the view-1 / view-2 augmentations. An image without regions (before the first
+    refresh) gets pairs of independent BYOL random-resized crops of the whole image, with score 1.0
+    and region -1.
 
     It reads no bank: in the torchvision-v2 style it takes ``(image, boxes, scores)`` and fits in a
-    ``v2.Compose``; :class:`SaliencyCropTransform` is this step fed from a bank by dataset index.
+    ``v2.Compose``; :class:`SaliencyCropTransform` is this step fed from a bank by dataset index. Its
+    arguments are the crop options, declared, documented and checked here only.
 
     Args:
         num_regions: Pairs per image (t; paper: 4).
         size: Side of the crops (paper: 96).
-        view_transforms: ``None`` or ``"byol"`` for :func:`byol_view_transforms`, or a pair of
-            callables on (3, size, size) float tensors in [0, 1].
+        view_transforms: ``None`` or ``"byol"`` for :func:`~sgcl_plugin.views.byol_view_transforms`, or
+            a pair of callables on (3, size, size) float tensors in [0, 1].
         augment: False returns the resized crops in [0, 1] without view augmentation, for a batched
-            GPU path (:class:`BatchViewAugment`); then ``view_transforms`` must be left unset.
+            GPU path (:class:`~sgcl_plugin.views.BatchViewAugment`); then ``view_transforms`` must be
+            left unset.
         scale: Crop area range, as a fraction of the region box (of the image before a refresh).
         ratio: Crop aspect ratio range.
         before_refresh: What an image without regions gets: ``"crops"`` (default) two independent
@@ -130,8 +132,8 @@ class RegionCrops:
             1, and two rule-R crops inside each.
         box_jitter: Box jitter of the augmentation T (Eq. 6) before the rule-R crops: each edge of
             the sampled region box moves by up to this fraction of the box side, independently for
-            the two views (:func:`jitter_boxes`). 0 (default) turns it off; see docs/RESULTS.md for what it does
-            to the pairs.
+            the two views (:func:`~sgcl_plugin.boxes.jitter_boxes`). 0 (default) turns it off; see
+            docs/RESULTS.md for what it does to the pairs.
 
     Examples:
         >>> crops = RegionCrops(num_regions=4, size=96)
@@ -158,33 +160,17 @@ class RegionCrops:
         if before_refresh not in BEFORE_REFRESH:
             raise ValueError(f"before_refresh must be one of {BEFORE_REFRESH}, got {before_refresh!r}.")
         self.before_refresh = before_refresh
-        if isinstance(box_jitter, bool) or not (
-            isinstance(box_jitter, numbers.Real) and math.isfinite(box_jitter) and 0 <= box_jitter
-        ):
-            raise ValueError(f"box_jitter must be a finite number >= 0, got {box_jitter!r}.")
-        self.box_jitter: float = float(box_jitter)
-        self.augment: bool = bool(augment)
-        if not self.augment:
-            if view_transforms is not None:
-                raise ValueError("augment=False returns un-augmented crops: leave view_transforms unset.")
-            self.view_transforms: Optional[Tuple[ViewTransform, ViewTransform]] = None
-        elif view_transforms is None or (isinstance(view_transforms, str) and view_transforms == "byol"):
-            self.view_transforms = byol_view_transforms(self.size)
-        elif isinstance(view_transforms, str):
-            raise ValueError(f"Unknown view_transforms {view_transforms!r}: use 'byol' or a pair of callables.")
-        else:
-            pair = tuple(view_transforms)
-            if len(pair) != 2 or not all(callable(t) for t in pair):
-                raise ValueError("view_transforms must be 'byol' or a pair (view1, view2) of callables.")
-            for view, name in zip(pair, ("view 1 transform", "view 2 transform")):
-                check_view_transform(view, self.size, getattr(view, "name", name))
-            self.view_transforms = pair  # type: ignore[assignment]
+        self.box_jitter = check_number("box_jitter", box_jitter, 0)
+        self.augment = bool(augment)
+        self.view_transforms = _view_pair(view_transforms, self.augment, self.size)
 
     def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._options_repr()})"
+
+    def _options_repr(self) -> str:
         return (
-            f"{type(self).__name__}(num_regions={self.num_regions}, size={self.size}, augment={self.augment}, "
-            f"scale={self.scale}, ratio={self.ratio}, before_refresh={self.before_refresh!r}, "
-            f"box_jitter={self.box_jitter})"
+            f"num_regions={self.num_regions}, size={self.size}, augment={self.augment}, scale={self.scale}, "
+            f"ratio={self.ratio}, before_refresh={self.before_refresh!r}, box_jitter={self.box_jitter}"
         )
 
     def region_boxes(
@@ -252,6 +238,26 @@ class RegionCrops:
         return self.crop(image, boxes, scores)
 
 
+def _view_pair(
+    view_transforms: Optional[Union[str, Sequence[ViewTransform]]], augment: bool, size: int
+) -> Optional[Tuple[ViewTransform, ViewTransform]]:
+    """RegionCrops' ``(view1, view2)`` augmentations, checked; None with ``augment=False``."""
+    if not augment:
+        if view_transforms is not None:
+            raise ValueError("augment=False returns un-augmented crops: leave view_transforms unset.")
+        return None
+    if view_transforms is None or (isinstance(view_transforms, str) and view_transforms == "byol"):
+        return byol_view_transforms(size)
+    if isinstance(view_transforms, str):
+        raise ValueError(f"Unknown view_transforms {view_transforms!r}: use 'byol' or a pair of callables.")
+    pair = tuple(view_transforms)
+    if len(pair) != 2 or not all(callable(t) for t in pair):
+        raise ValueError("view_transforms must be 'byol' or a pair (view1, view2) of callables.")
+    for view, name in zip(pair, ("view 1 transform", "view 2 transform")):
+        check_view_transform(view, size, getattr(view, "name", name))
+    return pair  # type: ignore[return-value]
+
+
 def _normalized_boxes(boxes: Any) -> Tensor:
     """(K, 4) normalized xyxy from a tensor of them or from torchvision ``BoundingBoxes`` (pixels, any format)."""
     canvas = getattr(boxes, "canvas_size", None)
@@ -270,16 +276,41 @@ def _normalized_boxes(boxes: Any) -> Tensor:
     return out
 
 
-class SaliencyCropTransform(RegionCrops):
-    """SGCL's crop transform: :class:`RegionCrops` of the regions the bank holds for each image.
+def _read_regions(bank: SaliencyBank, index: int) -> Tuple[Tensor, Tensor, str]:
+    """The regions ``bank`` holds for image ``index``: ``(boxes, scores, what)``, ``what`` naming them in errors.
+
+    The crop step's one read of a bank (:class:`SaliencyCropTransform` and :class:`SaliencyCropDataset`
+    alike), made at every call so that a refresh reaches running DataLoader workers.
+
+    Raises:
+        IndexError: ``index`` is outside the bank.
+    """
+    boxes, scores = bank[index]
+    return boxes, scores, f"bank[{index}] boxes"
+
+
+class SaliencyCropTransform:
+    """SGCL's crop transform: a :class:`RegionCrops` fed, by dataset index, the regions the bank holds.
 
     ``transform(image, index)`` reads ``bank[index]`` at every call (so refreshes are seen by running
-    DataLoader workers) and returns :meth:`RegionCrops.crop` of them.
+    DataLoader workers) and returns :meth:`RegionCrops.crop` of them. The crop options are the
+    :class:`RegionCrops`' own, by position or keyword, with its defaults; the transform reads them, and
+    every other public attribute of :attr:`crops`, through (``transform.size`` is ``transform.crops.size``).
 
     Args:
         bank: The :class:`~sgcl_plugin.bank.SaliencyBank` of the dataset.
-        **kwargs: :class:`RegionCrops` options (``num_regions``, ``size``, ``view_transforms``,
-            ``augment``, ``scale``, ``ratio``, ``before_refresh``, ``box_jitter``).
+        *args: :class:`RegionCrops`' arguments by position (``num_regions``, ``size``, ...).
+        crops: A :class:`RegionCrops` to use as it is, instead of ``args`` / ``options``.
+        **options: :class:`RegionCrops`' arguments by keyword (``num_regions``, ``size``,
+            ``view_transforms``, ``augment``, ``scale``, ``ratio``, ``before_refresh``, ``box_jitter``).
+
+    Attributes:
+        bank: The bank the regions are read from.
+        crops: The crop step.
+
+    Raises:
+        TypeError: ``bank`` is not a ``SaliencyBank``; ``crops`` is not a ``RegionCrops``, or comes with options.
+        ValueError: a bad crop option (as :class:`RegionCrops`).
 
     Examples:
         >>> transform = SaliencyCropTransform(bank, num_regions=4, size=96)
@@ -288,23 +319,25 @@ class SaliencyCropTransform(RegionCrops):
         (torch.Size([4, 3, 96, 96]), torch.Size([4]))
     """
 
-    def __init__(
-        self,
-        bank: SaliencyBank,
-        num_regions: int = 4,
-        size: int = 96,
-        view_transforms: Optional[Union[str, Sequence[ViewTransform]]] = None,
-        augment: bool = True,
-        scale: Sequence[float] = (0.08, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        before_refresh: str = "crops",
-        box_jitter: float = 0.0,
-    ) -> None:
+    def __init__(self, bank: SaliencyBank, *args: Any, crops: Optional[RegionCrops] = None, **options: Any) -> None:
         if not isinstance(bank, SaliencyBank):
             raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
         self.bank = bank
         bank.read_by_crops()  # a refresh without this bank then warns: its regions would reach no crop
-        super().__init__(num_regions, size, view_transforms, augment, scale, ratio, before_refresh, box_jitter)
+        self.crops = _crop_step(crops, args, options)
+
+    def __getattr__(self, name: str) -> Any:
+        """The public attributes and methods of :attr:`crops` (its options, ``crop``, ``region_boxes``)."""
+        missing = AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name.startswith("_") or name == "crops":  # no crops yet: while unpickling, or before __init__ set it
+            raise missing
+        try:
+            return getattr(self.crops, name)
+        except AttributeError:
+            raise missing from None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.crops._options_repr()})"
 
     def sample_boxes(self, index: int, image_size: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """The crop geometry of one call: ``(boxes1, boxes2, scores, regions)`` for image ``index``.
@@ -313,13 +346,40 @@ class SaliencyCropTransform(RegionCrops):
             IndexError: ``index`` is outside the bank.
             ValueError: the bank entry holds boxes outside [0, 1], empty boxes or bad scores.
         """
-        boxes, scores = self.bank[index]
-        return self.region_boxes(boxes, scores, image_size, what=f"bank[{index}] boxes")
+        boxes, scores, what = _read_regions(self.bank, index)
+        return self.crops.region_boxes(boxes, scores, image_size, what)
 
-    def __call__(self, image: Any, index: int) -> CropSample:  # type: ignore[override]
+    def __call__(self, image: Any, index: int) -> CropSample:
         """Makes the t view pairs of ``image`` (PIL, HWC array or CHW tensor), dataset index ``index``."""
-        boxes, scores = self.bank[index]
-        return self.crop(image, boxes, scores, what=f"bank[{index}] boxes")
+        return self.crops.crop(image, *_read_regions(self.bank, index))
+
+
+def _crop_step(crops: Optional[RegionCrops], args: Tuple[Any, ...], options: Dict[str, Any]) -> RegionCrops:
+    """A :class:`SaliencyCropTransform`'s crop step: ``crops`` as given, or a :class:`RegionCrops` of the options."""
+    if crops is None:
+        return RegionCrops(*args, **options)
+    if args or options:
+        raise TypeError(
+            "Pass either crops= (a RegionCrops) or the crop options (num_regions=, size=, ...), not both: "
+            "a RegionCrops has its options already."
+        )
+    if not isinstance(crops, RegionCrops):
+        raise TypeError(f"crops must be a RegionCrops, got {type(crops).__name__}.")
+    return crops
+
+
+def _transform_signature() -> inspect.Signature:
+    """``SaliencyCropTransform(bank, <RegionCrops' options>, *, crops=None)``, as ``help`` and ``inspect`` show it:
+    built from :class:`RegionCrops`' own signature, where the options are declared."""
+    own = inspect.signature(SaliencyCropTransform.__init__).parameters
+    options = list(inspect.signature(RegionCrops.__init__).parameters.values())[1:]  # without self
+    return inspect.Signature([own["self"], own["bank"], *options, own["crops"]], return_annotation=None)
+
+
+SaliencyCropTransform.__init__.__signature__ = _transform_signature()  # type: ignore[attr-defined]
+
+CropStep = Union[SaliencyCropTransform, RegionCrops]
+"""What a :class:`SaliencyCropDataset` crops with: a bank-fed transform, or a crop step and a bank."""
 
 
 # -------------------------------------------------------------------------------------- dataset
@@ -359,7 +419,7 @@ class SaliencyCropDataset(Dataset):
     def __init__(
         self,
         dataset: Any,
-        transform: Optional[RegionCrops] = None,
+        transform: Optional[CropStep] = None,
         fallback_transform: Optional[Callable[[Any], Any]] = None,
         bank: Optional[SaliencyBank] = None,
     ) -> None:
@@ -368,19 +428,24 @@ class SaliencyCropDataset(Dataset):
             raise TypeError("fallback_transform must be callable.")
         self.dataset = dataset
         self.fallback_transform = fallback_transform
-        self.transform: Optional[RegionCrops] = None
+        self.transform: Optional[CropStep] = None
+        self._crops: Optional[RegionCrops] = None
         self._bank: Optional[SaliencyBank] = None
         if transform is not None:
             self.attach(transform, bank)
 
-    def attach(self, transform: RegionCrops, bank: Optional[SaliencyBank] = None) -> None:
+    def attach(self, transform: CropStep, bank: Optional[SaliencyBank] = None) -> None:
         """Sets the crop step and the bank the dataset looks regions up in (default: the transform's own,
         for a :class:`SaliencyCropTransform`); the bank must have one row per image."""
-        if not isinstance(transform, RegionCrops):
+        if isinstance(transform, SaliencyCropTransform):
+            crops, own_bank = transform.crops, transform.bank
+        elif isinstance(transform, RegionCrops):
+            crops, own_bank = transform, None
+        else:
             raise TypeError(
                 f"transform must be a SaliencyCropTransform or RegionCrops, got {type(transform).__name__}."
             )
-        bank = bank if bank is not None else getattr(transform, "bank", None)
+        bank = bank if bank is not None else own_bank
         if not isinstance(bank, SaliencyBank):
             raise TypeError(f"A RegionCrops transform needs the dataset's bank: pass bank=, got {type(bank).__name__}.")
         if len(bank) != len(self):
@@ -388,7 +453,7 @@ class SaliencyCropDataset(Dataset):
                 f"The bank holds {len(bank)} images but the dataset has {len(self)}: create it with "
                 "SaliencyBank(len(dataset))."
             )
-        self.transform, self._bank = transform, bank
+        self.transform, self._crops, self._bank = transform, crops, bank
 
     @property
     def bank(self) -> Optional[SaliencyBank]:
@@ -412,9 +477,8 @@ class SaliencyCropDataset(Dataset):
                     "before the DataLoader starts its workers."
                 )
             return self.format_fallback(index, item, self.fallback_transform(item.image))
-        assert self._bank is not None
-        boxes, scores = self._bank[index]  # the bank lookup: the crop step itself is stateless
-        return self.format(index, item, self.transform.crop(item.image, boxes, scores, what=f"bank[{index}] boxes"))
+        assert self._crops is not None and self._bank is not None
+        return self.format(index, item, self._crops.crop(item.image, *_read_regions(self._bank, index)))
 
     def format(self, index: int, item: ImageItem, sample: CropSample) -> Any:
         """The item handed to the DataLoader; override it for another host's layout."""
