@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator, refresh_bank
-from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
+from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.features import feature_maps, hierarchy_strides
 from sgcl_plugin.files import atomic_write, open_new_or_own
@@ -41,6 +41,7 @@ from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_im
 from sgcl_plugin.items import flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.schedule import RefreshSchedule
+from sgcl_plugin.views import byol_view_transforms
 
 METHODS = ("byol", "simclr", "nnclr")
 
@@ -901,7 +902,7 @@ class Trainer:
         )  # fmt: skip
         self.device_views: Optional[List[nn.Module]] = None
         if args.augment_on_device:
-            from sgcl_plugin.crops import BatchViewAugment
+            from sgcl_plugin.views import BatchViewAugment
 
             self.device_views = [BatchViewAugment(view=v, size=size, **colour).to(self.device) for v in (1, 2)]
         self.items = SeededItems(SaliencyCropDataset(self.images, self.crop), args.seed)

@@ -2,14 +2,12 @@
 
 from sgcl_plugin.affinity import cosine_affinity, tokens_to_map
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.boxes import random_resized_crop_box, sample_crop_in_box
 from sgcl_plugin.crops import (
     CropSample,
     RegionCrops,
     SaliencyCropDataset,
     SaliencyCropTransform,
-    byol_view_transforms,
-    random_resized_crop_box,
-    sample_crop_in_box,
     sample_regions,
 )
 from sgcl_plugin.features import FeatureMaps, feature_maps, refresh_features
@@ -32,6 +30,7 @@ from sgcl_plugin.refresh import refresh_bank
 from sgcl_plugin.regions import Regions, extract_regions
 from sgcl_plugin.saliency import ChannelSumGenerator, SaliencyGenerator, SaliencyResult, orient
 from sgcl_plugin.schedule import RefreshSchedule
+from sgcl_plugin.views import byol_view_transforms
 
 __version__ = "0.2.0"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Tuple
 
 from torch import Tensor
 
-__all__ = ["check_int", "check_not_meta", "check_number"]
+__all__ = ["check_int", "check_not_meta", "check_number", "check_range"]
 
 
 def check_int(name: str, value: Any, minimum: Optional[int] = None) -> int:
@@ -42,6 +42,26 @@ def check_number(name: str, value: Any, minimum: Optional[float] = None, strict:
     if not ok:
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}.")
     return float(value)
+
+
+def check_range(name: str, value: Sequence[float]) -> Tuple[float, float]:
+    """``value`` as a pair of floats ``(low, high)`` when both are finite and ``0 < low <= high``.
+
+    Raises:
+        ValueError: ``"<name> must be a pair (low, high), got <value>."`` (not two numbers) or
+            ``"<name> must satisfy 0 < low <= high, got <value>."``
+
+    Examples:
+        >>> check_range("scale", (0.08, 1))
+        (0.08, 1.0)
+    """
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a pair (low, high), got {value!r}.") from err
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi < lo:
+        raise ValueError(f"{name} must satisfy 0 < low <= high, got {value!r}.")
+    return lo, hi
 
 
 def check_not_meta(x: Any, name: str) -> None:

@@ -1,116 +1,44 @@
-"""Saliency-guided crops (SGCL Step 2): score-weighted regions, rule-R crops and BYOL's two views.
+"""Saliency-guided crops (SGCL Step 2): the crop step, the bank-fed crop transform and the crop dataset.
 
-Rule R (supplement B.3): for a region box b, a crop has an area uniform in ``scale`` x the area of
-b (in pixels of the image, so that the aspect ratio is a pixel aspect ratio), an aspect ratio
-log-uniform in ``ratio``, a centre uniform inside b; it is clipped to the image and snapped to
-whole pixels (at least 1 x 1). Before the first refresh an image has no regions and each view pair
-is two independent BYOL random-resized crops of the whole image, with score 1.0 (or, with
-``before_refresh="regions"``, two rule-R crops inside a random region, as the paper's Algorithm 1).
+:class:`RegionCrops` draws score-weighted regions (:func:`sample_regions`), two crops in each and
+BYOL's two views of them; :class:`SaliencyCropTransform` feeds it the regions the bank holds for a
+dataset index, and :class:`SaliencyCropDataset` wraps a dataset so that it does. Where the crops lie
+(rule R inside a region box, BYOL's random-resized crops, the box jitter) is :mod:`sgcl_plugin.boxes`;
+the view augmentations are :mod:`sgcl_plugin.views`.
 
-All samplers take an optional ``torch.Generator``; the default is torch's global RNG, which the
-DataLoader seeds differently in every worker.
+Before the first refresh an image has no regions and each view pair is two independent BYOL
+random-resized crops of the whole image, with score 1.0 (or, with ``before_refresh="regions"``, two
+rule-R crops inside a random region, as the paper's Algorithm 1). All samplers take an optional
+``torch.Generator``; the default is torch's global RNG, which the DataLoader seeds differently in
+every worker.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+import inspect
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.checks import check_int
-from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD, to_image_tensor
+from sgcl_plugin.boxes import (
+    check_boxes,
+    check_crop_size,
+    crop_and_resize,
+    jitter_boxes,
+    random_resized_crop_boxes,
+    sample_crops_in_boxes,
+)
+from sgcl_plugin.checks import check_int, check_number, check_range
+from sgcl_plugin.images import to_image_tensor
 from sgcl_plugin.items import DatasetImages, ImageItem, check_map_style, split_item
+from sgcl_plugin.views import ViewTransform, byol_view_transforms, check_view_transform
 
-__all__ = [
-    "BatchViewAugment",
-    "CropSample",
-    "PILView",
-    "RegionCrops",
-    "SaliencyCropDataset",
-    "SaliencyCropTransform",
-    "byol_view_transforms",
-    "check_crop_size",
-    "check_view_transform",
-    "crop_and_resize",
-    "jitter_boxes",
-    "random_resized_crop_box",
-    "random_resized_crop_boxes",
-    "sample_crop_in_box",
-    "sample_crops_in_boxes",
-    "sample_regions",
-]
+__all__ = ["CropSample", "RegionCrops", "SaliencyCropDataset", "SaliencyCropTransform", "sample_regions"]
 
-ViewTransform = Callable[[Tensor], Tensor]
 BEFORE_REFRESH = ("crops", "regions")
-
-# BYOL's view augmentations (Grill et al. 2020, Table 6): view 1 / view 2.
-_BLUR_P = (1.0, 0.1)
-_SOLARIZE_P = (0.0, 0.2)
-_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-_JITTER_P = 0.8
-_GRAYSCALE_P = 0.2
-_FLIP_P = 0.5
-_BLUR_SIGMA = (0.1, 2.0)
-_ATTEMPTS = 10  # random-resized-crop tries before the centre-crop fallback, as torchvision
-
-
-# --------------------------------------------------------------------------------------- checks
-
-
-def _check_range(name: str, value: Sequence[float]) -> Tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a pair (low, high), got {value!r}.") from err
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi < lo:
-        raise ValueError(f"{name} must satisfy 0 < low <= high, got {value!r}.")
-    return lo, hi
-
-
-def _colour_jitter(hue: float, grayscale_p: float) -> Tuple[Tuple[float, float, float, float], float]:
-    """BYOL's jitter with another hue strength, and the grayscale probability, checked."""
-    for name, value, high in (("hue", hue, 0.5), ("grayscale_p", grayscale_p, 1.0)):
-        if isinstance(value, bool) or not (isinstance(value, numbers.Real) and 0.0 <= value <= high):
-            raise ValueError(f"{name} must be a number in [0, {high}], got {value!r}.")
-    return (*_JITTER[:3], float(hue)), float(grayscale_p)
-
-
-def _check_image_size(image_size: Sequence[int]) -> Tuple[int, int]:
-    try:
-        H, W = (int(v) for v in image_size)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"image_size must be a pair (H, W) of pixel counts, got {image_size!r}.") from err
-    if H < 1 or W < 1:
-        raise ValueError(f"image_size must be at least 1 x 1 pixels, got {tuple(image_size)}.")
-    return H, W
-
-
-def _check_boxes(boxes: Tensor, what: str = "boxes") -> Tensor:
-    if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
-        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(f"{what} must be a tensor of shape (n, 4) (normalized xyxy), got {shape}.")
-    boxes = boxes.detach().to("cpu", torch.float64)
-    if not torch.isfinite(boxes).all():
-        raise ValueError(f"{what} contain NaN or Inf values.")
-    if (boxes < 0).any() or (boxes > 1).any():
-        raise ValueError(f"{what} must be normalized xyxy coordinates in [0, 1], got {boxes.tolist()}.")
-    if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
-        raise ValueError(f"{what} must be non-empty (x1 > x0 and y1 > y0), got {boxes.tolist()}.")
-    return boxes
-
-
-def check_crop_size(size: Any) -> int:
-    return check_int("size", size, 2)  # the crops' side, in pixels
-
-
-def _check_count(name: str, value: Any) -> int:
-    return check_int(name, value, 1)
 
 
 # ------------------------------------------------------------------------------------- sampling
@@ -135,7 +63,7 @@ def sample_regions(scores: Tensor, num_regions: int, generator: Optional[torch.G
         >>> sample_regions(torch.tensor([1.0, 0.5, 0.0]), 4, torch.Generator().manual_seed(0))
         tensor([1, 1, 0, 1])
     """
-    num_regions = _check_count("num_regions", num_regions)
+    num_regions = check_int("num_regions", num_regions, 1)
     if not isinstance(scores, Tensor) or scores.ndim != 1:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a 1-D tensor (K,), got {shape}.")
@@ -149,505 +77,6 @@ def sample_regions(scores: Tensor, num_regions: int, generator: Optional[torch.G
     if not (weights > 0).any():
         raise ValueError("All region scores are zero: there is nothing to sample in proportion to.")
     return torch.multinomial(weights, num_regions, replacement=True, generator=generator)
-
-
-def _snap(crop: Tensor, cx: Tensor, cy: Tensor, H: int, W: int) -> Tensor:
-    """Clips pixel-space xyxy crops to the image, rounds them to whole pixels (>= 1 x 1)."""
-    x0 = crop[:, 0].clamp(0, W).round()
-    x1 = crop[:, 2].clamp(0, W).round()
-    y0 = crop[:, 1].clamp(0, H).round()
-    y1 = crop[:, 3].clamp(0, H).round()
-    # A crop that rounds to nothing becomes the pixel holding its centre.
-    px = cx.floor().clamp(0, W - 1)
-    py = cy.floor().clamp(0, H - 1)
-    thin, flat = x1 - x0 < 1, y1 - y0 < 1
-    x0, x1 = torch.where(thin, px, x0), torch.where(thin, px + 1, x1)
-    y0, y1 = torch.where(flat, py, y0), torch.where(flat, py + 1, y1)
-    scale = torch.tensor([W, H, W, H], dtype=crop.dtype)
-    return (torch.stack([x0, y0, x1, y1], dim=1) / scale).float()
-
-
-def sample_crops_in_boxes(
-    boxes: Tensor,
-    image_size: Sequence[int],
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    generator: Optional[torch.Generator] = None,
-    clip: bool = True,
-) -> Tensor:
-    """One rule-R crop inside each of ``n`` boxes (the batched form of :func:`sample_crop_in_box`).
-
-    Args:
-        boxes: (n, 4) region boxes, normalized xyxy in [0, 1], non-empty.
-        image_size: (H, W) of the image in pixels; areas and aspect ratios are measured in pixels.
-        scale: Range of the crop area as a fraction of the **box** area (uniform).
-        ratio: Range of the crop aspect ratio width / height (log-uniform).
-        generator: Random source; torch's global RNG when omitted.
-        clip: When False, return the raw crops (continuous, possibly reaching outside the image)
-            instead of clipping and snapping them; the same generator state gives the same draws
-            either way, so ``clip=False`` exposes the geometry behind each clipped crop.
-
-    Returns:
-        (n, 4) float32 crops, normalized xyxy. With ``clip=True`` they lie in [0, 1], sit on whole
-        pixels and are at least one pixel wide and high.
-
-    Examples:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> boxes = torch.tensor([[0.2, 0.2, 0.6, 0.8], [0.0, 0.0, 1.0, 1.0]])
-        >>> sample_crops_in_boxes(boxes, (480, 640), generator=g).shape
-        torch.Size([2, 4])
-    """
-    boxes = _check_boxes(boxes)
-    H, W = _check_image_size(image_size)
-    s_lo, s_hi = _check_range("scale", scale)
-    r_lo, r_hi = _check_range("ratio", ratio)
-    n = boxes.shape[0]
-    u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
-    px = boxes * torch.tensor([W, H, W, H], dtype=torch.float64)
-    bw, bh = px[:, 2] - px[:, 0], px[:, 3] - px[:, 1]
-    area = (s_lo + (s_hi - s_lo) * u[:, 0]) * bw * bh
-    aspect = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * u[:, 1])
-    w, h = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
-    cx, cy = px[:, 0] + bw * u[:, 2], px[:, 1] + bh * u[:, 3]
-    crop = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
-    if not clip:
-        return (crop / torch.tensor([W, H, W, H], dtype=torch.float64)).float()
-    return _snap(crop, cx, cy, H, W)
-
-
-def sample_crop_in_box(
-    box: Tensor,
-    image_size: Sequence[int],
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """A crop by SGCL's rule R inside one region box.
-
-    The crop area is uniform in ``scale`` x the box area (in pixels of the image), the aspect ratio
-    (width / height in pixels) log-uniform in ``ratio``, the centre uniform inside the box; the
-    crop is clipped to the image and snapped to whole pixels, at least one pixel wide and high. It
-    may reach outside the box (up to half its size on each side), never outside the image.
-
-    Args:
-        box: (4,) region box, normalized xyxy in [0, 1], non-empty.
-        image_size: (H, W) of the image in pixels.
-        scale: Range of the crop area as a fraction of the box area.
-        ratio: Range of the crop aspect ratio.
-        generator: Random source; torch's global RNG when omitted.
-
-    Returns:
-        (4,) float32 crop, normalized xyxy in [0, 1].
-
-    Examples:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> crop = sample_crop_in_box(torch.tensor([0.25, 0.25, 0.75, 0.75]), (96, 96), generator=g)
-        >>> crop.shape, bool((crop >= 0).all() and (crop <= 1).all())
-        (torch.Size([4]), True)
-    """
-    if not isinstance(box, Tensor) or box.shape != (4,):
-        shape = tuple(box.shape) if isinstance(box, Tensor) else type(box).__name__
-        raise ValueError(f"box must be a tensor of shape (4,) (normalized xyxy), got {shape}.")
-    return sample_crops_in_boxes(box[None], image_size, scale, ratio, generator)[0]
-
-
-def jitter_boxes(
-    boxes: Tensor,
-    jitter: float,
-    image_size: Sequence[int],
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Moves every edge of each box by a uniform random amount, up to ``jitter`` x the box's side.
-
-    The box jitter of SGCL's augmentation T (Eq. 6): each of the four edges of box ``b`` moves
-    independently by ``u * jitter * side``, ``u`` uniform in [-1, 1] (``side`` = the box's width for
-    x edges, its height for y edges); the result is clipped to the image and kept at least one pixel
-    wide and high (a box whose edges cross keeps its original extent on that axis).
-
-    Args:
-        boxes: (n, 4) normalized xyxy boxes in [0, 1], non-empty.
-        jitter: Largest move of an edge as a fraction of the box side, >= 0 (0 returns the boxes).
-        image_size: (H, W) of the image in pixels (sets the one-pixel floor).
-        generator: Random source; torch's global RNG when omitted.
-
-    Returns:
-        (n, 4) float32 boxes, normalized xyxy in [0, 1].
-
-    Examples:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> jitter_boxes(torch.tensor([[0.2, 0.2, 0.6, 0.6]]), 0.1, (100, 100), generator=g).shape
-        torch.Size([1, 4])
-    """
-    boxes = _check_boxes(boxes)
-    H, W = _check_image_size(image_size)
-    if not (isinstance(jitter, numbers.Real) and math.isfinite(jitter) and jitter >= 0):
-        raise ValueError(f"box jitter must be a finite number >= 0, got {jitter!r}.")
-    if jitter == 0:
-        return boxes.float()
-    u = torch.rand(boxes.shape[0], 4, generator=generator, dtype=torch.float64) * 2 - 1
-    side = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # (bw, bh, bw, bh)
-    moved = (boxes + u * float(jitter) * side).clamp(0, 1)
-    min_w, min_h = 1.0 / W, 1.0 / H
-    bad_x = moved[:, 2] - moved[:, 0] < min_w
-    bad_y = moved[:, 3] - moved[:, 1] < min_h
-    moved[bad_x, 0::2] = boxes[bad_x, 0::2]
-    moved[bad_y, 1::2] = boxes[bad_y, 1::2]
-    return moved.float()
-
-
-def random_resized_crop_boxes(
-    n: int,
-    image_size: Sequence[int],
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """``n`` independent BYOL random-resized crops of a whole image (torchvision's rule).
-
-    Area uniform in ``scale`` x the image area and aspect ratio log-uniform in ``ratio``, both in
-    whole pixels, with the crop placed uniformly so that it lies **inside** the image; up to 10
-    draws are tried per crop, after which the largest centred crop with an aspect ratio in
-    ``ratio`` is used (as ``torchvision.transforms.RandomResizedCrop`` does). This is rule R on
-    the whole image except that the crop is placed to fit rather than centred anywhere and clipped,
-    which is what BYOL (the pre-refresh phase) does.
-
-    Args:
-        n: Number of crops.
-        image_size: (H, W) of the image in pixels.
-        scale: Range of the crop area as a fraction of the image area.
-        ratio: Range of the crop aspect ratio.
-        generator: Random source; torch's global RNG when omitted.
-
-    Returns:
-        (n, 4) float32 crops, normalized xyxy on whole pixels.
-
-    Examples:
-        >>> random_resized_crop_boxes(3, (480, 640), generator=torch.Generator().manual_seed(0)).shape
-        torch.Size([3, 4])
-    """
-    n = _check_count("n", n)
-    H, W = _check_image_size(image_size)
-    s_lo, s_hi = _check_range("scale", scale)
-    r_lo, r_hi = _check_range("ratio", ratio)
-    u = torch.rand(n, _ATTEMPTS + 1, 2, generator=generator, dtype=torch.float64)
-    tries, place = u[:, :_ATTEMPTS], u[:, _ATTEMPTS]
-    area = (s_lo + (s_hi - s_lo) * tries[..., 0]) * (H * W)
-    aspect = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * tries[..., 1])
-    w, h = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
-    fits = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)
-    first = fits.to(torch.int64).argmax(dim=1, keepdim=True)
-    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
-    # Fallback: the largest centred crop whose aspect ratio is within ``ratio``.
-    if W / H < r_lo:
-        fw, fh = W, min(H, max(1, round(W / r_lo)))
-    elif W / H > r_hi:
-        fw, fh = min(W, max(1, round(H * r_hi))), H
-    else:
-        fw, fh = W, H
-    ok = fits.any(dim=1)
-    w = torch.where(ok, w, torch.full_like(w, float(fw)))
-    h = torch.where(ok, h, torch.full_like(h, float(fh)))
-    left = torch.where(ok, (place[:, 0] * (W - w + 1)).floor().clamp(max=W - w), torch.full_like(w, (W - fw) // 2))
-    top = torch.where(ok, (place[:, 1] * (H - h + 1)).floor().clamp(max=H - h), torch.full_like(h, (H - fh) // 2))
-    crop = torch.stack([left, top, left + w, top + h], dim=1)
-    return (crop / torch.tensor([W, H, W, H], dtype=torch.float64)).float()
-
-
-def random_resized_crop_box(
-    image_size: Sequence[int],
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """One BYOL random-resized crop of a whole image; see :func:`random_resized_crop_boxes`.
-
-    Args:
-        image_size: (H, W) of the image in pixels.
-        scale: Range of the crop area as a fraction of the image area.
-        ratio: Range of the crop aspect ratio.
-        generator: Random source; torch's global RNG when omitted.
-
-    Returns:
-        (4,) float32 crop, normalized xyxy on whole pixels, inside the image.
-
-    Examples:
-        >>> random_resized_crop_box((224, 224), generator=torch.Generator().manual_seed(0)).shape
-        torch.Size([4])
-    """
-    return random_resized_crop_boxes(1, image_size, scale, ratio, generator)[0]
-
-
-def crop_and_resize(image: Tensor, boxes: Tensor, size: int) -> Tensor:
-    """Cuts normalized xyxy boxes out of an image and resizes each to ``size`` x ``size``.
-
-    Box edges are rounded to whole pixels (at least one pixel kept); resizing is bilinear with
-    antialiasing, as torchvision's ``RandomResizedCrop`` does on tensors.
-
-    Args:
-        image: (C, H, W) float image.
-        boxes: (n, 4) normalized xyxy boxes in [0, 1].
-        size: Output side length.
-
-    Returns:
-        (n, C, size, size) crops, same dtype as ``image``.
-
-    Examples:
-        >>> crop_and_resize(torch.rand(3, 120, 160), torch.tensor([[0.0, 0.0, 0.5, 0.5]]), 32).shape
-        torch.Size([1, 3, 32, 32])
-    """
-    size = check_crop_size(size)
-    if not isinstance(image, Tensor) or image.ndim != 3:
-        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        raise ValueError(f"image must be a (C, H, W) tensor, got {shape}.")
-    boxes = _check_boxes(boxes)
-    _, H, W = image.shape
-    px = (boxes * torch.tensor([W, H, W, H], dtype=torch.float64)).round().long()
-    x0, y0 = px[:, 0].clamp(0, W - 1), px[:, 1].clamp(0, H - 1)
-    x1, y1 = torch.maximum(px[:, 2], x0 + 1), torch.maximum(px[:, 3], y0 + 1)
-    out = image.new_empty(boxes.shape[0], image.shape[0], size, size)
-    for k, (a, b, c, d) in enumerate(zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist())):
-        patch = image[None, :, b:d, a:c]
-        if patch.shape[-2:] == (size, size):
-            out[k] = patch[0]
-        else:
-            out[k] = F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-    return out
-
-
-# ---------------------------------------------------------------------------------- augmentation
-
-
-def _blur_kernel(size: int) -> int:
-    """BYOL's blur kernel: about 10% of the crop side, odd (23 px at 224, 9 px at 96), at least 3."""
-    k = max(3, int(0.1 * size))
-    return k if k % 2 == 1 else k + 1
-
-
-def byol_view_transforms(
-    size: int = 96,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    hue: float = _JITTER[3],
-    grayscale_p: float = _GRAYSCALE_P,
-) -> Tuple[ViewTransform, ViewTransform]:
-    """BYOL's two view augmentations, for (3, size, size) float crops in [0, 1].
-
-    Both: horizontal flip (p 0.5), colour jitter (brightness 0.4, contrast 0.4, saturation 0.2,
-    hue 0.1; p 0.8; random order), grayscale (p 0.2), Gaussian blur (kernel ~10% of ``size``,
-    sigma in (0.1, 2.0)), solarize at 0.5, then normalization. Blur p is 1.0 for view 1 and 0.1 for
-    view 2; solarize p is 0.0 for view 1 and 0.2 for view 2 (Grill et al. 2020, Table 6).
-
-    Args:
-        size: Side of the crops (sets the blur kernel).
-        mean: Per-channel normalization mean.
-        std: Per-channel normalization std.
-        hue: Hue jitter (BYOL: 0.1; 0.5 draws any hue). Stronger than BYOL's where the colour of an
-            object says nothing of its class but identifies it (the composed scenes' random hues).
-        grayscale_p: Probability of the grayscale step (BYOL: 0.2).
-
-    Returns:
-        ``(view1, view2)``: ``torchvision.transforms.v2`` pipelines on tensors.
-
-    Examples:
-        >>> view1, view2 = byol_view_transforms(96)
-        >>> view1(torch.rand(3, 96, 96)).shape
-        torch.Size([3, 96, 96])
-    """
-    from torchvision.transforms import v2
-
-    size = check_crop_size(size)
-    kernel = _blur_kernel(size)
-    jitter, gray_p = _colour_jitter(hue, grayscale_p)
-
-    def pipeline(blur_p: float, solarize_p: float) -> ViewTransform:
-        steps = [
-            v2.RandomHorizontalFlip(p=_FLIP_P),
-            v2.RandomApply([v2.ColorJitter(*jitter)], p=_JITTER_P),
-            v2.RandomGrayscale(p=gray_p),
-        ]
-        blur = v2.GaussianBlur(kernel, sigma=_BLUR_SIGMA)
-        steps.append(blur if blur_p >= 1.0 else v2.RandomApply([blur], p=blur_p))
-        if solarize_p > 0:
-            steps.append(v2.RandomSolarize(threshold=0.5, p=solarize_p))
-        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
-        return v2.Compose(steps)
-
-    return pipeline(_BLUR_P[0], _SOLARIZE_P[0]), pipeline(_BLUR_P[1], _SOLARIZE_P[1])
-
-
-def _size_pair(value: Any) -> Optional[Tuple[int, int]]:
-    """(h, w) of a torchvision ``size`` argument; None when it only fixes the shorter side."""
-    if isinstance(value, numbers.Integral):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) in (1, 2):
-        return int(value[0]), int(value[-1])
-    return None
-
-
-def _pipeline_steps(transform: Any, depth: int = 0) -> List[Any]:
-    """The steps of a view transform: torchvision ``Compose`` / ``RandomApply`` children, lightly's and
-    solo's pipelines (a ``transform`` attribute), nested ones included."""
-    if depth > 8:
-        return []
-    steps: List[Any] = []
-    inner = getattr(transform, "transform", None)  # lightly's view transforms, PILView
-    if inner is not None and inner is not transform:
-        steps += _pipeline_steps(inner, depth + 1)
-    children = getattr(transform, "transforms", None)  # Compose, RandomApply, RandomOrder
-    if isinstance(children, (list, tuple)):
-        for child in children:
-            steps.append(child)
-            steps += _pipeline_steps(child, depth + 1)
-    return steps
-
-
-def check_view_transform(transform: Any, size: int, name: str = "view transform") -> None:
-    """Rejects a view transform that would crop again or resize to another side than ``size``.
-
-    The saliency-guided crop is already cut and resized to ``size``: a ``RandomResizedCrop`` of
-    scale below 1 (lightly's default view transforms, solo-learn's ``rrc``) would crop a second
-    time, a resize or crop to another size would break the batch.
-
-    Raises:
-        TypeError: not callable.
-        ValueError: a second crop or a mismatched size.
-    """
-    from torchvision import transforms as T1
-    from torchvision.transforms import v2 as T2
-
-    if not callable(transform):
-        raise TypeError(f"{name} must be a callable view transform, got {type(transform).__name__}.")
-    for step in _pipeline_steps(transform):
-        if isinstance(step, (T1.RandomResizedCrop, T2.RandomResizedCrop)):
-            got = _size_pair(step.size)
-            if got != (size, size):
-                raise ValueError(
-                    f"Mismatched crop sizes: {name} resizes to {got} but the crops are {size} x {size}; build it "
-                    f"for {size} px (lightly: input_size={size})."
-                )
-            if min(float(s) for s in step.scale) < 1.0:
-                raise ValueError(
-                    f"{name} crops again (RandomResizedCrop scale={tuple(step.scale)}): the saliency-guided crop is "
-                    "already cut. Use scale (1, 1), the identity on a square crop (lightly: min_scale=1.0, e.g. "
-                    f"BYOLView1Transform(input_size={size}, min_scale=1.0); solo-learn: rrc disabled)."
-                )
-        elif isinstance(step, (T1.Resize, T2.Resize, T1.CenterCrop, T2.CenterCrop, T1.RandomCrop, T2.RandomCrop)):
-            got = _size_pair(step.size)
-            if got is not None and got != (size, size):
-                raise ValueError(
-                    f"Mismatched crop sizes: {name} has {type(step).__name__}(size={step.size}) but the crops are "
-                    f"{size} x {size}."
-                )
-
-
-class PILView:
-    """Runs a PIL-based view transform (torchvision, lightly, solo-learn pipelines) on one crop tensor.
-
-    The crop, a (3, size, size) float tensor in [0, 1], becomes the 8-bit RGB PIL image a dataset
-    would have handed the transform (lightly's ``RandomSolarization`` fails on tensors); the output
-    must be a tensor, of shape (3, size, size) when ``size`` is given.
-
-    Args:
-        transform: The view transform (PIL image in, tensor out).
-        size: The crop side it must keep, or None (not checked).
-        name: Its name in error messages.
-    """
-
-    def __init__(self, transform: Callable[[Any], Tensor], size: Optional[int] = None, name: str = "view") -> None:
-        if not callable(transform):
-            raise TypeError(f"{name} must be callable, got {type(transform).__name__}.")
-        self.transform, self.size, self.name = transform, size, name
-
-    def __call__(self, crop: Tensor) -> Tensor:
-        from PIL import Image
-
-        array = crop.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-        out = self.transform(Image.fromarray(array, mode="RGB"))
-        if not isinstance(out, Tensor):
-            raise TypeError(f"{self.name} returned a {type(out).__name__}, not a tensor: end it with ToTensor().")
-        if self.size is not None and tuple(out.shape) != (3, self.size, self.size):
-            raise ValueError(
-                f"Mismatched crop sizes: {self.name} returned shape {tuple(out.shape)} for a {self.size} x "
-                f"{self.size} crop; it must keep the crop size (3, {self.size}, {self.size})."
-            )
-        return out
-
-    def __repr__(self) -> str:
-        return f"PILView({self.transform!r}, size={self.size})"
-
-
-class BatchViewAugment(torch.nn.Module):
-    """BYOL's view-1 or view-2 augmentation on a whole batch of crops, on the batch's device (kornia).
-
-    The GPU counterpart of :func:`byol_view_transforms`: every image of the batch gets its own
-    random parameters. Use it on the un-augmented crops of
-    ``SaliencyCropTransform(..., augment=False)``.
-
-    Args:
-        view: 1 or 2 (blur p 1.0 / 0.1, solarize p 0.0 / 0.2).
-        size: Side of the crops (sets the blur kernel, as on the CPU path).
-        mean: Per-channel normalization mean.
-        std: Per-channel normalization std.
-        hue: Hue jitter, as in :func:`byol_view_transforms`.
-        grayscale_p: Probability of the grayscale step, as in :func:`byol_view_transforms`.
-
-    Raises:
-        ImportError: kornia is not installed.
-
-    Examples:
-        >>> aug1, aug2 = BatchViewAugment(1), BatchViewAugment(2)
-        >>> batch = next(iter(loader))  # from SaliencyCropDataset(..., augment=False)
-        >>> v1 = aug1(batch["views1"].flatten(0, 1).cuda())  # (B * t, 3, 96, 96)
-        >>> v2 = aug2(batch["views2"].flatten(0, 1).cuda())
-    """
-
-    def __init__(
-        self,
-        view: int = 1,
-        size: int = 96,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        hue: float = _JITTER[3],
-        grayscale_p: float = _GRAYSCALE_P,
-    ) -> None:
-        super().__init__()
-        jitter, gray_p = _colour_jitter(hue, grayscale_p)
-        try:
-            import kornia.augmentation as K
-        except ImportError as err:
-            raise ImportError(
-                "BatchViewAugment needs kornia: pip install 'sgcl_plugin[kornia]' (or pip install kornia)."
-            ) from err
-        if view not in (1, 2):
-            raise ValueError(f"view must be 1 or 2, got {view!r}.")
-        self.view = view
-        self.size = check_crop_size(size)
-        blur_p, solarize_p = _BLUR_P[view - 1], _SOLARIZE_P[view - 1]
-        steps = [
-            K.RandomHorizontalFlip(p=_FLIP_P),
-            # kornia's ColorJitter uses torchvision's formulas (ColorJiggle does not).
-            K.ColorJitter(*jitter, p=_JITTER_P),
-            K.RandomGrayscale(p=gray_p),
-            K.RandomGaussianBlur(_blur_kernel(self.size), _BLUR_SIGMA, p=blur_p),
-        ]
-        if solarize_p > 0:
-            steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold 0.5
-        steps.append(K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
-        self.augment = torch.nn.Sequential(*steps)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Augments (n, 3, H, W) float images in [0, 1]; returns (n, 3, H, W) normalized views."""
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"BatchViewAugment expects a (n, 3, H, W) batch, got {shape}.")
-        if not images.is_floating_point():
-            raise ValueError(f"BatchViewAugment expects float images in [0, 1], got {images.dtype}.")
-        if images.shape[0] == 0:
-            return images.clone()
-        return self.augment(images)
-
-    def extra_repr(self) -> str:
-        return f"view={self.view}, size={self.size}"
 
 
 # ------------------------------------------------------------------------------------ transform
@@ -678,20 +107,23 @@ class RegionCrops:
 
     For an image and its regions (boxes and scores): draw ``num_regions`` regions with replacement and
     probability proportional to their scores; for each, two independent rule-R crops inside its box
-    (:func:`sample_crops_in_boxes`), cut out and resized to ``size`` (bilinear, antialiased), then
-    the view-1 / view-2 augmentations. An image without regions (before the first refresh) gets
-    pairs of independent BYOL random-resized crops of the whole image, with score 1.0 and region -1.
+    (:func:`~sgcl_plugin.boxes.sample_crops_in_boxes`), cut out and resized to ``size`` (bilinear,
+    antialiased), then the view-1 / view-2 augmentations. An image without regions (before the first
+    refresh) gets pairs of independent BYOL random-resized crops of the whole image, with score 1.0
+    and region -1.
 
     It reads no bank: in the torchvision-v2 style it takes ``(image, boxes, scores)`` and fits in a
-    ``v2.Compose``; :class:`SaliencyCropTransform` is this step fed from a bank by dataset index.
+    ``v2.Compose``; :class:`SaliencyCropTransform` is this step fed from a bank by dataset index. Its
+    arguments are the crop options, declared, documented and checked here only.
 
     Args:
         num_regions: Pairs per image (t; paper: 4).
         size: Side of the crops (paper: 96).
-        view_transforms: ``None`` or ``"byol"`` for :func:`byol_view_transforms`, or a pair of
-            callables on (3, size, size) float tensors in [0, 1].
+        view_transforms: ``None`` or ``"byol"`` for :func:`~sgcl_plugin.views.byol_view_transforms`, or
+            a pair of callables on (3, size, size) float tensors in [0, 1].
         augment: False returns the resized crops in [0, 1] without view augmentation, for a batched
-            GPU path (:class:`BatchViewAugment`); then ``view_transforms`` must be left unset.
+            GPU path (:class:`~sgcl_plugin.views.BatchViewAugment`); then ``view_transforms`` must be
+            left unset.
         scale: Crop area range, as a fraction of the region box (of the image before a refresh).
         ratio: Crop aspect ratio range.
         before_refresh: What an image without regions gets: ``"crops"`` (default) two independent
@@ -700,8 +132,8 @@ class RegionCrops:
             1, and two rule-R crops inside each.
         box_jitter: Box jitter of the augmentation T (Eq. 6) before the rule-R crops: each edge of
             the sampled region box moves by up to this fraction of the box side, independently for
-            the two views (:func:`jitter_boxes`). 0 (default) turns it off; see docs/RESULTS.md for what it does
-            to the pairs.
+            the two views (:func:`~sgcl_plugin.boxes.jitter_boxes`). 0 (default) turns it off; see
+            docs/RESULTS.md for what it does to the pairs.
 
     Examples:
         >>> crops = RegionCrops(num_regions=4, size=96)
@@ -721,40 +153,24 @@ class RegionCrops:
         before_refresh: str = "crops",
         box_jitter: float = 0.0,
     ) -> None:
-        self.num_regions = _check_count("num_regions", num_regions)
+        self.num_regions = check_int("num_regions", num_regions, 1)
         self.size = check_crop_size(size)
-        self.scale = _check_range("scale", scale)
-        self.ratio = _check_range("ratio", ratio)
+        self.scale = check_range("scale", scale)
+        self.ratio = check_range("ratio", ratio)
         if before_refresh not in BEFORE_REFRESH:
             raise ValueError(f"before_refresh must be one of {BEFORE_REFRESH}, got {before_refresh!r}.")
         self.before_refresh = before_refresh
-        if isinstance(box_jitter, bool) or not (
-            isinstance(box_jitter, numbers.Real) and math.isfinite(box_jitter) and 0 <= box_jitter
-        ):
-            raise ValueError(f"box_jitter must be a finite number >= 0, got {box_jitter!r}.")
-        self.box_jitter: float = float(box_jitter)
-        self.augment: bool = bool(augment)
-        if not self.augment:
-            if view_transforms is not None:
-                raise ValueError("augment=False returns un-augmented crops: leave view_transforms unset.")
-            self.view_transforms: Optional[Tuple[ViewTransform, ViewTransform]] = None
-        elif view_transforms is None or (isinstance(view_transforms, str) and view_transforms == "byol"):
-            self.view_transforms = byol_view_transforms(self.size)
-        elif isinstance(view_transforms, str):
-            raise ValueError(f"Unknown view_transforms {view_transforms!r}: use 'byol' or a pair of callables.")
-        else:
-            pair = tuple(view_transforms)
-            if len(pair) != 2 or not all(callable(t) for t in pair):
-                raise ValueError("view_transforms must be 'byol' or a pair (view1, view2) of callables.")
-            for view, name in zip(pair, ("view 1 transform", "view 2 transform")):
-                check_view_transform(view, self.size, getattr(view, "name", name))
-            self.view_transforms = pair  # type: ignore[assignment]
+        self.box_jitter = check_number("box_jitter", box_jitter, 0)
+        self.augment = bool(augment)
+        self.view_transforms = _view_pair(view_transforms, self.augment, self.size)
 
     def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._options_repr()})"
+
+    def _options_repr(self) -> str:
         return (
-            f"{type(self).__name__}(num_regions={self.num_regions}, size={self.size}, augment={self.augment}, "
-            f"scale={self.scale}, ratio={self.ratio}, before_refresh={self.before_refresh!r}, "
-            f"box_jitter={self.box_jitter})"
+            f"num_regions={self.num_regions}, size={self.size}, augment={self.augment}, scale={self.scale}, "
+            f"ratio={self.ratio}, before_refresh={self.before_refresh!r}, box_jitter={self.box_jitter}"
         )
 
     def region_boxes(
@@ -775,7 +191,7 @@ class RegionCrops:
             chosen = random_resized_crop_boxes(t, image_size, self.scale, self.ratio)
             scores_t, regions = torch.ones(t), torch.full((t,), -1, dtype=torch.int64)
         else:
-            _check_boxes(boxes, what=what)
+            check_boxes(boxes, what=what)
             if not isinstance(scores, Tensor) or scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
                 shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
                 raise ValueError(
@@ -822,6 +238,26 @@ class RegionCrops:
         return self.crop(image, boxes, scores)
 
 
+def _view_pair(
+    view_transforms: Optional[Union[str, Sequence[ViewTransform]]], augment: bool, size: int
+) -> Optional[Tuple[ViewTransform, ViewTransform]]:
+    """RegionCrops' ``(view1, view2)`` augmentations, checked; None with ``augment=False``."""
+    if not augment:
+        if view_transforms is not None:
+            raise ValueError("augment=False returns un-augmented crops: leave view_transforms unset.")
+        return None
+    if view_transforms is None or (isinstance(view_transforms, str) and view_transforms == "byol"):
+        return byol_view_transforms(size)
+    if isinstance(view_transforms, str):
+        raise ValueError(f"Unknown view_transforms {view_transforms!r}: use 'byol' or a pair of callables.")
+    pair = tuple(view_transforms)
+    if len(pair) != 2 or not all(callable(t) for t in pair):
+        raise ValueError("view_transforms must be 'byol' or a pair (view1, view2) of callables.")
+    for view, name in zip(pair, ("view 1 transform", "view 2 transform")):
+        check_view_transform(view, size, getattr(view, "name", name))
+    return pair  # type: ignore[return-value]
+
+
 def _normalized_boxes(boxes: Any) -> Tensor:
     """(K, 4) normalized xyxy from a tensor of them or from torchvision ``BoundingBoxes`` (pixels, any format)."""
     canvas = getattr(boxes, "canvas_size", None)
@@ -840,16 +276,41 @@ def _normalized_boxes(boxes: Any) -> Tensor:
     return out
 
 
-class SaliencyCropTransform(RegionCrops):
-    """SGCL's crop transform: :class:`RegionCrops` of the regions the bank holds for each image.
+def _read_regions(bank: SaliencyBank, index: int) -> Tuple[Tensor, Tensor, str]:
+    """The regions ``bank`` holds for image ``index``: ``(boxes, scores, what)``, ``what`` naming them in errors.
+
+    The crop step's one read of a bank (:class:`SaliencyCropTransform` and :class:`SaliencyCropDataset`
+    alike), made at every call so that a refresh reaches running DataLoader workers.
+
+    Raises:
+        IndexError: ``index`` is outside the bank.
+    """
+    boxes, scores = bank[index]
+    return boxes, scores, f"bank[{index}] boxes"
+
+
+class SaliencyCropTransform:
+    """SGCL's crop transform: a :class:`RegionCrops` fed, by dataset index, the regions the bank holds.
 
     ``transform(image, index)`` reads ``bank[index]`` at every call (so refreshes are seen by running
-    DataLoader workers) and returns :meth:`RegionCrops.crop` of them.
+    DataLoader workers) and returns :meth:`RegionCrops.crop` of them. The crop options are the
+    :class:`RegionCrops`' own, by position or keyword, with its defaults; the transform reads them, and
+    every other public attribute of :attr:`crops`, through (``transform.size`` is ``transform.crops.size``).
 
     Args:
         bank: The :class:`~sgcl_plugin.bank.SaliencyBank` of the dataset.
-        **kwargs: :class:`RegionCrops` options (``num_regions``, ``size``, ``view_transforms``,
-            ``augment``, ``scale``, ``ratio``, ``before_refresh``, ``box_jitter``).
+        *args: :class:`RegionCrops`' arguments by position (``num_regions``, ``size``, ...).
+        crops: A :class:`RegionCrops` to use as it is, instead of ``args`` / ``options``.
+        **options: :class:`RegionCrops`' arguments by keyword (``num_regions``, ``size``,
+            ``view_transforms``, ``augment``, ``scale``, ``ratio``, ``before_refresh``, ``box_jitter``).
+
+    Attributes:
+        bank: The bank the regions are read from.
+        crops: The crop step.
+
+    Raises:
+        TypeError: ``bank`` is not a ``SaliencyBank``; ``crops`` is not a ``RegionCrops``, or comes with options.
+        ValueError: a bad crop option (as :class:`RegionCrops`).
 
     Examples:
         >>> transform = SaliencyCropTransform(bank, num_regions=4, size=96)
@@ -858,23 +319,25 @@ class SaliencyCropTransform(RegionCrops):
         (torch.Size([4, 3, 96, 96]), torch.Size([4]))
     """
 
-    def __init__(
-        self,
-        bank: SaliencyBank,
-        num_regions: int = 4,
-        size: int = 96,
-        view_transforms: Optional[Union[str, Sequence[ViewTransform]]] = None,
-        augment: bool = True,
-        scale: Sequence[float] = (0.08, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        before_refresh: str = "crops",
-        box_jitter: float = 0.0,
-    ) -> None:
+    def __init__(self, bank: SaliencyBank, *args: Any, crops: Optional[RegionCrops] = None, **options: Any) -> None:
         if not isinstance(bank, SaliencyBank):
             raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
         self.bank = bank
         bank.read_by_crops()  # a refresh without this bank then warns: its regions would reach no crop
-        super().__init__(num_regions, size, view_transforms, augment, scale, ratio, before_refresh, box_jitter)
+        self.crops = _crop_step(crops, args, options)
+
+    def __getattr__(self, name: str) -> Any:
+        """The public attributes and methods of :attr:`crops` (its options, ``crop``, ``region_boxes``)."""
+        missing = AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name.startswith("_") or name == "crops":  # no crops yet: while unpickling, or before __init__ set it
+            raise missing
+        try:
+            return getattr(self.crops, name)
+        except AttributeError:
+            raise missing from None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.crops._options_repr()})"
 
     def sample_boxes(self, index: int, image_size: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """The crop geometry of one call: ``(boxes1, boxes2, scores, regions)`` for image ``index``.
@@ -883,13 +346,40 @@ class SaliencyCropTransform(RegionCrops):
             IndexError: ``index`` is outside the bank.
             ValueError: the bank entry holds boxes outside [0, 1], empty boxes or bad scores.
         """
-        boxes, scores = self.bank[index]
-        return self.region_boxes(boxes, scores, image_size, what=f"bank[{index}] boxes")
+        boxes, scores, what = _read_regions(self.bank, index)
+        return self.crops.region_boxes(boxes, scores, image_size, what)
 
-    def __call__(self, image: Any, index: int) -> CropSample:  # type: ignore[override]
+    def __call__(self, image: Any, index: int) -> CropSample:
         """Makes the t view pairs of ``image`` (PIL, HWC array or CHW tensor), dataset index ``index``."""
-        boxes, scores = self.bank[index]
-        return self.crop(image, boxes, scores, what=f"bank[{index}] boxes")
+        return self.crops.crop(image, *_read_regions(self.bank, index))
+
+
+def _crop_step(crops: Optional[RegionCrops], args: Tuple[Any, ...], options: Dict[str, Any]) -> RegionCrops:
+    """A :class:`SaliencyCropTransform`'s crop step: ``crops`` as given, or a :class:`RegionCrops` of the options."""
+    if crops is None:
+        return RegionCrops(*args, **options)
+    if args or options:
+        raise TypeError(
+            "Pass either crops= (a RegionCrops) or the crop options (num_regions=, size=, ...), not both: "
+            "a RegionCrops has its options already."
+        )
+    if not isinstance(crops, RegionCrops):
+        raise TypeError(f"crops must be a RegionCrops, got {type(crops).__name__}.")
+    return crops
+
+
+def _transform_signature() -> inspect.Signature:
+    """``SaliencyCropTransform(bank, <RegionCrops' options>, *, crops=None)``, as ``help`` and ``inspect`` show it:
+    built from :class:`RegionCrops`' own signature, where the options are declared."""
+    own = inspect.signature(SaliencyCropTransform.__init__).parameters
+    options = list(inspect.signature(RegionCrops.__init__).parameters.values())[1:]  # without self
+    return inspect.Signature([own["self"], own["bank"], *options, own["crops"]], return_annotation=None)
+
+
+SaliencyCropTransform.__init__.__signature__ = _transform_signature()  # type: ignore[attr-defined]
+
+CropStep = Union[SaliencyCropTransform, RegionCrops]
+"""What a :class:`SaliencyCropDataset` crops with: a bank-fed transform, or a crop step and a bank."""
 
 
 # -------------------------------------------------------------------------------------- dataset
@@ -929,7 +419,7 @@ class SaliencyCropDataset(Dataset):
     def __init__(
         self,
         dataset: Any,
-        transform: Optional[RegionCrops] = None,
+        transform: Optional[CropStep] = None,
         fallback_transform: Optional[Callable[[Any], Any]] = None,
         bank: Optional[SaliencyBank] = None,
     ) -> None:
@@ -938,19 +428,24 @@ class SaliencyCropDataset(Dataset):
             raise TypeError("fallback_transform must be callable.")
         self.dataset = dataset
         self.fallback_transform = fallback_transform
-        self.transform: Optional[RegionCrops] = None
+        self.transform: Optional[CropStep] = None
+        self._crops: Optional[RegionCrops] = None
         self._bank: Optional[SaliencyBank] = None
         if transform is not None:
             self.attach(transform, bank)
 
-    def attach(self, transform: RegionCrops, bank: Optional[SaliencyBank] = None) -> None:
+    def attach(self, transform: CropStep, bank: Optional[SaliencyBank] = None) -> None:
         """Sets the crop step and the bank the dataset looks regions up in (default: the transform's own,
         for a :class:`SaliencyCropTransform`); the bank must have one row per image."""
-        if not isinstance(transform, RegionCrops):
+        if isinstance(transform, SaliencyCropTransform):
+            crops, own_bank = transform.crops, transform.bank
+        elif isinstance(transform, RegionCrops):
+            crops, own_bank = transform, None
+        else:
             raise TypeError(
                 f"transform must be a SaliencyCropTransform or RegionCrops, got {type(transform).__name__}."
             )
-        bank = bank if bank is not None else getattr(transform, "bank", None)
+        bank = bank if bank is not None else own_bank
         if not isinstance(bank, SaliencyBank):
             raise TypeError(f"A RegionCrops transform needs the dataset's bank: pass bank=, got {type(bank).__name__}.")
         if len(bank) != len(self):
@@ -958,7 +453,7 @@ class SaliencyCropDataset(Dataset):
                 f"The bank holds {len(bank)} images but the dataset has {len(self)}: create it with "
                 "SaliencyBank(len(dataset))."
             )
-        self.transform, self._bank = transform, bank
+        self.transform, self._crops, self._bank = transform, crops, bank
 
     @property
     def bank(self) -> Optional[SaliencyBank]:
@@ -982,9 +477,8 @@ class SaliencyCropDataset(Dataset):
                     "before the DataLoader starts its workers."
                 )
             return self.format_fallback(index, item, self.fallback_transform(item.image))
-        assert self._bank is not None
-        boxes, scores = self._bank[index]  # the bank lookup: the crop step itself is stateless
-        return self.format(index, item, self.transform.crop(item.image, boxes, scores, what=f"bank[{index}] boxes"))
+        assert self._crops is not None and self._bank is not None
+        return self.format(index, item, self._crops.crop(item.image, *_read_regions(self._bank, index)))
 
     def format(self, index: int, item: ImageItem, sample: CropSample) -> Any:
         """The item handed to the DataLoader; override it for another host's layout."""

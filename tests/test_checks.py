@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgcl_plugin.checks import check_int, check_not_meta, check_number
+from sgcl_plugin.checks import check_int, check_not_meta, check_number, check_range
 
 
 def test_check_int() -> None:
@@ -23,6 +23,16 @@ def test_check_number() -> None:
     for bad in (float("nan"), float("inf"), -1.0, True, "1"):
         with pytest.raises(ValueError, match="x must be a finite number >= 0"):
             check_number("x", bad, 0)
+
+
+def test_check_range() -> None:
+    assert check_range("scale", (0.08, 1)) == (0.08, 1.0) and check_range("ratio", [np.float32(2), 2]) == (2.0, 2.0)
+    for bad in (0.5, (1.0,), (1, 2, 3), ("a", 1), None):
+        with pytest.raises(ValueError, match=r"scale must be a pair \(low, high\), got"):
+            check_range("scale", bad)
+    for bad in ((0.0, 1.0), (-1, 1), (2, 1), (0.1, float("inf")), (float("nan"), 1)):
+        with pytest.raises(ValueError, match="scale must satisfy 0 < low <= high, got"):
+            check_range("scale", bad)
 
 
 def test_check_not_meta() -> None:

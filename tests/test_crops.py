@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import pickle
@@ -15,21 +16,17 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import RandomResizedCrop
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.crops import (
-    BatchViewAugment,
-    CropSample,
-    SaliencyCropDataset,
-    SaliencyCropTransform,
-    byol_view_transforms,
+from sgcl_plugin.boxes import (
     crop_and_resize,
     jitter_boxes,
     random_resized_crop_box,
     random_resized_crop_boxes,
     sample_crop_in_box,
     sample_crops_in_boxes,
-    sample_regions,
 )
+from sgcl_plugin.crops import CropSample, RegionCrops, SaliencyCropDataset, SaliencyCropTransform, sample_regions
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
+from sgcl_plugin.views import BatchViewAugment, byol_view_transforms
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -335,6 +332,43 @@ def test_bad_transform_input() -> None:
         SaliencyCropTransform(bank)(image, 1)
     with pytest.raises(TypeError, match="Cannot read an image"):
         SaliencyCropTransform(SaliencyBank(1))("not an image", 0)
+
+
+def test_transform_composes_one_region_crops() -> None:
+    """The transform's options are RegionCrops' (declared once): same names, defaults and positions, read
+    through; a ready RegionCrops can be given instead; the same seed gives the same crops either way."""
+    image = photo("astronaut", step=8)
+    bank = SaliencyBank(1, max_regions=2)
+    write_regions(bank, 0, [[0.1, 0.2, 0.6, 0.9], [0.5, 0.0, 1.0, 0.5]], [1.0, 0.4])
+    params = inspect.signature(SaliencyCropTransform).parameters
+    options = inspect.signature(RegionCrops).parameters
+    assert list(params) == ["bank", *options, "crops"] and params["crops"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert all(params[n].default == p.default for n, p in options.items())
+    positional = SaliencyCropTransform(bank, 3, 32, None, False)  # solo's build_saliency_transform passes two
+    assert isinstance(positional.crops, RegionCrops) and positional.crops.num_regions == 3
+    assert (positional.size, positional.augment, positional.view_transforms) == (32, False, None)  # read through
+    step = RegionCrops(num_regions=3, size=32, augment=False, box_jitter=0.1)
+    given = SaliencyCropTransform(bank, crops=step)
+    assert given.crops is step and given.box_jitter == 0.1
+    assert repr(given) == repr(step).replace("RegionCrops", "SaliencyCropTransform")
+    torch.manual_seed(0)
+    ours = given(image, 0)
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(ours, step(image, *bank[0])))
+    torch.manual_seed(0)
+    boxes1, boxes2, scores, regions = given.sample_boxes(0, image.shape[:2])
+    assert torch.equal(boxes1, ours.boxes1) and torch.equal(boxes2, ours.boxes2)
+    assert torch.equal(scores, ours.scores) and torch.equal(regions, ours.regions)
+    copy = pickle.loads(pickle.dumps(given))  # what spawned DataLoader workers receive
+    assert copy.size == 32 and isinstance(copy.crops, RegionCrops)
+    with pytest.raises(AttributeError, match="'SaliencyCropTransform' object has no attribute 'sizes'"):
+        _ = given.sizes
+    with pytest.raises(TypeError, match="not both"):
+        SaliencyCropTransform(bank, 4, crops=step)
+    with pytest.raises(TypeError, match="crops must be a RegionCrops, got dict"):
+        SaliencyCropTransform(bank, crops={"num_regions": 4})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'regions'"):
+        SaliencyCropTransform(bank, regions=4)
 
 
 # ------------------------------------------------------------------------------------ dataset

@@ -211,7 +211,8 @@ def composed_lite0():
 def same_object_pair_rate(items: list, regions: list, pairs: int = 16, share: float = 0.3) -> float:
     """Share of pairs (drawn as training draws them) whose two crops show the same object: the
     object covering the largest share of each crop, and at least ``share`` of it."""
-    from sgcl_plugin.crops import sample_crops_in_boxes, sample_regions
+    from sgcl_plugin.boxes import sample_crops_in_boxes
+    from sgcl_plugin.crops import sample_regions
 
     g = torch.Generator().manual_seed(0)
     hits = []

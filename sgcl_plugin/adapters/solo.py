@@ -21,12 +21,13 @@ from torch.utils.data import DataLoader
 
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.checks import check_int
-from sgcl_plugin.crops import CropSample, PILView, SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
+from sgcl_plugin.crops import CropSample, SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.features import check_stride, feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.refresh import refresh_bank
 from sgcl_plugin.saliency import REGION_MODES, SaliencyGenerator
+from sgcl_plugin.views import PILView, byol_view_transforms
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
 __all__ = [
