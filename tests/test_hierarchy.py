@@ -18,7 +18,7 @@ from sgcl_plugin.hierarchy import (
     node_factors,
     objectness,
 )
-from sgcl_plugin.metrics import box_iou
+from sgcl_plugin.regions import box_iou
 
 
 def _gram(labels: np.ndarray, cells: np.ndarray) -> np.ndarray:
