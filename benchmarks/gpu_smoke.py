@@ -136,7 +136,7 @@ def refresh_rows(device: torch.device, images: int) -> List[Row]:
     from sgcl_plugin import FeatureMaps, SaliencyBank, SaliencyGenerator
     from sgcl_plugin.backbones import tiny_resnet
     from sgcl_plugin.refresh import refresh_bank
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     check = f"refresh of {images} composed scenes, {device.type} vs cpu"
     if device.type == "cpu":
@@ -187,7 +187,7 @@ def lightning_row(device: torch.device) -> Row:
 
     from sgcl_plugin import SaliencyBank, SaliencyCropDataset, SaliencyCropTransform, SaliencyWeightedLoss
     from sgcl_plugin.adapters.lightning import SGCLRefreshCallback
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     class Tiny(pl.LightningModule):
         def __init__(self) -> None:

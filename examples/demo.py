@@ -36,7 +36,7 @@ def pair_pictures(args: argparse.Namespace, bank_state: Dict[str, Any], out: Pat
 
     from sgcl_plugin import SaliencyBank
     from sgcl_plugin.crops import SaliencyCropTransform
-    from sgcl_plugin.metrics import crop_object_shares, shown_object
+    from sgcl_plugin.testbed.metrics import crop_object_shares, shown_object
     from sgcl_plugin.viewer import contact_sheet, render_pairs
 
     scenes = sgcl_train.training_scenes(args)

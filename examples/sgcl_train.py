@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sgcl_plugin import ChannelSumGenerator, SaliencyBank, SaliencyGenerator
 from sgcl_plugin.crops import SaliencyCropDataset, SaliencyCropTransform, byol_view_transforms
-from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.features import feature_maps, hierarchy_strides
 from sgcl_plugin.files import atomic_write, open_new_or_own
 from sgcl_plugin.image_folder import ImageFiles
@@ -41,6 +40,7 @@ from sgcl_plugin.items import flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.refresh import IMAGENET_MEAN, IMAGENET_STD, SaliencyInput, to_image_tensor
 from sgcl_plugin.schedule import RefreshSchedule
+from sgcl_plugin.testbed.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
 
 METHODS = ("byol", "simclr", "nnclr")
 
@@ -391,7 +391,7 @@ def class_groups(co_occurrence: int) -> Optional[Tuple[Tuple[int, ...], ...]]:
 
 def training_scenes(args: argparse.Namespace) -> Any:
     """The composed pretraining scenes of a run (the images, their true boxes and masks)."""
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     return ComposedScenes(
         args.num_images, image_size=args.image_size, seed=args.seed, split="train",
@@ -497,7 +497,7 @@ def scene_object_eval_sets(
     """Objects cut from composed scenes by their true boxes (with context, or alone on grey), resized to the
     crop size and normalized: train-split objects (other scenes than the pretraining ones) are the labelled
     set, objects of test-split scenes (Fashion-MNIST test items) are classified."""
-    from sgcl_plugin.scenes import ComposedScenes, object_crops
+    from sgcl_plugin.testbed.scenes import ComposedScenes, object_crops
 
     out = {}
     for split, n, seed in (("train", n_train, 1001), ("test", n_test, 1002)):
@@ -522,7 +522,7 @@ def scene_dense_eval_sets(
     """Whole composed scenes for the dense probe, with each pixel's object (index map, -1 for background) and the
     objects' classes: train-split scenes are the labelled set, test-split scenes are classified cell by cell. The
     scenes are those of :func:`scene_object_eval_sets` (same seeds), so both probes read the same objects."""
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     out: Dict[str, Any] = {}
     for split, n, seed in (("train", n_train, 1001), ("test", n_test, 1002)):
@@ -545,7 +545,7 @@ def scene_dense_eval_sets(
 
 
 def scene_cells(dense: Dict[str, Any], split: str, grid: Tuple[int, int]) -> Tensor:
-    """(n, h, w) cell labels (:func:`sgcl_plugin.evaluation.cell_labels`) of a split of
+    """(n, h, w) cell labels (:func:`sgcl_plugin.testbed.evaluation.cell_labels`) of a split of
     :func:`scene_dense_eval_sets`, kept in that (cached) dict per grid: every later evaluation reuses them."""
     key = f"{split}_cells_{grid[0]}x{grid[1]}"
     if key not in dense:
@@ -593,7 +593,7 @@ def evaluate_backbone(
 @functools.lru_cache(maxsize=2)  # built once per run (evaluate_backbone calls it at every evaluation)
 def fashion_eval_sets(n_train: int, n_test: int, size: int) -> Dict[str, Tensor]:
     """Fashion-MNIST objects (grey on black, as RGB), resized to the crop size and normalized."""
-    from sgcl_plugin.scenes import load_fashion_mnist
+    from sgcl_plugin.testbed.scenes import load_fashion_mnist
 
     out = {}
     for split, n in (("train", n_train), ("test", n_test)):
@@ -1057,10 +1057,10 @@ class Trainer:
 
     def pair_rate(self, images: int = 256, pairs: int = 8) -> Optional[float]:
         """On composed scenes: the share of training pairs (drawn as the crops are drawn, from the bank as it
-        is now: random crops before a refresh) whose two crops show the same object (sgcl_plugin.metrics)."""
+        is now: random crops before a refresh) whose two crops show the same object (sgcl_plugin.testbed.metrics)."""
         if self.args.data != "composed" or not self.main:
             return None
-        from sgcl_plugin.metrics import same_object_pair_rate
+        from sgcl_plugin.testbed.metrics import same_object_pair_rate
 
         if self._masks is None:
             scenes = training_scenes(self.args)

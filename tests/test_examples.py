@@ -24,7 +24,7 @@ def test_smoke_runs_refreshes_draws_and_evaluates(tmp_path, method: str) -> None
     result = sgcl_train.main(argv, method=method)
     assert 0.0 <= result["knn"] <= 1.0 and 0.0 <= result["linear"] <= 1.0
     # the accuracy is the saved, trained backbone's: evaluated again here from backbone.pt, independently
-    from sgcl_plugin.evaluation import embed, knn_accuracy
+    from sgcl_plugin.testbed.evaluation import embed, knn_accuracy
 
     args = sgcl_train.parse_args(argv, method=method)
     model = sgcl_train.SSLModel(method, args.arch, args.hidden_dim, args.proj_dim, args.width)
@@ -333,8 +333,8 @@ def test_eval_every_draws_curves_without_changing_training(tmp_path) -> None:
     assert rows[0] == "epoch,knn,linear,dense_knn,dense_linear"
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
     # the dense probe, again from backbone.pt: cells labelled from the scenes' own masks (not the index maps)
-    from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.evaluation import cell_labels, dense_probe_accuracy, embed
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     args = sgcl_train.parse_args([*common, "--out", str(tmp_path / "plain")], method="byol")
     model = sgcl_train.SSLModel("byol", args.arch, args.hidden_dim, args.proj_dim, args.width)

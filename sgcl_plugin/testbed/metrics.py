@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin import SaliencyBank, SaliencyCropTransform
 from sgcl_plugin.regions import box_iou
 
 __all__ = ["box_iou", "crop_object_shares", "same_object_pair_rate", "shown_object"]
@@ -71,8 +71,6 @@ def same_object_pair_rate(
     Returns:
         ``(rate, per_image)``: the mean share in [0, 1] and each image's share.
     """
-    from sgcl_plugin.crops import SaliencyCropTransform
-
     rows = list(range(len(bank))) if indices is None else [int(i) for i in indices]
     if len(rows) != len(masks):
         raise ValueError(f"Got masks for {len(masks)} images but {len(rows)} bank rows.")
