@@ -30,7 +30,6 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
 BEGIN, END = "<!-- gpu-smoke:begin -->", "<!-- gpu-smoke:end -->"
 Row = Tuple[str, str, str]  # check, result, detail
@@ -162,7 +161,7 @@ def refresh_rows(device: torch.device, images: int) -> List[Row]:
 
 
 def trainer_row(device: torch.device) -> Row:
-    import sgcl_train
+    from sgcl_plugin import train as sgcl_train
 
     check = "training script, --smoke --augment-on-device"
     try:
