@@ -19,7 +19,7 @@ $(STAMP):
 	touch $(STAMP)
 
 # Fashion-MNIST for the composed scenes: Debian's package where apt is usable (as root), otherwise
-# sgcl_plugin.scenes falls back to torchvision's download.
+# sgcl_plugin.testbed.scenes falls back to torchvision's download.
 data:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \

@@ -8,7 +8,7 @@ Reproduce (2-core CPU, about two hours each; results are kept, a rerun only does
     python benchmarks/ablation.py --smoke              # every row once on tiny data (what CI runs)
     python benchmarks/ablation.py --rows byol,sgcl-byol --seeds 0 1 2 -- --epochs 8   # a subset, extra options
 
-Every row is one examples/sgcl_train.py run per seed, in this process, with the configuration's
+Every row is one run of the trainer (sgcl_plugin.train) per seed, in this process, with the configuration's
 options plus the row's own; arguments after ``--`` go to every run. Each finished run is appended to
 ``<out>/results.json`` at once, so an interrupted benchmark resumes where it stopped (``--fresh``
 starts over). The report gives mean +- std over seeds of the kNN and linear-probe accuracy on objects
@@ -31,10 +31,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
+from sgcl_plugin import train as sgcl_train
+from sgcl_plugin.testbed.eval_sets import evaluate_backbone
 
-import sgcl_train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def markers(config_name: str) -> Tuple[str, str]:
@@ -262,7 +262,7 @@ def rescore(results: Dict[str, Dict[str, Any]], out: Path, weights: Sequence[Pat
         args = sgcl_train.parse_args(run["argv"])
         backbone = sgcl_train.SSLModel(args.method, args.arch, args.hidden_dim, args.proj_dim, args.width).backbone
         backbone.load_state_dict(torch.load(found[0], map_location="cpu", weights_only=True))
-        accuracies = sgcl_train.evaluate_backbone(backbone, args)
+        accuracies = evaluate_backbone(backbone, **sgcl_train.evaluation_settings(args))
         if any(abs(accuracies[k] - run[k]) > 1e-3 for k in ("knn", "linear")):
             raise RuntimeError(
                 f"{key}: {found[0]} gives kNN / linear {accuracies['knn']:.4f} / {accuracies['linear']:.4f}, the run "
@@ -298,8 +298,9 @@ def signed(deltas: Sequence[float]) -> str:
 PROBES: Tuple[Tuple[str, str], ...] = (
     ("dense_knn", "dense kNN"), ("dense_linear", "dense linear"), ("knn", "kNN"), ("linear", "linear"),
 )  # fmt: skip
-"""The accuracies of a run (sgcl_train.evaluate_backbone): the dense probe (each feature-map cell of a whole
-held-out scene classified as the object covering it) and the pooled probes (one vector per object crop)."""
+"""The accuracies of a run (sgcl_plugin.testbed.eval_sets.evaluate_backbone): the dense probe (each feature-map
+cell of a whole held-out scene classified as the object covering it) and the pooled probes (one vector per object
+crop)."""
 
 
 def probes_of(runs: Sequence[Dict[str, Any]]) -> List[str]:

@@ -30,7 +30,6 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
 BEGIN, END = "<!-- gpu-smoke:begin -->", "<!-- gpu-smoke:end -->"
 Row = Tuple[str, str, str]  # check, result, detail
@@ -136,7 +135,7 @@ def refresh_rows(device: torch.device, images: int) -> List[Row]:
     from sgcl_plugin import FeatureMaps, SaliencyBank, SaliencyGenerator
     from sgcl_plugin.backbones import tiny_resnet
     from sgcl_plugin.refresh import refresh_bank
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     check = f"refresh of {images} composed scenes, {device.type} vs cpu"
     if device.type == "cpu":
@@ -162,7 +161,7 @@ def refresh_rows(device: torch.device, images: int) -> List[Row]:
 
 
 def trainer_row(device: torch.device) -> Row:
-    import sgcl_train
+    from sgcl_plugin import train as sgcl_train
 
     check = "training script, --smoke --augment-on-device"
     try:
@@ -187,7 +186,7 @@ def lightning_row(device: torch.device) -> Row:
 
     from sgcl_plugin import SaliencyBank, SaliencyCropDataset, SaliencyCropTransform, SaliencyWeightedLoss
     from sgcl_plugin.adapters.lightning import SGCLRefreshCallback
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     class Tiny(pl.LightningModule):
         def __init__(self) -> None:

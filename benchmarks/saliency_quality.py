@@ -51,8 +51,8 @@ from scipy.stats import spearmanr
 from sgcl_plugin import ChannelSumGenerator, FeatureMaps, SaliencyBank, SaliencyGenerator, SaliencyResult
 from sgcl_plugin.backbones import FeatureBackbone, efficientnet_lite0, resnet_backbone
 from sgcl_plugin.images import SaliencyInput
-from sgcl_plugin.metrics import SHOW_SHARE, box_iou, same_object_pair_rate
 from sgcl_plugin.regions import Regions
+from sgcl_plugin.testbed.metrics import SHOW_SHARE, box_iou, same_object_pair_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- saliency-quality:begin -->", "<!-- saliency-quality:end -->"
@@ -68,7 +68,7 @@ def scenes(num: int) -> List[Dict[str, object]]:
     """The annotated real photos (dev, held-out, aerial) and composed scenes of the test split:
     image, boxes and per-object masks (filled boxes where a photo has no masks)."""
     from sgcl_plugin.annotated_photos import load_annotated_photos, object_masks
-    from sgcl_plugin.scenes import ComposedScenes, masks_to_boxes
+    from sgcl_plugin.testbed.scenes import ComposedScenes, masks_to_boxes
 
     items: List[Dict[str, object]] = []
     for photo in load_annotated_photos(["dev", "heldout", "aerial"], missing="skip"):  # the report counts them

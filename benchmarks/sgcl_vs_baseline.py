@@ -3,7 +3,7 @@
 Reproduce with:  python benchmarks/sgcl_vs_baseline.py                 (writes docs/evidence.md)
 Other settings:  python benchmarks/sgcl_vs_baseline.py --method simclr -- --epochs 10 --num-images 1024
 
-Runs examples/sgcl_train.py twice in this process (``--no-sgcl`` and ``--sgcl``) with identical
+Runs the trainer (sgcl_plugin.train) twice in this process (``--no-sgcl`` and ``--sgcl``) with identical
 options; arguments after ``--`` go to both runs. Reports the kNN and linear-probe accuracy on
 Fashion-MNIST test objects, the wall time per epoch without the refreshes (the overhead of SGCL's
 crops and losses), the time of the refreshes themselves, and copies the saliency pictures of every
@@ -23,10 +23,9 @@ from typing import Any, Dict, List
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
+from sgcl_plugin import train as sgcl_train
 
-import sgcl_train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def shrink(src: Path, dst: Path, width: int = 900) -> None:

@@ -40,7 +40,7 @@ from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.ncut import fiedler_vector
 from sgcl_plugin.regions import extract_regions
 from sgcl_plugin.saliency import SIGN_RULES, normalize_maps, orient
-from sgcl_plugin.scenes import ComposedScenes, masks_to_boxes
+from sgcl_plugin.testbed.scenes import ComposedScenes, masks_to_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "saliency.md"

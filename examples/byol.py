@@ -1,6 +1,6 @@
-"""BYOL pretraining with SGCL (`--no-sgcl` for the plain BYOL baseline): examples/sgcl_train.py preset."""
+"""BYOL pretraining with SGCL (`--no-sgcl` for the plain BYOL baseline): the trainer with the method preset."""
 
-from sgcl_train import cli
+from sgcl_plugin.train import cli
 
 if __name__ == "__main__":
     cli(method="byol")

@@ -3,8 +3,8 @@
     python examples/demo.py                       # about 8 minutes on a 2-core CPU -> runs/demo/
     python examples/demo.py --epochs 48           # the testbed's full budget (docs/RESULTS.md#testbed)
 
-Two runs of examples/sgcl_train.py with the ``--testbed`` preset (cluttered composed scenes, a small ResNet
-from random weights), the same seed, data and steps: the plain method on random crops, then the same method
+Two runs of the trainer (``sgcl_plugin.train``) with the ``--testbed`` preset (cluttered composed scenes, a
+small ResNet from random weights), the same seed, data and steps: the plain method on random crops, then the same method
 with SGCL (saliency refreshes, crops around the regions, score weighting, the inter-image loss). It prints
 the untrained network's accuracy, both trained accuracies, and how often a positive pair's two crops show
 the same object (random crops against SGCL's regions), and writes pictures:
@@ -18,25 +18,21 @@ SimCLR rather than BYOL: in this CPU budget BYOL does not beat the untrained net
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import sgcl_train  # noqa: E402
+from sgcl_plugin import train as sgcl_train
 
 
 def pair_pictures(args: argparse.Namespace, bank_state: Dict[str, Any], out: Path, images: int = 3) -> Path:
     """Random crops and SGCL's crops of the first scenes, drawn as training draws them."""
     from PIL import Image
 
-    from sgcl_plugin import SaliencyBank
-    from sgcl_plugin.crops import SaliencyCropTransform
-    from sgcl_plugin.metrics import crop_object_shares, shown_object
+    from sgcl_plugin import SaliencyBank, SaliencyCropTransform
+    from sgcl_plugin.testbed.metrics import crop_object_shares, shown_object
     from sgcl_plugin.viewer import contact_sheet, render_pairs
 
     scenes = sgcl_train.training_scenes(args)

@@ -40,7 +40,7 @@ class ComposedSceneImages(torch.utils.data.Dataset):
     """sgcl_plugin's composed scenes as torchvision-style (image, target) pairs, generated once."""
 
     def __init__(self, num_images: int, image_size: int, seed: int = 0) -> None:
-        from sgcl_plugin.scenes import ComposedScenes
+        from sgcl_plugin.testbed.scenes import ComposedScenes
 
         scenes = ComposedScenes(num_images, image_size=image_size, seed=seed, split="train")
         self.images = [scenes.get_image(i) for i in range(num_images)]

@@ -1,6 +1,6 @@
-"""NNCLR pretraining with SGCL (`--no-sgcl` for the plain NNCLR baseline): examples/sgcl_train.py preset."""
+"""NNCLR pretraining with SGCL (`--no-sgcl` for the plain NNCLR baseline): the trainer with the method preset."""
 
-from sgcl_train import cli
+from sgcl_plugin.train import cli
 
 if __name__ == "__main__":
     cli(method="nnclr")

@@ -47,9 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sgcl_plugin.metrics import box_iou
 from sgcl_plugin.objects import batched_kmeans, component_labels
-from sgcl_plugin.regions import Regions, border_mask
+from sgcl_plugin.regions import Regions, border_mask, box_iou
 
 __all__ = [
     "OBJECTNESS_EXPONENTS",

@@ -53,7 +53,7 @@ class ImageFiles(Dataset):
     With DataLoader workers under glibc, each worker's heap can keep growing with the number of
     images it has decoded: glibc's adaptive mmap threshold moves the buffers of image size (the
     decoded photo, the float copy a transform makes) into the heap, which then fragments.
-    ``examples/sgcl_train.py`` fixes the threshold (``MALLOC_MMAP_THRESHOLD_=131072`` and the same
+    The trainer (``sgcl_plugin.train``) fixes the threshold (``MALLOC_MMAP_THRESHOLD_=131072`` and the same
     ``mallopt``) before its workers start, which keeps them flat.
 
     Args:

@@ -1,4 +1,4 @@
-"""Scored regions of saliency maps: mask at the mean, connected components, boxes (SGCL Eq. 4-5)."""
+"""Scored regions of saliency maps: mask at the mean, connected components, boxes (SGCL Eq. 4-5), box IoU."""
 
 from __future__ import annotations
 
@@ -30,6 +30,18 @@ class Regions:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU matrix (n, m) of normalized xyxy boxes (n, 4) and (m, 4)."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+
+    def area(x: Tensor) -> Tensor:
+        return (x[:, 2:] - x[:, :2]).clamp(min=0).prod(-1)
+
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter).clamp(min=1e-12)
 
 
 def border_mask(h: int, w: int, device: Optional[torch.device] = None) -> Tensor:

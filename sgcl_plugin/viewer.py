@@ -293,7 +293,7 @@ def render_pairs(
         views1: (t, 4) view-1 crop boxes of the t pairs, normalized ``x0, y0, x1, y1``.
         views2: (t, 4) view-2 crop boxes.
         labels: Per pair, a short text drawn on view 1 (e.g. "same object", from
-            :func:`sgcl_plugin.metrics.shown_object`).
+            :func:`sgcl_plugin.testbed.metrics.shown_object`).
         scale: Enlargement factor of the image.
 
     Returns:

@@ -17,7 +17,7 @@ from sgcl_plugin.annotated_photos import (
     load_annotated_photos,
     object_masks,
 )
-from sgcl_plugin.metrics import box_iou
+from sgcl_plugin.regions import box_iou
 
 ENTRIES = json.loads(ANNOTATIONS.read_text())["photos"]
 

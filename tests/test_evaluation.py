@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgcl_plugin.evaluation import (
+from sgcl_plugin.testbed.evaluation import (
     cell_labels,
     dense_probe_accuracy,
     embed,

@@ -1,4 +1,4 @@
-"""The reference training scripts: --smoke of each method, the baseline, and exact resume after a kill."""
+"""The reference trainer (sgcl_plugin.train) and its scripts: --smoke of each method, the baseline, exact resume."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
+import sgcl_plugin.train.checkpoint
+from sgcl_plugin import train as sgcl_train
+from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
+from sgcl_plugin.testbed import eval_sets
+from sgcl_plugin.testbed.evaluation import embed, knn_accuracy
 
-import sgcl_train  # noqa: E402
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 pytest.importorskip("skimage")
 
@@ -24,14 +27,12 @@ def test_smoke_runs_refreshes_draws_and_evaluates(tmp_path, method: str) -> None
     result = sgcl_train.main(argv, method=method)
     assert 0.0 <= result["knn"] <= 1.0 and 0.0 <= result["linear"] <= 1.0
     # the accuracy is the saved, trained backbone's: evaluated again here from backbone.pt, independently
-    from sgcl_plugin.evaluation import embed, knn_accuracy
-
     args = sgcl_train.parse_args(argv, method=method)
     model = sgcl_train.SSLModel(method, args.arch, args.hidden_dim, args.proj_dim, args.width)
     untrained = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     model.backbone.load_state_dict(torch.load(out / "backbone.pt", weights_only=True))
     assert any(not torch.equal(untrained[k], v) for k, v in model.backbone.state_dict().items())
-    sets = sgcl_train.fashion_eval_sets(args.eval_train, args.eval_test, args.crop_size)
+    sets = eval_sets.fashion_eval_sets(args.eval_train, args.eval_test, args.crop_size)
     train, test = embed(model.backbone, sets["train_x"]), embed(model.backbone, sets["test_x"])
     assert knn_accuracy(train, sets["train_y"], test, sets["test_y"]) == pytest.approx(result["knn"], abs=1e-6)
     assert (out / "saliency" / "refresh_01_epoch_001.png").exists()
@@ -84,8 +85,8 @@ def test_testbed_options(tmp_path) -> None:
     # near-whole-image random crops never show one small object over 30% of the crop; small crops do
     assert rates[(0.9, 1.0)] == 0.0 < rates[(0.05, 0.1)]
     a = sgcl_train.parse_args(["--smoke", "--objects", "1", "2", "--eval-data", "isolated"])
-    sets = sgcl_train.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (1, 2), True)
-    ctx = sgcl_train.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (1, 2), False)
+    sets = eval_sets.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (1, 2), True)
+    ctx = eval_sets.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (1, 2), False)
     assert sets["train_x"].shape == ctx["train_x"].shape and torch.equal(sets["train_y"], ctx["train_y"])
     corner = lambda x: x[:, :, 0, 0].std(dim=0).max()  # noqa: E731  # spread over objects, per channel
     assert corner(sets["train_x"]) < 1e-5 < 0.1 < corner(ctx["train_x"])  # grey corners only
@@ -93,11 +94,11 @@ def test_testbed_options(tmp_path) -> None:
                               "--objects", "1", "2", "--out", str(tmp_path / "iso")])  # fmt: skip
     assert 0.0 <= result["knn"] <= 1.0
     # --co-occurrence 2: training and evaluation scenes draw each scene's objects from one pair (c, c + 5)
-    assert sgcl_train.class_groups(2) == ((0, 5), (1, 6), (2, 7), (3, 8), (4, 9))
-    assert sgcl_train.class_groups(10) is None
+    assert eval_sets.class_groups(2) == ((0, 5), (1, 6), (2, 7), (3, 8), (4, 9))
+    assert eval_sets.class_groups(10) is None
     paired = sgcl_train.training_scenes(sgcl_train.parse_args(["--smoke", "--co-occurrence", "2"]))
     assert all(len({c % 5 for c in paired[i]["labels"].tolist()}) == 1 for i in range(len(paired)))
-    pair_sets = sgcl_train.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (2, 2),
+    pair_sets = eval_sets.scene_object_eval_sets(40, 20, a.crop_size, a.image_size, tuple(a.object_scale), (2, 2),
                                                   False, co_occurrence=2)  # fmt: skip
     assert len(set(pair_sets["test_y"].tolist())) > 2  # every class stays in the evaluation, paired per scene
     for bad in (["--objects", "3", "2"], ["--crop-scale", "0", "1"], ["--hue", "0.7"], ["--grayscale-p", "2"],
@@ -333,8 +334,8 @@ def test_eval_every_draws_curves_without_changing_training(tmp_path) -> None:
     assert rows[0] == "epoch,knn,linear,dense_knn,dense_linear"
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
     # the dense probe, again from backbone.pt: cells labelled from the scenes' own masks (not the index maps)
-    from sgcl_plugin.evaluation import cell_labels, dense_probe_accuracy, embed
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.evaluation import cell_labels, dense_probe_accuracy
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     args = sgcl_train.parse_args([*common, "--out", str(tmp_path / "plain")], method="byol")
     model = sgcl_train.SSLModel("byol", args.arch, args.hidden_dim, args.proj_dim, args.width)
@@ -345,7 +346,7 @@ def test_eval_every_draws_curves_without_changing_training(tmp_path) -> None:
                                 min_objects=args.objects[0], max_objects=args.objects[1])  # fmt: skip
         items = [scenes[i] for i in range(n)]
         x = torch.stack([torch.as_tensor(np.asarray(it["image"])).permute(2, 0, 1) for it in items]).float() / 255
-        maps = embed(model.backbone, sgcl_train.imagenet_normalize(x), pool=False)
+        maps = embed(model.backbone, eval_sets.imagenet_normalize(x), pool=False)
         probe += [maps, torch.stack([cell_labels(it["masks"], it["labels"], maps.shape[2:]) for it in items])]
     dense = dense_probe_accuracy(*probe)
     assert plain["dense_knn"] == pytest.approx(dense["knn"], abs=1e-6)
@@ -359,16 +360,16 @@ def test_eval_every_draws_curves_without_changing_training(tmp_path) -> None:
 
 
 def test_scene_object_evaluation_sets_are_learnable() -> None:
-    sets = sgcl_train.scene_object_eval_sets(600, 300, 64, 160)
+    sets = eval_sets.scene_object_eval_sets(600, 300, 64, 160)
     assert sets["train_x"].shape == (600, 3, 64, 64) and sets["test_x"].shape == (300, 3, 64, 64)
     assert len(sets["train_y"].unique()) == 10 and len(sets["test_y"].unique()) == 10
     assert abs(float(sets["train_x"].mean())) < 1.0  # ImageNet-normalized
     # random features already separate the classes above chance (10%): the sets carry the labels' signal
     torch.manual_seed(0)
     backbone = sgcl_train.SSLModel("byol", "resnet18", 64, 32).backbone
-    train = sgcl_train.embed(backbone, sets["train_x"])
-    test = sgcl_train.embed(backbone, sets["test_x"])
-    assert sgcl_train.knn_accuracy(train, sets["train_y"], test, sets["test_y"]) > 0.2
+    train = embed(backbone, sets["train_x"])
+    test = embed(backbone, sets["test_x"])
+    assert knn_accuracy(train, sets["train_y"], test, sets["test_y"]) > 0.2
 
 
 def test_fashion_evaluation_still_available(tmp_path) -> None:
@@ -390,9 +391,7 @@ def test_pretrained_backbone_refreshes_before_the_first_step(tmp_path) -> None:
 
     model = sgcl_train.SSLModel("byol", "efficientnet-lite0", 64, 32)
     x = torch.rand(2, 3, 64, 64)
-    normalized = (x - torch.tensor(sgcl_train.IMAGENET_MEAN)[:, None, None]) / torch.tensor(sgcl_train.IMAGENET_STD)[
-        :, None, None
-    ]
+    normalized = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
     reference = efficientnet_lite0(pretrained=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(
@@ -401,8 +400,12 @@ def test_pretrained_backbone_refreshes_before_the_first_step(tmp_path) -> None:
 
 
 def test_demo_runs_both_methods_and_draws_the_pairs(tmp_path, capsys) -> None:
-    import demo
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("demo", EXAMPLES / "demo.py")  # a script, not a module
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
     argv = ["--out", str(tmp_path), "--epochs", "2", "--num-images", "128", "--refresh-interval", "1",
             "--eval-train", "100", "--eval-test", "60", "--no-progress"]  # fmt: skip
     runs = demo.main(argv)
@@ -577,7 +580,7 @@ def test_a_full_disk_at_a_checkpoint_is_a_message_and_the_old_one_stays(tmp_path
     def full(path, write):  # type: ignore[no-untyped-def]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sgcl_train, "atomic_write", full)
+    monkeypatch.setattr(sgcl_plugin.train.checkpoint, "atomic_write", full)
     with pytest.raises(sgcl_train.Refused, match="disk full.*previous file is intact"):
         sgcl_train.main([*common, "--resume", "auto"], method="byol")
     assert (tmp_path / "checkpoint.pt").read_bytes() == before

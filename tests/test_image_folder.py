@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,6 @@ import torch
 from PIL import Image
 
 from sgcl_plugin.image_folder import ImageFiles, UnreadableImageError
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def gradient(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -153,9 +150,7 @@ def test_memory_holds_file_names_not_pixels(tmp_path: Path) -> None:
 def test_the_trainer_streams_a_nested_folder_through_workers(tmp_path: Path) -> None:
     """A folder of photos of different aspect ratios trains, refreshes through the same dataset with the
     trainer's workers and draws its pictures; nothing decodes the folder into a table."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    import sgcl_train
+    from sgcl_plugin import train as sgcl_train
 
     folder = tmp_path / "photos"
     (folder / "nested").mkdir(parents=True)
@@ -186,8 +181,7 @@ def test_the_trainer_streams_a_nested_folder_through_workers(tmp_path: Path) -> 
 def test_images_of_a_few_pixels_train_and_render(tmp_path: Path) -> None:
     """Photos of 3 px or less on a side (and --max-side 1) killed training at the first refresh and the viewer's
     drawing; they are images like any other."""
-    sys.path.insert(0, str(EXAMPLES))
-    import sgcl_train
+    from sgcl_plugin import train as sgcl_train
 
     data = tmp_path / "data"
     data.mkdir()

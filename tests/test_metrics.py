@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sgcl_plugin import SaliencyBank
-from sgcl_plugin.metrics import box_iou, crop_object_shares, same_object_pair_rate, shown_object
+from sgcl_plugin.testbed.metrics import box_iou, crop_object_shares, same_object_pair_rate, shown_object
 
 
 def test_box_iou_by_hand() -> None:

@@ -192,7 +192,7 @@ def composed_lite0():
     from sgcl_plugin.backbones import efficientnet_lite0
     from sgcl_plugin.features import FeatureMaps
     from sgcl_plugin.images import SaliencyInput
-    from sgcl_plugin.scenes import ComposedScenes
+    from sgcl_plugin.testbed.scenes import ComposedScenes
 
     try:
         scenes = ComposedScenes(24, image_size=224, split="test", seed=0)

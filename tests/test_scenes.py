@@ -13,7 +13,7 @@ from PIL import Image
 
 pytest.importorskip("skimage")
 
-from sgcl_plugin.scenes import ComposedScenes, load_fashion_mnist, masks_to_boxes, object_crops, read_idx  # noqa: E402
+from sgcl_plugin.testbed.scenes import ComposedScenes, load_fashion_mnist, masks_to_boxes, object_crops, read_idx  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Region metrics against ground truth: box IoU and the same-object pair rate of training pairs."""
+"""Region metrics against ground truth: the same-object pair rate of training pairs (and box IoU, from regions)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin import SaliencyBank, SaliencyCropTransform
+from sgcl_plugin.regions import box_iou
 
 __all__ = ["box_iou", "crop_object_shares", "same_object_pair_rate", "shown_object"]
 
 SHOW_SHARE = 0.3
 """A crop *shows* an object that covers at least this share of its pixels and more than any other."""
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU matrix (n, m) of normalized xyxy boxes (n, 4) and (m, 4)."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-
-    def area(x: Tensor) -> Tensor:
-        return (x[:, 2:] - x[:, :2]).clamp(min=0).prod(-1)
-
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter).clamp(min=1e-12)
 
 
 def crop_object_shares(masks: Tensor, crops: Tensor) -> Tensor:
@@ -82,8 +71,6 @@ def same_object_pair_rate(
     Returns:
         ``(rate, per_image)``: the mean share in [0, 1] and each image's share.
     """
-    from sgcl_plugin.crops import SaliencyCropTransform
-
     rows = list(range(len(bank))) if indices is None else [int(i) for i in indices]
     if len(rows) != len(masks):
         raise ValueError(f"Got masks for {len(masks)} images but {len(rows)} bank rows.")
