@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sgcl_plugin import InterImageLoss, SaliencyBank, SaliencyCropTransform, SaliencyWeightedLoss
 from sgcl_plugin.adapters import solo as adapter
-from sgcl_plugin.adapters.solo import SGCLDataset, SoloFeatureMaps, unpack_region_batch
+from sgcl_plugin.adapters.solo import SGCLDataset, unpack_region_batch
 from sgcl_plugin.features import feature_maps
 
 pytestmark = [
@@ -221,8 +221,6 @@ def test_feature_maps_of_a_solo_resnet() -> None:
         maps = feature_maps(backbone)(x)
         assert maps.shape == (2, 512, 2, 2)
         torch.testing.assert_close(maps.mean(dim=(2, 3)), backbone(x))
-        with pytest.warns(DeprecationWarning, match="feature_maps"):
-            torch.testing.assert_close(SoloFeatureMaps(backbone)(x), maps)
 
 
 def test_feature_maps_of_a_timm_resnet_and_vit() -> None:

@@ -87,19 +87,3 @@ def test_inter_loss_scale_puts_it_in_a_negative_cosine_loss_units() -> None:
     torch.testing.assert_close(lightly(pred, scores), 0.5 * paper(pred, scores))
     with pytest.raises(ValueError, match="scale"):
         InterImageLoss(D, scale=0.0)
-
-
-def test_renamed_adapter_objects_keep_their_old_names_for_one_release() -> None:
-    import importlib
-
-    pytest.importorskip("lightning")
-    lightning = importlib.import_module("sgcl_plugin.adapters.lightning")
-    solo = importlib.import_module("sgcl_plugin.adapters.solo")
-    with pytest.warns(DeprecationWarning, match="SGCLRefreshCallback"):
-        assert lightning.SaliencyRefreshCallback is lightning.SGCLRefreshCallback
-    with pytest.warns(DeprecationWarning, match="SGCLDataset"):
-        assert solo.SoloSaliencyDataset is solo.SGCLDataset
-    if importlib.util.find_spec("lightly") is not None:
-        lightly = importlib.import_module("sgcl_plugin.adapters.lightly")
-        with pytest.warns(DeprecationWarning, match="SGCLDataset"):
-            assert lightly.IndexedDataset is lightly.SGCLDataset

@@ -8,7 +8,6 @@ with lightly's own objects. Needs lightly (``pip install 'sgcl_plugin[lightly]'`
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -431,10 +430,3 @@ class SGCLRefresher:
         """Restores :meth:`state_dict` (the bank in place: running workers see it)."""
         self.bank.load_state_dict(state["bank"])
         self.schedule.load_state_dict(state.get("schedule", {"last_epoch": state["last_epoch"]}))
-
-
-def __getattr__(name: str) -> Any:  # PEP 562: deprecated names
-    if name == "IndexedDataset":
-        warnings.warn("IndexedDataset is now SGCLDataset; the old name goes in 0.3.", DeprecationWarning, 2)
-        return SGCLDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -70,10 +70,7 @@ def _concrete_class(packages: Tuple[str, ...]) -> type:
     return _CONCRETE[packages]
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: unpickling a callback in a fresh (spawned) process; old names
-    if name == "SaliencyRefreshCallback":
-        warnings.warn("SaliencyRefreshCallback is now SGCLRefreshCallback (until 0.3).", DeprecationWarning, 2)
-        return SGCLRefreshCallback
+def __getattr__(name: str) -> Any:  # PEP 562: unpickling a callback in a fresh (spawned) process
     for packages, concrete in _CONCRETE_NAMES.items():
         if name == concrete:
             return _concrete_class(packages)

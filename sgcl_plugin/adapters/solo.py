@@ -31,7 +31,7 @@ from sgcl_plugin.views import PILView, byol_view_transforms
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
 __all__ = [
-    "METHOD_NAMES", "RegionBatch", "SoloFeatureMaps", "SGCLDataset", "add_sgcl_cfg", "build_saliency_transform",
+    "METHOD_NAMES", "RegionBatch", "SGCLDataset", "add_sgcl_cfg", "build_saliency_transform",
     "method_classes", "prepare_saliency_datasets", "register", "solo_feature_backbone", "unpack_region_batch",
 ]  # fmt: skip
 
@@ -299,12 +299,6 @@ def unpack_region_batch(batch: Any, crop_size: Optional[int] = None) -> RegionBa
     return RegionBatch(indexes, rows.image_ids, [rows.views1, rows.views2], rows.targets, rows.scores, rows.num_regions)  # type: ignore[arg-type]
 
 
-def SoloFeatureMaps(backbone: nn.Module) -> Any:  # noqa: N802 - the class of earlier releases
-    """Deprecated: :func:`sgcl_plugin.features.feature_maps` (the last feature map of any backbone)."""
-    warnings.warn("SoloFeatureMaps is deprecated: use sgcl_plugin.features.feature_maps.", DeprecationWarning, 2)
-    return feature_maps(backbone)
-
-
 def solo_feature_backbone(pl_module: Any) -> Any:
     """The refresh backbone of an SGCL method: ``pl_module.sgcl_feature_backbone()`` (online backbone)."""
     getter = getattr(pl_module, "sgcl_feature_backbone", None)
@@ -524,9 +518,6 @@ def register(overwrite: bool = False) -> Dict[str, type]:
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: SGCLBYOL & co. are built (and solo imported) on first use
-    if name == "SoloSaliencyDataset":
-        warnings.warn("SoloSaliencyDataset is now SGCLDataset; the old name goes in 0.3.", DeprecationWarning, 2)
-        return SGCLDataset
     if name in _SPECS:
         method_classes()
         return _CLASSES[name]
