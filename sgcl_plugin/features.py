@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sgcl_plugin.region_sources import check_region_source
+
 __all__ = [
     "FeatureMaps",
     "at_stride",
@@ -226,7 +228,8 @@ def refresh_features(model: Any, stride: Stride = "auto", regions: Optional[str]
     """
     check_stride(stride)
     if stride == "auto":
-        stride = hierarchy_strides(model) if regions == "hierarchy" else None
+        pair = regions is not None and check_region_source(regions).reads_pair
+        stride = hierarchy_strides(model) if pair else None
     elif isinstance(stride, list):
         stride = (stride[0], stride[1]) if len(stride) == 2 else stride[0]
     return feature_maps(model, stride)  # type: ignore[arg-type]

@@ -12,12 +12,12 @@ from sgcl_plugin.affinity import Affinity, check_feature_map, cosine_affinity, u
 from sgcl_plugin.checks import check_int, check_number
 from sgcl_plugin.ncut import Solver, fiedler_vector, ncut_embedding
 from sgcl_plugin.precision import full_precision
+from sgcl_plugin.region_sources import check_region_source
 from sgcl_plugin.regions import Regions, border_mask, extract_regions
 
 SignRule = Literal["border", "argmax", "minority"]
 SIGN_RULES = ("border", "argmax", "minority")
 RegionMode = Literal["paper", "objects", "hierarchy"]
-REGION_MODES = ("paper", "objects", "hierarchy")
 Features = Union[Tensor, Tuple[Tensor, Tensor]]
 """A feature map (B, C, h, w), or a pair (fine, coarse) of maps of one batch (``FeatureMaps(stride=(16, 32))``)."""
 
@@ -219,8 +219,7 @@ class SaliencyGenerator:
         score_power: float = 4.0,
         objectness: Optional[Dict[str, float]] = None,
     ) -> None:
-        if regions not in REGION_MODES:
-            raise ValueError(f"Unknown regions mode {regions!r}; choose one of {REGION_MODES}.")
+        check_region_source(regions)
         if regions in ("objects", "hierarchy"):
             if solver == "cupy":
                 raise ValueError(

@@ -26,7 +26,8 @@ from sgcl_plugin.features import check_stride, feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.refresh import refresh_bank
-from sgcl_plugin.saliency import REGION_MODES, SaliencyGenerator
+from sgcl_plugin.region_sources import REGION_MODES
+from sgcl_plugin.saliency import SaliencyGenerator
 from sgcl_plugin.views import PILView, byol_view_transforms
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).

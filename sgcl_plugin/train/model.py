@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from sgcl_plugin import ChannelSumGenerator, SaliencyGenerator, SGCLObjective, feature_maps
 from sgcl_plugin.features import hierarchy_strides
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
+from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_SOURCES
 
 
 def mlp(in_dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -130,7 +131,9 @@ def build_generator(args: argparse.Namespace) -> SaliencyGenerator:
     objects or paper mode with ``--min-area``."""
     if args.regions == "heatmap":
         return ChannelSumGenerator()
-    mode = {"paper": "paper", "ncut": "paper", "objects": "objects"}.get(args.regions, "hierarchy")
+    # 'ncut' is the paper mode's old name; true boxes ('gt') fill the bank without a refresh: the default source
+    # serves the pictures. Any other name is a mode of the table (SaliencyGenerator refuses an unknown one).
+    mode = {"ncut": "paper", "gt": DEFAULT_REGION_SOURCE}.get(args.regions, args.regions)
     return SaliencyGenerator(min_area=args.min_area, regions=mode)  # type: ignore[arg-type]
 
 
@@ -142,7 +145,7 @@ def saliency_features(backbone: nn.Module, args: argparse.Namespace) -> Any:
     strides = args.saliency_stride
     if args.regions == "heatmap":
         return feature_maps(backbone)
-    if strides is None and args.regions == "hierarchy":
+    if strides is None and args.regions in REGION_SOURCES and REGION_SOURCES[args.regions].reads_pair:
         return feature_maps(backbone, hierarchy_strides(backbone))
     stride = tuple(strides) if strides and len(strides) == 2 else (strides[0] if strides else 16)
     return feature_maps(backbone, None if stride == 32 else stride)

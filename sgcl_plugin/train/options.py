@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_MODES, REGION_SOURCES, region_help
+
 METHODS = ("byol", "simclr", "nnclr")
 
 DESCRIPTION = """Reference SGCL pretraining: BYOL, SimCLR or NNCLR, with or without SGCL, one shared training core.
@@ -95,10 +97,9 @@ def _add_sgcl_options(p: argparse.ArgumentParser, method: Optional[str]) -> None
         "(ResNet: 16 32), 16 otherwise",
     )  # fmt: skip
     sgcl.add_argument(
-        "--regions", choices=("hierarchy", "objects", "paper", "ncut", "heatmap", "gt"), default="hierarchy",
-        help="region source: SGCL's Ncut in hierarchy mode (k-way parts merged into whole objects, scored), objects "
-        "mode (the parts themselves) or paper mode (Eq. 4-5; 'ncut' is an old name for it), a ContrastiveCrop-style "
-        "heat map, or the composed scenes' true boxes",
+        "--regions", choices=(*REGION_MODES, "ncut", "heatmap", "gt"), default=DEFAULT_REGION_SOURCE,
+        help=f"region source: SGCL's Ncut, {region_help()} ('ncut' is an old name of 'paper'); 'heatmap': a "
+        "ContrastiveCrop-style heat map; 'gt': the composed scenes' true boxes",
     )  # fmt: skip
     sgcl.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
     sgcl.add_argument(
@@ -395,7 +396,8 @@ def _check_saliency_grid(parser: argparse.ArgumentParser, args: argparse.Namespa
     """``--saliency-size`` gives the refresh a feature grid of at least 2 x 2 cells at its stride."""
     strides = args.saliency_stride or []
     # The refresh needs a feature grid of at least 2 x 2 cells (3 for the objects mode) at its stride.
-    stride = 32 if args.regions == "heatmap" else max(strides or [32 if args.regions == "hierarchy" else 16])
+    pair = args.regions in REGION_SOURCES and REGION_SOURCES[args.regions].reads_pair
+    stride = 32 if args.regions == "heatmap" else max(strides or [32 if pair else 16])
     if args.sgcl and args.regions != "gt" and args.saliency_size < 2 * stride:
         parser.error(
             f"--saliency-size {args.saliency_size} gives a feature grid under 2 x 2 cells at stride {stride}; "
