@@ -250,6 +250,12 @@ def _view_pair(
         return byol_view_transforms(size)
     if isinstance(view_transforms, str):
         raise ValueError(f"Unknown view_transforms {view_transforms!r}: use 'byol' or a pair of callables.")
+    if callable(view_transforms) and not isinstance(view_transforms, (tuple, list)):
+        raise TypeError(
+            f"view_transforms takes a pair (view1, view2) of callables, got one {type(view_transforms).__name__}: "
+            "pass (t, t) to use it for both views. Each gets a (3, size, size) float tensor in [0, 1] and must "
+            "normalize itself."
+        )
     pair = tuple(view_transforms)
     if len(pair) != 2 or not all(callable(t) for t in pair):
         raise ValueError("view_transforms must be 'byol' or a pair (view1, view2) of callables.")

@@ -77,7 +77,12 @@ def to_image_tensor(image: Any) -> Tensor:
     elif t.shape[0] == 4:
         t = t[:3]
     if t.shape[0] != 3:
-        raise ValueError(f"Images must have 1, 3 or 4 channels, got {t.shape[0]}.")
+        hint = (
+            " A tensor is read channels first (C, H, W): this one looks like (H, W, C); use .permute(2, 0, 1)."
+            if t.ndim == 3 and t.shape[-1] in (1, 3, 4)
+            else ""
+        )
+        raise ValueError(f"Images must have 1, 3 or 4 channels, got {t.shape[0]}.{hint}")
     return t
 
 

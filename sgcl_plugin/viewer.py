@@ -22,6 +22,7 @@ from torch import Tensor
 
 from sgcl_plugin.files import atomic_write
 from sgcl_plugin.images import _WIDE_MODES, IMAGE_EXTENSIONS, list_image_files, to_rgb_image
+from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_MODES, region_help
 from sgcl_plugin.regions import Regions
 
 # Piecewise-linear "jet"-like heat colour map: dark blue (0) -> cyan -> green -> yellow -> dark red (1).
@@ -166,7 +167,7 @@ def _legend(
     entry_w = max([_text_size(probe, e, font)[0] for e in entries] + [1]) + 3 * th + 2 * pad
     per_row = max(1, (width - pad) // max(entry_w, 1))
     rows = (k + per_row - 1) // per_row if k else 0
-    header = "Boxes: the regions pairs are cropped from, best first (thickest); a region's score sets how often."
+    header = "Boxes: the regions that pairs are cropped from, best first (thickest); a region's score sets how often."
     bar_text = ("saliency:", "low", "high")
     line_h = th + pad
     height = pad + line_h * (1 + rows + 1) + pad
@@ -549,9 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=4, help="smallest region kept, in feature-map cells (default: 4)")
     p.add_argument("--sign-rule", choices=SIGN_RULES, default="border", help="foreground side of the cut")
     p.add_argument(
-        "--regions", choices=("hierarchy", "objects", "paper", "both", "all"), default="hierarchy",
-        help="region mode: 'hierarchy' (whole objects: k-way Ncut parts merged and scored; default), 'objects' "
-        "(the parts), 'paper' (Eq. 4-5); 'both': paper and hierarchy side by side; 'all': the three",
+        "--regions", choices=(*REGION_MODES, "both", "all"), default=DEFAULT_REGION_SOURCE,
+        help=f"region mode: {region_help()}; 'both': paper and {DEFAULT_REGION_SOURCE} side by side; 'all': every mode",
     )  # fmt: skip
     p.add_argument(
         "--stride", type=int, nargs="+", default=None, metavar="STRIDE",
@@ -649,7 +649,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail("--solver cupy solves on a CUDA GPU; on the CPU use auto, eigh or krylov.")
     backbone = backbone.to(device).eval()
     transform = SaliencyInput(args.size, backbone.mean, backbone.std)
-    modes = {"both": ["paper", "hierarchy"], "all": ["paper", "objects", "hierarchy"]}.get(args.regions, [args.regions])
+    modes = {"both": ["paper", DEFAULT_REGION_SOURCE], "all": list(REGION_MODES)}.get(args.regions, [args.regions])
     if args.stride is not None and (
         len(args.stride) > 2 or min(args.stride) < 1 or (len(args.stride) == 2 and args.stride[0] >= args.stride[1])
     ):

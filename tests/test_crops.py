@@ -639,3 +639,13 @@ def test_view_colour_strength_options() -> None:
         if kornia_available():
             with pytest.raises(ValueError, match="hue|grayscale_p"):
                 BatchViewAugment(1, 16, **bad)
+
+
+def test_one_view_transform_instead_of_a_pair_says_how_to_pass_it() -> None:
+    """A single callable (torchvision's Compose is one) used to fail with "'Compose' object is not iterable"."""
+    from torchvision.transforms import v2
+
+    one = v2.Compose([v2.RandomHorizontalFlip()])
+    with pytest.raises(TypeError, match=r"pair \(view1, view2\) of callables, got one Compose: pass \(t, t\)"):
+        RegionCrops(size=32, view_transforms=one)
+    assert RegionCrops(size=32, view_transforms=(one, one)).view_transforms == (one, one)

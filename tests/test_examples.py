@@ -21,11 +21,14 @@ pytest.importorskip("skimage")
 
 
 @pytest.mark.parametrize("method", ["byol", "simclr", "nnclr"])
-def test_smoke_runs_refreshes_draws_and_evaluates(tmp_path, method: str) -> None:
+def test_smoke_runs_refreshes_draws_and_evaluates(tmp_path, capsys: pytest.CaptureFixture, method: str) -> None:
     out = tmp_path / method
     argv = ["--smoke", "--no-progress", "--eval-data", "fashion", "--out", str(out)]
     result = sgcl_train.main(argv, method=method)
     assert 0.0 <= result["knn"] <= 1.0 and 0.0 <= result["linear"] <= 1.0
+    console = capsys.readouterr().out.splitlines()  # the evaluation (the run's longest quiet part) says it started
+    started = [i for i, line in enumerate(console) if line.startswith("evaluating the backbone")]
+    assert started and console[-1].startswith("kNN top-1") and started[-1] < len(console) - 1
     # the accuracy is the saved, trained backbone's: evaluated again here from backbone.pt, independently
     args = sgcl_train.parse_args(argv, method=method)
     model = sgcl_train.SSLModel(method, args.arch, args.hidden_dim, args.proj_dim, args.width)

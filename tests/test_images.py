@@ -46,3 +46,16 @@ def test_one_rgb_conversion_reads_pixels_as_to_image_tensor(tmp_path: Path, mode
         image.save(tmp_path / "wide.tif")
         np.testing.assert_array_equal(np.asarray(ImageFiles(tmp_path)[0]), expected)
         np.testing.assert_array_equal(np.asarray(_load_image(tmp_path / "wide.tif")), expected)
+
+
+def test_a_channels_last_tensor_is_refused_with_the_permute_hint() -> None:
+    import pytest
+    import torch
+
+    from sgcl_plugin.images import to_image_tensor
+
+    with pytest.raises(ValueError, match=r"got 64\. A tensor is read channels first .*permute\(2, 0, 1\)"):
+        to_image_tensor(torch.rand(64, 64, 3))
+    with pytest.raises(ValueError, match=r"got 2\.$"):  # not channels last either: no hint
+        to_image_tensor(torch.rand(2, 64, 64))
+    assert to_image_tensor(torch.rand(64, 64, 3).permute(2, 0, 1)).shape == (3, 64, 64)

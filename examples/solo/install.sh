@@ -42,7 +42,7 @@ fi
 # Newer pips always do, and no longer know the option.
 PEP517=()
 if "$PYTHON" -m pip install --help | grep -q -- "--use-pep517"; then PEP517=(--use-pep517); fi
-"$PYTHON" -m pip install --no-build-isolation "${PEP517[@]}" -e "$SOLO" "$SETUPTOOLS"
+"$PYTHON" -m pip install --no-build-isolation ${PEP517[@]+"${PEP517[@]}"} -e "$SOLO" "$SETUPTOOLS"  # bash 3.2-safe
 "$PYTHON" -m pip install -e "$ROOT" "$SETUPTOOLS"
 "$PYTHON" - <<'EOF'
 import lightning, solo, torch

@@ -428,6 +428,12 @@ class Trainer:
             self.pictures("final.png")
         if args.no_eval:
             return
+        settings = evaluation_settings(args)
+        print(
+            f"evaluating the backbone: kNN and linear probes on {EVAL_NAMES[args.eval_data]} objects "
+            f"({settings.get('n_train', '?')} train, {settings.get('n_test', '?')} test; --no-eval skips it) ...",
+            flush=True,
+        )
         accuracies = self.evaluate()
         result.update(accuracies)
         if args.eval_every and not (self.history and self.history[-1]["epoch"] == self.epoch):
