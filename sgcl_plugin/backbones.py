@@ -61,6 +61,15 @@ KNOWN_ARCHS = (
 """The backbone names the reference trainer builds (torchvision's ResNets and their wide / ResNeXt kin)."""
 
 
+def _other_backbone(name: str) -> str:
+    """The hint of a checkpoint that does not fit ``name``: the other backbones it may be from."""
+    others = ", ".join(a for a in ("resnet18", "resnet34", "resnet50", "tiny-resnet") if a != name)
+    return (
+        f"was it trained with another backbone (the trainer's --arch: {others})? Name that one "
+        "(the viewer's --backbone, or load_backbone(name, checkpoint))."
+    )
+
+
 def resnet_backbone(name: str = "resnet50", checkpoint: Optional[str] = None) -> FeatureBackbone:
     """A torchvision ResNet without its pooling and classifier (stride 32).
 
@@ -114,18 +123,14 @@ def resnet_backbone(name: str = "resnet50", checkpoint: Optional[str] = None) ->
         except RuntimeError as err:  # shapes of another depth or width
             detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
             raise ValueError(
-                f"Checkpoint {checkpoint} does not fit a {name} ({detail or 'other shapes'}): was it trained with "
-                "another --arch (e.g. resnet50, tiny-resnet)? Name that backbone."
+                f"Checkpoint {checkpoint} does not fit a {name} ({detail or 'other shapes'}): {_other_backbone(name)}"
             ) from None
         missing = [k for k in missing if not k.startswith("fc.")]
         unexpected = [k for k in unexpected if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
         if missing or unexpected:
             what = f"lacks {len(missing)} {name} weights, e.g. {missing[:3]}" if missing else ""
             extra = f"holds {len(unexpected)} weights a {name} has no place for, e.g. {unexpected[:3]}"
-            raise ValueError(
-                f"Checkpoint {checkpoint} {what or extra}: was it trained with another --arch (e.g. resnet50, "
-                "tiny-resnet)? Name that backbone."
-            )
+            raise ValueError(f"Checkpoint {checkpoint} {what or extra}: {_other_backbone(name)}")
     trunk = nn.Sequential(*list(net.children())[:-2])
     return FeatureBackbone(trunk, channels=net.fc.in_features, stride=32)
 

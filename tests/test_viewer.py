@@ -243,7 +243,9 @@ def test_checkpoints_devices_and_solvers_are_messages_not_tracebacks(tmp_path: P
     wider = tmp_path / "resnet50.pt"
     torch.save(torchvision.models.resnet50().state_dict(), wider)
     assert main([*argv, "--backbone", "resnet18", "--checkpoint", str(wider)]) == 2
-    assert "does not fit a resnet18" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not fit a resnet18" in err and "--backbone" in err  # the viewer's own option, other backbones named
+    assert "resnet34, resnet50, tiny-resnet" in err and "resnet18, " not in err
     state = torchvision.models.resnet18().state_dict()
     state["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     nan = tmp_path / "nan.pt"
