@@ -13,6 +13,7 @@ eigenvector of what is left.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
@@ -166,6 +167,14 @@ def _orthonormalize(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tens
     return Q
 
 
+@lru_cache(maxsize=16)
+def _spare_rows(b: int, N: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(b, N) fixed pseudo-random unit rows on ``device``: made once per shape, not at every Krylov step (on a GPU
+    each would be a host-to-device copy)."""
+    spare = torch.randn(b, N, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
+    return torch.nn.functional.normalize(spare, dim=-1).to(device=device, dtype=dtype)
+
+
 def _gram_schmidt(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tensor:
     """:func:`_orthonormalize` by classical Gram-Schmidt with re-orthogonalization (CGS2), batched.
 
@@ -177,8 +186,7 @@ def _gram_schmidt(Z: Tensor, basis: Optional[Tensor], passes: int = 2) -> Tensor
     that no zero row (a spurious zero Ritz pair) reaches the Rayleigh-Ritz step.
     """
     B, b, N = Z.shape
-    spare = torch.randn(b, N, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
-    spare = torch.nn.functional.normalize(spare, dim=-1).to(Z)
+    spare = _spare_rows(b, N, Z.dtype, Z.device)
     for _ in range(passes):
         if basis is not None:
             Z = Z - (Z @ basis.transpose(-1, -2)) @ basis

@@ -17,6 +17,7 @@ __all__ = [
     "REGION_SOURCES",
     "RegionSource",
     "check_region_source",
+    "reads_pair",
     "region_help",
 ]
 
@@ -64,6 +65,12 @@ def check_region_source(name: object) -> RegionSource:
     if not isinstance(name, str) or name not in REGION_SOURCES:
         raise ValueError(f"Unknown regions mode {name!r}; choose one of {REGION_MODES}.")
     return REGION_SOURCES[name]
+
+
+def reads_pair(name: str) -> bool:
+    """Whether a refresh reads a pair of maps by default for source ``name``; False for a name outside the table
+    (the trainer's heat map and true boxes)."""
+    return name in REGION_SOURCES and REGION_SOURCES[name].reads_pair
 
 
 def region_help() -> str:

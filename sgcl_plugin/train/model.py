@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from sgcl_plugin import ChannelSumGenerator, SaliencyGenerator, SGCLObjective, feature_maps
 from sgcl_plugin.features import hierarchy_strides
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
-from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_SOURCES
+from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, reads_pair
 
 
 def mlp(in_dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -145,7 +145,7 @@ def saliency_features(backbone: nn.Module, args: argparse.Namespace) -> Any:
     strides = args.saliency_stride
     if args.regions == "heatmap":
         return feature_maps(backbone)
-    if strides is None and args.regions in REGION_SOURCES and REGION_SOURCES[args.regions].reads_pair:
+    if strides is None and reads_pair(args.regions):
         return feature_maps(backbone, hierarchy_strides(backbone))
     stride = tuple(strides) if strides and len(strides) == 2 else (strides[0] if strides else 16)
     return feature_maps(backbone, None if stride == 32 else stride)

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_MODES, REGION_SOURCES, region_help
+from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_MODES, reads_pair, region_help
 
 METHODS = ("byol", "simclr", "nnclr")
 
@@ -396,8 +396,7 @@ def _check_saliency_grid(parser: argparse.ArgumentParser, args: argparse.Namespa
     """``--saliency-size`` gives the refresh a feature grid of at least 2 x 2 cells at its stride."""
     strides = args.saliency_stride or []
     # The refresh needs a feature grid of at least 2 x 2 cells (3 for the objects mode) at its stride.
-    pair = args.regions in REGION_SOURCES and REGION_SOURCES[args.regions].reads_pair
-    stride = 32 if args.regions == "heatmap" else max(strides or [32 if pair else 16])
+    stride = 32 if args.regions == "heatmap" else max(strides or [32 if reads_pair(args.regions) else 16])
     if args.sgcl and args.regions != "gt" and args.saliency_size < 2 * stride:
         parser.error(
             f"--saliency-size {args.saliency_size} gives a feature grid under 2 x 2 cells at stride {stride}; "
