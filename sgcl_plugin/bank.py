@@ -44,9 +44,12 @@ class SaliencyBank:
             of different images can be gathered across processes.
 
     Examples:
+        >>> from sgcl_plugin import SaliencyGenerator, refresh_bank
         >>> bank = SaliencyBank(len(dataset), max_regions=16)
-        >>> refresh_bank(SaliencyGenerator(), backbone, dataset, bank)  # fills it, in place
-        >>> boxes, scores = bank[17]  # (K, 4), (K,)
+        >>> _ = refresh_bank(SaliencyGenerator(), backbone, dataset, bank, saliency_size=256, progress=False)
+        >>> boxes, scores = bank[3]  # image 3's regions, best first
+        >>> boxes.shape[1], bool((scores[:-1] >= scores[1:]).all())  # (K, 4) boxes, (K,) scores
+        (4, True)
         >>> torch.save({"model": model.state_dict(), "bank": bank.state_dict()}, "ckpt.pt")
     """
 

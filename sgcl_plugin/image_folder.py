@@ -68,13 +68,16 @@ class ImageFiles(Dataset):
         ValueError: No image file under ``root``, or ``max_side`` < 1.
 
     Examples:
-        >>> data = ImageFiles("coco/train2017", max_side=640)
+        >>> from sgcl_plugin import SaliencyBank, SaliencyGenerator, refresh_bank
+        >>> from sgcl_plugin.sample_images import export_sample_images
+        >>> _ = export_sample_images("photos", ["astronaut", "chelsea"])  # or a folder such as coco/train2017
+        >>> data = ImageFiles("photos", max_side=256)
         >>> len(data), data.path(0).name
-        (118287, '000000000009.jpg')
-        >>> data[0].size  # (W, H) of the file, aspect ratio kept
-        (640, 480)
+        (2, 'astronaut.jpg')
+        >>> data[1].size  # (W, H) of chelsea.jpg (451 x 300), aspect ratio kept
+        (256, 170)
         >>> bank = SaliencyBank(len(data))
-        >>> refresh_bank(SaliencyGenerator(), backbone, data, bank, num_workers=8)
+        >>> _ = refresh_bank(SaliencyGenerator(), backbone, data, bank, saliency_size=256, progress=False)
     """
 
     def __init__(self, root: Union[str, Path], max_side: Optional[int] = None) -> None:

@@ -32,10 +32,12 @@ class RefreshSchedule:
 
     Examples:
         >>> schedule = RefreshSchedule(every_n_epochs=10)
-        >>> for epoch in range(epochs):
+        >>> for epoch in range(30):
         ...     if schedule.is_due(epoch):
-        ...         refresh_bank(generator, feature_maps(model), dataset.images, bank)
-        ...         schedule.mark_done(epoch, bank.stats())
+        ...         pass  # refresh_bank(generator, feature_maps(model), dataset.images, bank)
+        ...         schedule.mark_done(epoch, {"images": 1000.0})  # e.g. bank.stats()
+        >>> [int(record["epoch"]) for record in schedule.history]
+        [10, 20]
     """
 
     every_n_epochs: int

@@ -229,10 +229,12 @@ class BatchViewAugment(torch.nn.Module):
         ImportError: kornia is not installed.
 
     Examples:
-        >>> aug1, aug2 = BatchViewAugment(1), BatchViewAugment(2)
-        >>> batch = next(iter(loader))  # from SaliencyCropDataset(..., augment=False)
-        >>> v1 = aug1(batch["views1"].flatten(0, 1).cuda())  # (B * t, 3, 96, 96)
-        >>> v2 = aug2(batch["views2"].flatten(0, 1).cuda())
+        >>> aug1, aug2 = BatchViewAugment(1, size=32), BatchViewAugment(2, size=32)
+        >>> batch = next(iter(loader))  # from SaliencyCropDataset(..., augment=False), crops of 32 px
+        >>> v1 = aug1(batch["views1"].flatten(0, 1))  # (B * t, 3, 32, 32), on the crops' device (a GPU's)
+        >>> v2 = aug2(batch["views2"].flatten(0, 1))
+        >>> v1.shape == batch["views1"].flatten(0, 1).shape
+        True
     """
 
     def __init__(

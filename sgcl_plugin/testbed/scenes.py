@@ -168,7 +168,8 @@ class ComposedScenes(Dataset):
         >>> item = scenes[0]
         >>> item["image"].size, item["boxes"].shape, item["masks"].shape
         ((224, 224), torch.Size([2, 4]), torch.Size([2, 224, 224]))
-        >>> scenes.get_image(1)  # only the image, without building masks
+        >>> scenes.get_image(1).size  # only the image, without building masks
+        (224, 224)
     """
 
     _backgrounds: ClassVar[Dict[str, np.ndarray]] = {}
@@ -404,6 +405,8 @@ def object_crops(
 
     Example:
         >>> x, y = object_crops(ComposedScenes(100, image_size=160, split="test"), size=64)
+        >>> x.shape[1:], len(x) == len(y)
+        (torch.Size([3, 64, 64]), True)
     """
     if size < 1 or context < 0:
         raise ValueError(f"Need size >= 1 and context >= 0, got {size} and {context}.")
