@@ -19,12 +19,14 @@ from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.boxes import check_crop_size
 from sgcl_plugin.crops import CropSample, SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.features import Stride, check_stride, feature_map_backbone, refresh_features
+from sgcl_plugin.inter_image_loss import InterImageLoss
 from sgcl_plugin.items import DatasetImages, ImageItem, flatten_pairs, repeat_rows
-from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
+from sgcl_plugin.pair_losses import ntxent_loss
 from sgcl_plugin.refresh import refresh_bank
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 from sgcl_plugin.schedule import RefreshSchedule
 from sgcl_plugin.views import PILView
+from sgcl_plugin.weighted_loss import SaliencyWeightedLoss
 
 try:
     from lightly.data import LightlyDataset
