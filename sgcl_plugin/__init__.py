@@ -2,14 +2,9 @@
 
 from sgcl_plugin.affinity import cosine_affinity, tokens_to_map
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.bank_crops import SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.boxes import random_resized_crop_box, sample_crop_in_box
-from sgcl_plugin.crops import (
-    CropSample,
-    RegionCrops,
-    SaliencyCropDataset,
-    SaliencyCropTransform,
-    sample_regions,
-)
+from sgcl_plugin.crops import CropSample, RegionCrops, sample_regions
 from sgcl_plugin.features import FeatureMaps, feature_maps, refresh_features
 from sgcl_plugin.image_folder import ImageFiles, UnreadableImageError
 from sgcl_plugin.images import SaliencyInput

@@ -103,7 +103,7 @@ class DatasetImages(Dataset):
     Args:
         dataset: Any map-style dataset whose items :func:`split_item` reads; an index-aware crop
             dataset (anything with an ``images`` attribute, e.g.
-            :class:`~sgcl_plugin.crops.SaliencyCropDataset`) is replaced by its images.
+            :class:`~sgcl_plugin.bank_crops.SaliencyCropDataset`) is replaced by its images.
     """
 
     dataset: Any

@@ -100,5 +100,5 @@ def test_no_import_cycle_in_the_package() -> None:
 def test_image_decoding_and_eval_mode_live_below_the_refresh() -> None:
     graph = import_graph()
     assert graph["sgcl_plugin.images"] <= {"sgcl_plugin.checks", "sgcl_plugin.items"}  # a leaf: decoding only
-    for module in ("sgcl_plugin.features", "sgcl_plugin.saliency", "sgcl_plugin.images", "sgcl_plugin.crops"):
-        assert "sgcl_plugin.refresh" not in graph[module], module
+    for name in ("features", "saliency", "images", "crops", "bank_crops", "ncut", "ncut_dense", "ncut_krylov"):
+        assert "sgcl_plugin.refresh" not in graph[f"sgcl_plugin.{name}"], name
