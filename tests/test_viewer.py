@@ -10,15 +10,8 @@ import torch
 from PIL import Image
 
 from sgcl_plugin import Regions, extract_regions
-from sgcl_plugin.viewer import (
-    BOX_COLORS,
-    box_to_pixels,
-    contact_sheet,
-    heat_colormap,
-    main,
-    render_pairs,
-    render_saliency,
-)
+from sgcl_plugin.rendering import BOX_COLORS, box_to_pixels, contact_sheet, heat_colormap, render_pairs, render_saliency
+from sgcl_plugin.viewer import main
 
 pytest.importorskip("skimage.data")
 pytest.importorskip("imgviz")
@@ -140,7 +133,7 @@ def test_render_saliency_draws_boxes_where_the_regions_are() -> None:
 
 
 def test_labels_never_overlap_and_tiny_images_render() -> None:
-    from sgcl_plugin.viewer import _place_label
+    from sgcl_plugin.rendering import _place_label
 
     taken = [(0, 0, 49, 19)]
     spot = _place_label((0, 20, 100, 100), (50, 20), 2, 200, 200, taken)
