@@ -2,7 +2,8 @@
 
 :func:`render_saliency` draws an image beside its saliency heat map with the region boxes;
 :func:`render_pairs` draws the positive pairs of an image; :func:`contact_sheet` tiles named pictures.
-Boxes are normalized ``x0, y0, x1, y1`` (:func:`box_to_pixels`), so they hold at any display size. The
+Boxes are normalized ``x0, y0, x1, y1`` (:func:`box_to_pixels`), so they hold at any display size:
+:func:`enlarge_for_display` brings a photo of a few pixels up to a readable size first. The
 ``sgcl-saliency`` command that writes them for a folder of images is :mod:`sgcl_plugin.viewer`.
 """
 
@@ -76,6 +77,39 @@ def _text_size(
 ) -> Tuple[int, int]:
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
     return int(x1 - min(x0, 0)), int(y1 - min(y0, 0))
+
+
+def enlarge_for_display(image: Image.Image, min_side: int = 256, max_side: Optional[int] = None) -> Image.Image:
+    """A small photo enlarged so that its shorter side is ``min_side`` pixels (nearest neighbour: its own pixels,
+    bigger), aspect ratio kept to rounding; drawn at its native size, a photo of 40 x 30 px would be hidden under
+    its boxes and labels.
+
+    Args:
+        image: The photo.
+        min_side: The shorter side to reach; 0 leaves every photo as it is.
+        max_side: The longer side the enlargement stops at (None: no bound); a photo already past it stays.
+
+    Returns:
+        ``image`` itself when it is large enough (or cannot grow within ``max_side``), else an enlarged copy.
+
+    Examples:
+        >>> enlarge_for_display(Image.new("RGB", (40, 30))).size
+        (341, 256)
+        >>> enlarge_for_display(Image.new("RGB", (400, 300))).size
+        (400, 300)
+    """
+    if isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 0:
+        raise ValueError(f"min_side must be an integer >= 0, got {min_side!r}.")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise ValueError(f"max_side must be an integer >= 1 or None, got {max_side!r}.")
+    width, height = image.size
+    factor = min_side / min(width, height)
+    if max_side is not None:
+        factor = min(factor, max_side / max(width, height))
+    if factor <= 1:
+        return image
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return image.resize(size, Image.Resampling.NEAREST)
 
 
 def _upsample(saliency_map: Tensor, height: int, width: int) -> np.ndarray:

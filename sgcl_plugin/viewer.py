@@ -29,7 +29,7 @@ from sgcl_plugin.files import atomic_write
 from sgcl_plugin.images import _WIDE_MODES, IMAGE_EXTENSIONS, list_image_files, to_rgb_image
 from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_MODES, region_help
 from sgcl_plugin.regions import Regions
-from sgcl_plugin.rendering import box_to_pixels, contact_sheet, render_saliency
+from sgcl_plugin.rendering import box_to_pixels, contact_sheet, enlarge_for_display, render_saliency
 
 _RESERVED_STEMS = {"contact_sheet"}
 
@@ -38,8 +38,9 @@ _RESERVED_STEMS = {"contact_sheet"}
 class _Rendered:
     name: str
     path: Path
-    size: Tuple[int, int]
+    size: Tuple[int, int]  # the photo's (after --max-side), in which the page gives the boxes' pixels
     regions: Regions
+    drawn: Tuple[int, int]  # the photo as drawn (enlarged to --min-side)
 
 
 def _load_image(path: Path, bound: Optional[int] = None) -> Image.Image:
@@ -125,7 +126,8 @@ def _write_index(out: Path, rendered: List[_Rendered], skipped: List[str], title
         parts.append(f"<p>Skipped (not readable images):</p><ul>{items}</ul>")
     for r in rendered:
         W, H = r.size
-        parts.append(f'<h2 id="{esc(r.path.stem)}">{esc(r.name)} <small>({W} x {H})</small></h2>')
+        enlarged = f", drawn enlarged to {r.drawn[0]} x {r.drawn[1]}" if r.drawn != r.size else ""
+        parts.append(f'<h2 id="{esc(r.path.stem)}">{esc(r.name)} <small>({W} x {H}{enlarged})</small></h2>')
         href = quote(r.path.name, encoding="utf-8", errors="surrogateescape")  # the file's own bytes
         parts.append(f'<p><img src="{href}" alt="{esc(r.name)}"></p>')
         note = " (no region survived: whole image)" if r.regions.fallback else ""
@@ -219,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="downscale renderings so the photo's longer side is at most this (0: keep; default: 1024)",
     )
+    p.add_argument(
+        "--min-side",
+        type=int,
+        default=256,
+        help="enlarge smaller photos (nearest neighbour) so their shorter side is this, within --max-side "
+        "(0: native size; default: 256)",
+    )
     p.add_argument("--columns", type=int, default=2, help="contact sheet columns (default: 2)")
     p.add_argument("--max-boxes", type=int, default=5, help="boxes drawn per rendering, best first (0: all; default 5)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -259,6 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ("--min-area", args.min_area, 1),
         ("--columns", args.columns, 1),
         ("--max-side", args.max_side, 0),
+        ("--min-side", args.min_side, 0),
         ("--max-boxes", args.max_boxes, 0),
     ):
         if value < low:
@@ -380,9 +390,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if args.max_side and max(im.size) > args.max_side:
                     im = im.copy()
                     im.thumbnail((args.max_side, args.max_side), Image.Resampling.LANCZOS)
+                photo = enlarge_for_display(im, args.min_side, args.max_side or None)  # boxes are normalized
                 for label, result in results:
                     smap, regions = result.maps[i], result.regions[i]
-                    picture = render_saliency(im, smap, regions, max_boxes=args.max_boxes or None)
+                    picture = render_saliency(photo, smap, regions, max_boxes=args.max_boxes or None)
                     stem = name if len(passes) == 1 else f"{Path(name).stem}_{label.split(',')[0]}"
                     path = args.out / f"{_unique_stem(stem, used)}.png"
                     try:
@@ -391,7 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         bar.close()
                         return fail(f"cannot write {path}: {err.strerror or err} (disk full?); nothing half-written")
                     shown = name if len(passes) == 1 else f"{name} ({label})"
-                    rendered.append(_Rendered(name=shown, path=path, size=im.size, regions=regions))
+                    rendered.append(_Rendered(shown, path, im.size, regions, photo.size))
                     thumb = picture.copy()
                     thumb.thumbnail((tile_width, tile_width), Image.Resampling.LANCZOS)
                     thumbs.append((_display(shown), thumb))
