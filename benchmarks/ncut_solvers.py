@@ -34,7 +34,9 @@ import torch
 from sgcl_plugin import SaliencyGenerator, cosine_affinity, extract_regions
 from sgcl_plugin.backbones import efficientnet_lite0, resnet_backbone
 from sgcl_plugin.images import SaliencyInput
-from sgcl_plugin.ncut import fiedler_cupy, fiedler_eigh, fiedler_krylov, fiedler_vector, ncut_embedding
+from sgcl_plugin.ncut import fiedler_vector, ncut_embedding
+from sgcl_plugin.ncut_dense import fiedler_cupy, fiedler_eigh
+from sgcl_plugin.ncut_krylov import fiedler_krylov
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTE = """

@@ -289,8 +289,8 @@ def figure(
     Returns:
         The file size in bytes (colours are reduced until it is at most ``max_bytes``, if possible).
     """
+    from sgcl_plugin.rendering import render_saliency
     from sgcl_plugin.saliency import SaliencyGenerator
-    from sgcl_plugin.viewer import render_saliency
 
     transform = SaliencyInput(size, backbone.mean, backbone.std)
     with torch.no_grad():

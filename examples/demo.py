@@ -32,8 +32,8 @@ def pair_pictures(args: argparse.Namespace, bank_state: Dict[str, Any], out: Pat
     from PIL import Image
 
     from sgcl_plugin import SaliencyBank, SaliencyCropTransform
+    from sgcl_plugin.rendering import contact_sheet, render_pairs
     from sgcl_plugin.testbed.metrics import crop_object_shares, shown_object
-    from sgcl_plugin.viewer import contact_sheet, render_pairs
 
     scenes = sgcl_train.training_scenes(args)
     trained = SaliencyBank(bank_state["num_images"], max_regions=bank_state["max_regions"])

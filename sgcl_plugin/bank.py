@@ -198,8 +198,8 @@ class SaliencyBank:
             self._seq[0] += 1
 
     def read_by_crops(self) -> None:
-        """Notes that a crop transform reads this bank (:class:`~sgcl_plugin.crops.SaliencyCropTransform` calls it):
-        a refresh of a dataset of this size into a *new* bank then warns, as its regions would reach no crop."""
+        """Notes that a crop transform reads this bank (:class:`~sgcl_plugin.bank_crops.SaliencyCropTransform` calls
+        it): a refresh of a dataset of this size into a *new* bank then warns, as its regions would reach no crop."""
         _READ_BY_CROPS.add(self)
 
     def mark_refreshed(self) -> None:

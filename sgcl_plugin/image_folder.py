@@ -3,7 +3,7 @@
 :class:`ImageFiles` lists the image files of a folder once (recursively, sorted, hidden paths
 skipped) and decodes an item only when it is asked for, so a dataset of any number of images costs
 the memory of its file names; DataLoader workers decode in parallel, and the same dataset feeds the
-crops (:class:`~sgcl_plugin.crops.SaliencyCropDataset`) and the saliency refresh
+crops (:class:`~sgcl_plugin.bank_crops.SaliencyCropDataset`) and the saliency refresh
 (:func:`~sgcl_plugin.refresh.refresh_bank`). Items keep the
 file's aspect ratio: the crop transform and the refresh express boxes relative to the image, so
 no square resize is needed before the crop.

@@ -70,22 +70,44 @@ def split_item(item: Any, index: int) -> ImageItem:
             f"Dataset item {index} already holds {len(image)} views: its dataset applies a multi-view transform. "
             "Build it without a transform (e.g. LightlyDataset(..., transform=None)); SGCL makes the views."
         )
-    if _same_kind_of_image(image, target):
+    if _two_views(image, target):
         raise ValueError(
-            f"Dataset item {index} is (image, image) of one shape: a pair of views (its dataset applies a two-view "
-            "transform), not (image, target). Build it without that transform; SGCL makes the views."
+            f"Dataset item {index} is (image, image), {_describe(image)} and {_describe(target)}: a pair of views (its "
+            "dataset applies a two-view or multi-crop transform), not (image, target). Build it without that "
+            "transform; SGCL makes the views."
         )
     return ImageItem(image, -1 if target is None else target, filename)
 
 
-def _same_kind_of_image(a: Any, b: Any) -> bool:
-    """Two PIL images of one size, or two arrays / tensors of one shape with 2 or more axes (two views)."""
+def _two_views(a: Any, b: Any) -> bool:
+    """Whether ``(a, b)`` are two views of an image rather than an image and its target.
+
+    Two views are two PIL images of one size or of one mode, two arrays / tensors of one shape with 2 or more axes,
+    or two images of one dtype with as many channels (3-axis arrays / tensors, channels first or last) but of
+    different sizes: a multi-crop transform's large and small views, (3, 224, 224) and (3, 96, 96). A mask of
+    another mode, rank or channel count is a target.
+    """
     from PIL import Image
 
     if isinstance(a, Image.Image) and isinstance(b, Image.Image):
-        return a.size == b.size
+        return a.size == b.size or a.mode == b.mode
     shape_a, shape_b = getattr(a, "shape", None), getattr(b, "shape", None)
-    return shape_a is not None and shape_b is not None and len(shape_a) >= 2 and tuple(shape_a) == tuple(shape_b)
+    if shape_a is None or shape_b is None or len(shape_a) < 2:
+        return False
+    shape_a, shape_b = tuple(shape_a), tuple(shape_b)
+    if shape_a == shape_b:
+        return True
+    if len(shape_a) != 3 or len(shape_b) != 3 or getattr(a, "dtype", None) != getattr(b, "dtype", None):
+        return False
+    return any(shape_a[axis] == shape_b[axis] and shape_a[axis] in (1, 3, 4) for axis in (0, -1))
+
+
+def _describe(image: Any) -> str:
+    """An image in an error message: ``PIL RGB 224 x 224`` or ``Tensor (3, 224, 224)``."""
+    size = getattr(image, "size", None)
+    if isinstance(size, tuple) and hasattr(image, "mode"):
+        return f"PIL {image.mode} {size[0]} x {size[1]}"
+    return f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}"
 
 
 def check_map_style(dataset: Any, who: str) -> None:
@@ -103,7 +125,7 @@ class DatasetImages(Dataset):
     Args:
         dataset: Any map-style dataset whose items :func:`split_item` reads; an index-aware crop
             dataset (anything with an ``images`` attribute, e.g.
-            :class:`~sgcl_plugin.crops.SaliencyCropDataset`) is replaced by its images.
+            :class:`~sgcl_plugin.bank_crops.SaliencyCropDataset`) is replaced by its images.
     """
 
     dataset: Any

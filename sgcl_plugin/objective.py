@@ -13,7 +13,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from sgcl_plugin.losses import FeatureQueue, ImageIds, InterImageLoss, Normalize, SaliencyWeightedLoss
+from sgcl_plugin.inter_image_loss import FeatureQueue, InterImageLoss
+from sgcl_plugin.pair_losses import ImageIds
+from sgcl_plugin.weighted_loss import Normalize, SaliencyWeightedLoss
 
 __all__ = ["METHODS", "SGCLObjective"]
 

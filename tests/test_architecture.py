@@ -100,5 +100,17 @@ def test_no_import_cycle_in_the_package() -> None:
 def test_image_decoding_and_eval_mode_live_below_the_refresh() -> None:
     graph = import_graph()
     assert graph["sgcl_plugin.images"] <= {"sgcl_plugin.checks", "sgcl_plugin.items"}  # a leaf: decoding only
-    for module in ("sgcl_plugin.features", "sgcl_plugin.saliency", "sgcl_plugin.images", "sgcl_plugin.crops"):
-        assert "sgcl_plugin.refresh" not in graph[module], module
+    for name in ("features", "saliency", "images", "crops", "bank_crops", "ncut", "ncut_dense", "ncut_krylov"):
+        assert "sgcl_plugin.refresh" not in graph[f"sgcl_plugin.{name}"], name
+
+
+def test_the_split_modules_keep_their_concepts_apart() -> None:
+    """The modules split out of the large ones (issue 20) stay one concept each: the crop step reads no bank, the
+    pictures know nothing of files or the command line, the solvers and the per-pair losses stand below their
+    fronts."""
+    graph = import_graph()
+    assert "sgcl_plugin.bank" not in graph["sgcl_plugin.crops"]  # bank_crops feeds it the bank's regions
+    assert graph["sgcl_plugin.rendering"] <= {"sgcl_plugin.regions"}  # drawing only; the viewer writes files
+    assert "sgcl_plugin.ncut" not in graph["sgcl_plugin.ncut_dense"] | graph["sgcl_plugin.ncut_krylov"]
+    assert graph["sgcl_plugin.pair_losses"] <= {"sgcl_plugin.checks"}
+    assert "sgcl_plugin.losses" not in set().union(*graph.values())  # the losses' namespace; no module reads it

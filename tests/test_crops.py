@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import RandomResizedCrop
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.bank_crops import SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.boxes import (
     crop_and_resize,
     jitter_boxes,
@@ -24,7 +25,7 @@ from sgcl_plugin.boxes import (
     sample_crop_in_box,
     sample_crops_in_boxes,
 )
-from sgcl_plugin.crops import CropSample, RegionCrops, SaliencyCropDataset, SaliencyCropTransform, sample_regions
+from sgcl_plugin.crops import CropSample, RegionCrops, sample_regions
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 from sgcl_plugin.views import BatchViewAugment, byol_view_transforms
 

@@ -162,6 +162,41 @@ def test_region_crops_refuse_scores_that_do_not_match_the_boxes() -> None:
     assert crops(image, torch.zeros(0, 4), None).views1.shape == (2, 3, 8, 8)  # no regions: random crops
 
 
+def test_two_views_of_different_sizes_are_refused_and_images_with_masks_are_not() -> None:
+    """A multi-crop transform's (large view, small view) was read as (image, target) and trained on the large view
+    with the small one as its label: a pair of views is refused whatever the sizes, an image with a mask is not."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    resize = torch.nn.functional.interpolate  # the views of a real multi-crop: resized crops of one photo
+    big = torch.from_numpy(np.array(photo)).permute(2, 0, 1).float() / 255
+    views = {
+        "tensors": (resize(big[None], size=(224, 224))[0], resize(big[None, :, :30, :40], size=(96, 96))[0]),
+        "PIL images": (photo.resize((224, 224)), photo.crop((0, 0, 40, 30)).resize((96, 96))),
+        "HWC arrays": (np.asarray(photo.resize((224, 224))), np.asarray(photo.resize((96, 96)))),
+    }
+    for pair in views.values():
+        data = SaliencyCropDataset([pair] * 2, SaliencyCropTransform(SaliencyBank(2), num_regions=1, size=8))
+        with pytest.raises(ValueError, match=r"\(image, image\), .* a pair of views .*multi-crop"):
+            data[1]
+        with pytest.raises(ValueError, match="pair of views"):
+            split_item((*pair, 5), 0)  # (view, view, target) too
+    with pytest.raises(ValueError, match=r"item 3 is \(image, image\), Tensor \(3, 224, 224\) and Tensor \(3, 96"):
+        split_item(views["tensors"], 3)
+    # An image and its mask or label map, of any size, is (image, target):
+    mask = Image.fromarray(rng.integers(0, 5, (30, 40), dtype=np.uint8)).convert("P")
+    for image, target in (
+        (photo, mask),  # a VOC-style palette mask at half the size
+        (photo, photo.convert("L").resize((40, 30))),  # a grey-level map of another size
+        (big, torch.zeros(60, 80, dtype=torch.long)),  # a class map
+        (big, torch.zeros(1, 30, 40, dtype=torch.long)),  # a one-channel class map of another size
+        (big, torch.tensor([3, 7])),  # labels
+    ):
+        assert split_item((image, target), 0).target is target
+
+
 def test_silent_misuse_of_the_core_api_is_refused_or_warned() -> None:
     """(a) a dataset that still returns (view1, view2) was taken as (image, target); (b) a refresh without bank=
     filled a new bank the crops never read, and training went on with random crops."""
@@ -171,7 +206,7 @@ def test_silent_misuse_of_the_core_api_is_refused_or_warned() -> None:
 
     views = [(Image.new("RGB", (40, 30)), Image.new("RGB", (40, 30))) for _ in range(4)]
     data = SaliencyCropDataset(views, SaliencyCropTransform(SaliencyBank(4), num_regions=1, size=8, augment=False))
-    with pytest.raises(ValueError, match=r"\(image, image\) of one shape: a pair of views"):
+    with pytest.raises(ValueError, match=r"\(image, image\), PIL RGB 40 x 30 and PIL RGB 40 x 30: a pair of views"):
         data[0]
     with pytest.raises(ValueError, match="pair of views"):
         split_item((torch.rand(3, 8, 8), torch.rand(3, 8, 8)), 0)

@@ -8,7 +8,8 @@ import scipy.linalg
 import torch
 
 from sgcl_plugin import fiedler_vector, ncut_embedding
-from sgcl_plugin.ncut import DENSE_MAX_NODES, check_affinity, fiedler_krylov, resolve_solver
+from sgcl_plugin.ncut import DENSE_MAX_NODES, check_affinity, resolve_solver
+from sgcl_plugin.ncut_krylov import fiedler_krylov
 
 
 def scipy_fiedler(W: torch.Tensor) -> np.ndarray:
@@ -227,7 +228,7 @@ def test_cupy_guards_without_a_gpu() -> None:
     """The cupy solver's guards, checked where they can be without cupy: the CUDA version check (cupy for
     CUDA 12 under a CUDA 13 torch failed deep inside the first eigh) and the eigenpair check that catches
     cuSOLVER's silent non-convergence."""
-    from sgcl_plugin.ncut import _bad_eigenpairs, check_cuda_versions, normalized_affinity
+    from sgcl_plugin.ncut_dense import _bad_eigenpairs, check_cuda_versions, normalized_affinity
 
     check_cuda_versions(13000, "13.0")
     check_cuda_versions(12040, "12.6")
@@ -274,7 +275,7 @@ def test_gram_schmidt_rows_orthonormal_and_orthogonal_to_the_basis_even_when_dep
 ) -> None:
     """The GPU's orthonormalization (CGS2): a nearly dependent row, a row in the basis' span and an
     exact zero row still come out as orthonormal rows orthogonal to the basis, spanning Z where Z has rank."""
-    from sgcl_plugin.ncut import _gram_schmidt
+    from sgcl_plugin.ncut_krylov import _gram_schmidt
 
     g = torch.Generator().manual_seed(0)
     B, N = 3, 50
@@ -298,9 +299,11 @@ def test_gram_schmidt_rows_orthonormal_and_orthogonal_to_the_basis_even_when_dep
 @pytest.mark.parametrize("N,B", [(64, 3), (400, 4)])
 def test_krylov_through_gram_schmidt_matches_scipy(monkeypatch: pytest.MonkeyPatch, N: int, B: int) -> None:
     """The solver as a GPU runs it (Gram-Schmidt instead of QR), checked on the CPU against scipy, hard graphs too."""
-    from sgcl_plugin import ncut
+    from sgcl_plugin import ncut_krylov
 
-    monkeypatch.setattr(ncut, "CPU_ORTHONORMALIZE", "gram-schmidt")
+    monkeypatch.setattr(ncut_krylov, "CPU_ORTHONORMALIZE", "gram-schmidt")
+    Z = torch.randn(2, 3, N, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ncut_krylov._orthonormalize(Z, None), ncut_krylov._gram_schmidt(Z, None))  # the flag is read
     W = feature_graph(B, N, 64, seed=N + B)
     assert abs_cos(fiedler_krylov(W), scipy_fiedler(W)).min() > 0.9999
     grid = grid_graph(20, 21)

@@ -10,15 +10,16 @@ import torch
 from PIL import Image
 
 from sgcl_plugin import Regions, extract_regions
-from sgcl_plugin.viewer import (
+from sgcl_plugin.rendering import (
     BOX_COLORS,
     box_to_pixels,
     contact_sheet,
+    enlarge_for_display,
     heat_colormap,
-    main,
     render_pairs,
     render_saliency,
 )
+from sgcl_plugin.viewer import main
 
 pytest.importorskip("skimage.data")
 pytest.importorskip("imgviz")
@@ -140,7 +141,7 @@ def test_render_saliency_draws_boxes_where_the_regions_are() -> None:
 
 
 def test_labels_never_overlap_and_tiny_images_render() -> None:
-    from sgcl_plugin.viewer import _place_label
+    from sgcl_plugin.rendering import _place_label
 
     taken = [(0, 0, 49, 19)]
     spot = _place_label((0, 20, 100, 100), (50, 20), 2, 200, 200, taken)
@@ -163,6 +164,46 @@ def test_labels_never_overlap_and_tiny_images_render() -> None:
     for W, H in ((128, 63), (3, 3), (1, 1), (2000, 40)):  # a 128 x 63 photo crashed the label drawing
         out = render_saliency(Image.new("RGB", (W, H), (90, 120, 200)), torch.rand(4, 4), regions)
         assert out.width == 2 * W + 8 and out.height > H
+
+
+def test_small_photos_are_enlarged_for_display() -> None:
+    """enlarge_for_display: the shorter side brought to min_side by nearest neighbour (the photo's own pixels,
+    bigger), never past max_side, larger photos returned as they are."""
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    big = enlarge_for_display(photo)
+    assert big.size == (341, 256)
+    rows, cols = ((np.arange(30) + 0.5) * 256 / 30).astype(int), ((np.arange(40) + 0.5) * 341 / 40).astype(int)
+    assert (np.asarray(big)[rows][:, cols] == np.asarray(photo)).all()  # each pixel's block shows that pixel
+    assert enlarge_for_display(photo, 64).size == (85, 64)
+    assert enlarge_for_display(photo, 256, max_side=80).size == (80, 60)  # the longer side stops at max_side
+    assert enlarge_for_display(Image.new("RGB", (1, 1)), 256).size == (256, 256)
+    for same in (enlarge_for_display(photo, 0), enlarge_for_display(photo, 30), enlarge_for_display(photo, 256, 40)):
+        assert same is photo
+    with pytest.raises(ValueError, match="min_side"):
+        enlarge_for_display(photo, -1)
+    with pytest.raises(ValueError, match="max_side"):
+        enlarge_for_display(photo, 256, 0)
+
+
+def test_the_viewer_draws_a_tiny_photo_enlarged(tmp_path: Path) -> None:
+    """A 40 x 30 photo was drawn at its native size, under boxes and labels as large as itself: the PNG now shows
+    it enlarged to a shorter side of 256 px (--min-side; 0 keeps the native size), boxes scaled with it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    photo.save(images / "tiny.png")
+    argv = ["--images", str(images), "--backbone", "resnet18", "--size", "64", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    with Image.open(tmp_path / "out" / "tiny.png") as rendered:
+        assert rendered.width == 2 * 341 + 8 and rendered.height > 256  # two panels of 341 x 256, the legend
+        left = np.asarray(rendered.convert("RGB"))[:256, :341]
+    assert (left == np.asarray(photo.resize((341, 256), Image.Resampling.NEAREST))).all()
+    page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert "(40 x 30, drawn enlarged to 341 x 256)" in page  # the table's pixel boxes stay the photo's
+    assert main([*argv, "--out", str(tmp_path / "native"), "--min-side", "0"]) == 0
+    with Image.open(tmp_path / "native" / "tiny.png") as rendered:
+        assert rendered.width == 2 * 40 + 8
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--min-side", "-1"]) == 2
 
 
 def test_heat_colormap_and_contact_sheet() -> None:
@@ -278,6 +319,7 @@ def test_sixteen_bit_photo_is_rendered_not_blank(tmp_path: Path) -> None:
     Image.fromarray(deep).save(images / "deep.png")
     out = tmp_path / "out"
     argv = ["--images", str(images), "--out", str(out), "--backbone", "resnet18", "--size", "128", "--no-progress"]
+    argv += ["--min-side", "0"]  # drawn at its native size (96 x 128), to compare pixel by pixel
     assert main(argv) == 0
     with Image.open(out / "deep.png") as rendered:
         left = np.asarray(rendered.convert("L"))[:96, :128].astype(float)

@@ -16,15 +16,18 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.bank_crops import SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.boxes import check_crop_size
-from sgcl_plugin.crops import CropSample, SaliencyCropDataset, SaliencyCropTransform
+from sgcl_plugin.crops import CropSample
 from sgcl_plugin.features import Stride, check_stride, feature_map_backbone, refresh_features
+from sgcl_plugin.inter_image_loss import InterImageLoss
 from sgcl_plugin.items import DatasetImages, ImageItem, flatten_pairs, repeat_rows
-from sgcl_plugin.losses import InterImageLoss, SaliencyWeightedLoss, ntxent_loss
+from sgcl_plugin.pair_losses import ntxent_loss
 from sgcl_plugin.refresh import refresh_bank
 from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
 from sgcl_plugin.schedule import RefreshSchedule
 from sgcl_plugin.views import PILView
+from sgcl_plugin.weighted_loss import SaliencyWeightedLoss
 
 try:
     from lightly.data import LightlyDataset
@@ -56,7 +59,7 @@ class SGCLTransform(SaliencyCropTransform):
 
     Args:
         bank: The dataset's :class:`~sgcl_plugin.bank.SaliencyBank`.
-        num_regions, size, scale, ratio: As in :class:`~sgcl_plugin.crops.SaliencyCropTransform` (paper: 4, 96).
+        num_regions, size, scale, ratio: As in :class:`~sgcl_plugin.bank_crops.SaliencyCropTransform` (paper: 4, 96).
         view_1_transform, view_2_transform: The views' augmentations (PIL in, tensor out), without crop or resize.
 
     Raises:

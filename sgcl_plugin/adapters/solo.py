@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from sgcl_plugin.bank import SaliencyBank
+from sgcl_plugin.bank_crops import SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.checks import check_int
-from sgcl_plugin.crops import CropSample, SaliencyCropDataset, SaliencyCropTransform
+from sgcl_plugin.crops import CropSample
 from sgcl_plugin.features import check_stride, feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.objective import SGCLObjective

@@ -54,7 +54,7 @@ def same_object_pair_rate(
     """The share of positive pairs whose two crops show the same ground-truth object.
 
     Pairs are drawn exactly as training draws them: :meth:`SaliencyCropTransform.sample_boxes
-    <sgcl_plugin.crops.SaliencyCropTransform.sample_boxes>` on ``bank`` (a score-weighted region,
+    <sgcl_plugin.bank_crops.SaliencyCropTransform.sample_boxes>` on ``bank`` (a score-weighted region,
     two rule-R crops in it; before a refresh, two random-resized crops of the whole image), with
     the global RNG seeded by ``seed`` and restored afterwards.
 

@@ -103,7 +103,7 @@ def saliency_pictures(
     """
     from PIL import Image
 
-    from sgcl_plugin.viewer import contact_sheet, render_saliency
+    from sgcl_plugin.rendering import contact_sheet, render_saliency
 
     x = torch.stack([SaliencyInput(saliency_size)(image) for image in images])
     with torch.no_grad(), eval_mode(backbone):
