@@ -57,8 +57,9 @@ class SaliencyCropTransform:
         ValueError: a bad crop option (as :class:`RegionCrops`).
 
     Examples:
+        >>> bank = SaliencyBank(len(dataset))
         >>> transform = SaliencyCropTransform(bank, num_regions=4, size=96)
-        >>> sample = transform(pil_image, index=17)
+        >>> sample = transform(dataset[3], index=3)  # before a refresh: random crops, score 1
         >>> sample.views1.shape, sample.scores.shape
         (torch.Size([4, 3, 96, 96]), torch.Size([4]))
     """
@@ -154,10 +155,13 @@ class SaliencyCropDataset(Dataset):
         images: The wrapped dataset's images by index (what a refresh reads).
 
     Examples:
-        >>> bank = SaliencyBank(len(train_set))
-        >>> data = SaliencyCropDataset(train_set, SaliencyCropTransform(bank))
-        >>> loader = DataLoader(data, batch_size=64, num_workers=8, persistent_workers=True)
-        >>> batch = next(iter(loader))  # batch["views1"]: (64, 4, 3, 96, 96)
+        >>> from torch.utils.data import DataLoader
+        >>> bank = SaliencyBank(len(dataset))
+        >>> data = SaliencyCropDataset(dataset, SaliencyCropTransform(bank))
+        >>> loader = DataLoader(data, batch_size=4, num_workers=2, persistent_workers=True)
+        >>> batch = next(iter(loader))
+        >>> batch["views1"].shape  # (batch, regions, 3, size, size)
+        torch.Size([4, 4, 3, 96, 96])
     """
 
     def __init__(

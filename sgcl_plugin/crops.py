@@ -133,7 +133,8 @@ class RegionCrops:
 
     Examples:
         >>> crops = RegionCrops(num_regions=4, size=96)
-        >>> sample = crops(pil_image, boxes, scores)  # boxes: (K, 4) normalized xyxy, or tv_tensors.BoundingBoxes
+        >>> boxes, scores = torch.tensor([[0.1, 0.2, 0.6, 0.9], [0.5, 0.0, 1.0, 0.5]]), torch.tensor([1.0, 0.4])
+        >>> sample = crops(dataset[0], boxes, scores)  # boxes: (K, 4) normalized xyxy, or tv_tensors.BoundingBoxes
         >>> sample.views1.shape, sample.scores.shape
         (torch.Size([4, 3, 96, 96]), torch.Size([4]))
     """

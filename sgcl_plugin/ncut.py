@@ -130,8 +130,11 @@ def ncut_embedding(
         generalized eigenvalues in ascending order. Signs are arbitrary.
 
     Examples:
-        >>> W = cosine_affinity(features)  # (B, N, N)
+        >>> from sgcl_plugin import cosine_affinity
+        >>> W = cosine_affinity(backbone(images))  # (B, N, N): 2 graphs of 7 x 7 cells
         >>> Y, lam = ncut_embedding(W, num_vectors=4)  # Y[:, 0] is the Fiedler vector
+        >>> Y.shape, bool((lam[:, :-1] <= lam[:, 1:]).all())
+        (torch.Size([2, 4, 49]), True)
     """
     if validate:
         check_affinity(W)
@@ -183,7 +186,8 @@ def fiedler_vector(W: Tensor, solver: Solver = "auto", validate: bool = True) ->
     Examples:
         >>> W = torch.rand(8, 100, 100)
         >>> W = 0.5 * (W + W.transpose(1, 2))
-        >>> y = fiedler_vector(W)  # (8, 100)
+        >>> fiedler_vector(W).shape
+        torch.Size([8, 100])
     """
     if validate:
         check_affinity(W)
