@@ -34,26 +34,36 @@ objects out of them:
 
 Everything except the merges runs batched on the features' device; the merges run per image on
 the CPU over at most a few dozen parts.
+
+:func:`hierarchy_source` is the ``"hierarchy"`` region source (:data:`~sgcl_plugin.region_sources.REGION_SOURCES`),
+with its options in :class:`HierarchyOptions`.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sgcl_plugin.objects import batched_kmeans, component_labels
-from sgcl_plugin.regions import Regions, border_mask, box_iou
+from sgcl_plugin.affinity import unit_affinity, unit_features
+from sgcl_plugin.checks import check_int, check_number
+from sgcl_plugin.ncut import fiedler_vector
+from sgcl_plugin.objects import ObjectsOptions, batched_kmeans, component_labels
+from sgcl_plugin.regions import Regions, SaliencyResult, border_mask, box_iou
+from sgcl_plugin.spectral import CutOptions, flat_graphs, normalize_maps, orient, spectral_embedding
 
 __all__ = [
     "OBJECTNESS_EXPONENTS",
+    "HierarchyOptions",
     "absorb_small_parts",
     "hierarchy_regions",
+    "hierarchy_source",
     "merge_tree",
     "CellFeatures",
     "node_factors",
@@ -430,3 +440,76 @@ def hierarchy_regions(
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class HierarchyOptions(ObjectsOptions):
+    """The hierarchy source's options: the objects source's (the parts) and the selection's.
+
+    Attributes:
+        nms_iou: A candidate overlapping a better one at this IoU is dropped.
+        max_regions: Regions kept per image.
+        score_power: Kept scores are ``(objectness / best) ** score_power``.
+        objectness: Exponents of the objectness factors that differ from :data:`OBJECTNESS_EXPONENTS` (0 leaves a
+            factor out); None for the defaults.
+
+    Raises:
+        ValueError: what :class:`~sgcl_plugin.objects.ObjectsOptions` refuses, ``nms_iou`` outside (0, 1],
+            ``max_regions`` < 1, ``score_power`` not finite and > 0, an unknown factor or an exponent not finite
+            and >= 0.
+    """
+
+    nms_iou: float = 0.5
+    max_regions: int = 16
+    score_power: float = 4.0
+    objectness: Optional[Dict[str, float]] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou!r}.")
+        check_int("max_regions", self.max_regions, 1)
+        check_number("score_power", self.score_power, 0, strict=True)
+        object.__setattr__(self, "nms_iou", float(self.nms_iou))
+        object.__setattr__(self, "score_power", float(self.score_power))
+        if self.objectness is not None:
+            bad = {
+                k: v
+                for k, v in self.objectness.items()
+                if k not in OBJECTNESS_EXPONENTS or not 0 <= float(v) < float("inf")
+            }
+            if bad:
+                raise ValueError(f"objectness takes exponents >= 0 of {sorted(OBJECTNESS_EXPONENTS)}, got {bad}.")
+            object.__setattr__(self, "objectness", {k: float(v) for k, v in self.objectness.items()})
+
+
+@torch.no_grad()
+def hierarchy_source(
+    cut: CutOptions, options: HierarchyOptions, fine: Tensor, coarse: Optional[Tensor]
+) -> SaliencyResult:
+    """The ``"hierarchy"`` region source: parts from the fine map's k-way Ncut, saliency from the coarse map's Ncut
+    (the fine map's when ``coarse`` is None or under 3 cells), objectness from both (:func:`hierarchy_regions`).
+    Its ``maps`` are the coarse map's saliency on the fine grid."""
+    unit, Y, y, flat = spectral_embedding(fine, cut, options.num_vectors, "hierarchy")  # checks the map first
+    B, _, h, w = fine.shape
+    fine_sal = normalize_maps(y)
+    if coarse is not None and coarse.shape[-2] * coarse.shape[-1] >= 3:
+        hc, wc = coarse.shape[-2:]
+        coarse_unit = unit_features(coarse)
+        Wc = unit_affinity(coarse_unit, mode=cut.affinity, eps=cut.eps, tau=cut.tau)
+        yc = orient(fiedler_vector(Wc, solver=cut.solver, validate=False), hc, wc, cut.sign_rule)
+        yc = torch.where(flat_graphs(Wc)[:, None], torch.zeros_like(yc), yc)
+        up = torch.nn.functional.interpolate(
+            yc.reshape(B, 1, hc, wc).float(), size=(h, w), mode="bilinear", align_corners=False
+        )
+        sal = normalize_maps(up.flatten(1))
+    else:
+        sal, coarse_unit = fine_sal, None
+    sal = torch.where(flat[:, None], torch.zeros_like(sal), sal)  # identical features: whole-image fallback
+    regions = hierarchy_regions(
+        fine, coarse, Y, fine_sal, sal, num_clusters=options.num_clusters,
+        min_area=options.min_cells(cut, h, w), ring=options.ring,
+        nms_iou=options.nms_iou, max_regions=options.max_regions, score_power=options.score_power,
+        exponents=options.objectness, fine_unit=unit, coarse_unit=coarse_unit,
+    )  # fmt: skip
+    return SaliencyResult(maps=sal.reshape(B, h, w).float(), regions=regions, fiedler=y)

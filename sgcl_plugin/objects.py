@@ -20,11 +20,15 @@ the same graph into many parts and keeps the ones that look like objects:
 
 Everything up to the components runs batched on the features' device; the components are
 labelled on the CPU in one call for the whole batch (the label maps are small integers).
+
+:func:`objects_source` is the ``"objects"`` region source (:data:`~sgcl_plugin.region_sources.REGION_SOURCES`),
+with its options in :class:`ObjectsOptions`.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,9 +37,11 @@ from scipy import ndimage
 from torch import Tensor
 
 from sgcl_plugin.affinity import unit_features
-from sgcl_plugin.regions import Regions, border_mask
+from sgcl_plugin.checks import check_int
+from sgcl_plugin.regions import Regions, SaliencyResult, border_mask
+from sgcl_plugin.spectral import CutOptions, SourceOptions, normalize_maps, spectral_embedding
 
-__all__ = ["batched_kmeans", "component_labels", "object_regions", "objectness"]
+__all__ = ["ObjectsOptions", "batched_kmeans", "component_labels", "object_regions", "objectness", "objects_source"]
 
 MIN_SCORE = 1e-6
 """Objectness at or below this counts as none (rounding noise of identical features)."""
@@ -251,3 +257,59 @@ def _boxes(labels: Tensor, R: int, h: int, w: int) -> Tensor:
     r1 = torch.full((B, R), -1, dtype=torch.int64).scatter_reduce(1, idx, torch.where(valid, rows, -1), "amax")
     c1 = torch.full((B, R), -1, dtype=torch.int64).scatter_reduce(1, idx, torch.where(valid, cols, -1), "amax")
     return torch.stack([c0 / w, r0 / h, (c1 + 1) / w, (r1 + 1) / h], dim=-1).float()
+
+
+@dataclass(frozen=True)
+class ObjectsOptions(SourceOptions):
+    """The objects source's options (the hierarchy source's too: :class:`~sgcl_plugin.hierarchy.HierarchyOptions`).
+
+    Attributes:
+        num_vectors: Eigenvectors in the spectral embedding.
+        num_clusters: k-means clusters per image.
+        ring: Width in cells of the ring a region is compared with.
+        min_fraction: Parts smaller than this fraction of the grid are dropped (objects) or merged into a
+            neighbour (hierarchy) too: the larger of this and ``min_area`` applies (8 cells on a 28 x 28 grid).
+
+    Raises:
+        ValueError: ``num_vectors`` < 1, ``num_clusters`` < 2, ``ring`` < 1 (integers), ``min_fraction`` outside
+            [0, 1).
+    """
+
+    num_vectors: int = 4
+    num_clusters: int = 8
+    ring: int = 2
+    min_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_int("num_vectors", self.num_vectors, 1)
+        check_int("num_clusters", self.num_clusters, 2)
+        check_int("ring", self.ring, 1)
+        if not 0.0 <= self.min_fraction < 1.0:
+            raise ValueError(f"min_fraction must be in [0, 1), got {self.min_fraction!r}.")
+        object.__setattr__(self, "min_fraction", float(self.min_fraction))
+
+    def check_cut(self, cut: CutOptions, mode: str) -> None:
+        """Refuses the ``"cupy"`` solver, which computes one eigenvector only."""
+        if cut.solver == "cupy":
+            raise ValueError(
+                f"regions={mode!r} solves several eigenvectors, which the cupy solver does not: "
+                "use 'auto', 'eigh' or 'krylov'."
+            )
+
+    def min_cells(self, cut: CutOptions, h: int, w: int) -> int:
+        """The smallest part kept on an h x w grid: the larger of ``min_area`` and ``min_fraction`` of the grid."""
+        return max(cut.min_area, round(self.min_fraction * h * w))
+
+
+@torch.no_grad()
+def objects_source(cut: CutOptions, options: ObjectsOptions, fine: Tensor, coarse: Optional[Tensor]) -> SaliencyResult:
+    """The ``"objects"`` region source: the scored parts of a k-way Ncut of the first map (``coarse`` is not
+    read); its ``maps`` are the oriented Fiedler vector scaled to [0, 1], as the paper source's."""
+    _, Y, y, _ = spectral_embedding(fine, cut, options.num_vectors, "objects")  # checks the map first
+    B, _, h, w = fine.shape
+    maps = normalize_maps(y).reshape(B, h, w).float()
+    regions = object_regions(
+        fine, Y, maps, num_clusters=options.num_clusters, min_area=options.min_cells(cut, h, w),
+        connectivity=cut.connectivity, ring=options.ring,
+    )  # fmt: skip
+    return SaliencyResult(maps=maps, regions=regions, fiedler=y)

@@ -1,9 +1,10 @@
-"""Scored regions of saliency maps: mask at the mean, connected components, boxes (SGCL Eq. 4-5), box IoU."""
+"""Scored regions of saliency maps: mask at the mean, connected components, boxes (SGCL Eq. 4-5), box IoU; what a
+region source returns (:class:`SaliencyResult`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +31,44 @@ class Regions:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+
+@dataclass
+class SaliencyResult:
+    """Saliency of a batch of feature maps: what every region source returns.
+
+    Attributes:
+        maps: (B, h, w) float32 in [0, 1], higher = more foreground.
+        regions: One :class:`Regions` per image (boxes, scores, areas).
+        fiedler: (B, h*w) the oriented Fiedler vectors before scaling (the heat map source: its map, scaled).
+    """
+
+    maps: Tensor
+    regions: List[Regions]
+    fiedler: Tensor
+
+    @property
+    def boxes(self) -> List[Tensor]:
+        return [r.boxes for r in self.regions]
+
+    @property
+    def scores(self) -> List[Tensor]:
+        return [r.scores for r in self.regions]
+
+    def padded(self, max_regions: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Fixed-size tables of the top ``max_regions`` regions per image.
+
+        Returns:
+            boxes (B, R, 4), scores (B, R) (0 in padding) and counts (B,) int64.
+        """
+        B = len(self.regions)
+        boxes = torch.zeros(B, max_regions, 4)
+        scores = torch.zeros(B, max_regions)
+        counts = torch.zeros(B, dtype=torch.int64)
+        for i, r in enumerate(self.regions):
+            k = min(len(r), max_regions)
+            boxes[i, :k], scores[i, :k], counts[i] = r.boxes[:k], r.scores[:k], k
+        return boxes, scores, counts
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from sgcl_plugin.files import atomic_write
 from sgcl_plugin.images import _WIDE_MODES, IMAGE_EXTENSIONS, list_image_files, to_rgb_image
-from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_MODES, region_help
+from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_SOURCES, last_map_only, reads_pair, region_help
 from sgcl_plugin.regions import Regions
 from sgcl_plugin.rendering import box_to_pixels, contact_sheet, enlarge_for_display, render_saliency
 
@@ -205,13 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=4, help="smallest region kept, in feature-map cells (default: 4)")
     p.add_argument("--sign-rule", choices=SIGN_RULES, default="border", help="foreground side of the cut")
     p.add_argument(
-        "--regions", choices=(*REGION_MODES, "both", "all"), default=DEFAULT_REGION_SOURCE,
+        "--regions", choices=(*REGION_SOURCES, "both", "all"), default=DEFAULT_REGION_SOURCE,
         help=f"region mode: {region_help()}; 'both': paper and {DEFAULT_REGION_SOURCE} side by side; 'all': every mode",
     )  # fmt: skip
     p.add_argument(
         "--stride", type=int, nargs="+", default=None, metavar="STRIDE",
         help="feature stride(s) to read: one, or two (fine coarse) for hierarchy (default: the last map and the stage "
-        "at half its stride for hierarchy, 16 for objects, the backbone's last map for paper)",
+        "at half its stride for hierarchy, 16 for objects, the backbone's last map for paper; heatmap always reads "
+        "the last map)",
     )  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
@@ -312,23 +313,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail("--solver cupy solves on a CUDA GPU; on the CPU use auto, eigh or krylov.")
     backbone = backbone.to(device).eval()
     transform = SaliencyInput(args.size, backbone.mean, backbone.std)
-    modes = {"both": ["paper", DEFAULT_REGION_SOURCE], "all": list(REGION_MODES)}.get(args.regions, [args.regions])
+    modes = {"both": ["paper", DEFAULT_REGION_SOURCE], "all": list(REGION_SOURCES)}.get(args.regions, [args.regions])
     if args.stride is not None and (
         len(args.stride) > 2 or min(args.stride) < 1 or (len(args.stride) == 2 and args.stride[0] >= args.stride[1])
     ):
         return fail(
             f"--stride takes one or two (fine < coarse) positive strides, got {' '.join(map(str, args.stride))}."
         )
-    # One (mode, feature source, generator) per rendering: objects mode reads the stride-16 stage, hierarchy mode
-    # that stage and the last map.
+    # One (mode, feature source, generator) per rendering: objects mode reads the stride-16 stage, a mode that reads
+    # a pair (hierarchy) that stage and the last map, the others the last map.
     passes: List[Tuple[str, Callable[[Tensor], Any], SaliencyGenerator]] = []
     for mode in modes:
-        if args.stride is not None and (mode == "hierarchy" or len(args.stride) == 1):
-            strides = args.stride if mode == "hierarchy" else args.stride[:1]
+        if last_map_only(mode):
+            strides = [backbone.stride]
+        elif args.stride is not None and (reads_pair(mode) or len(args.stride) == 1):
+            strides = args.stride if reads_pair(mode) else args.stride[:1]
+        elif reads_pair(mode):  # the last map and the stage at half its stride (16, 32 for a ResNet): hierarchy_strides
+            strides = [backbone.stride // 2, backbone.stride]
         else:
-            # hierarchy: the last map and the stage at half its stride (16 and 32 for a ResNet), as hierarchy_strides
-            pair = [backbone.stride // 2, backbone.stride]
-            strides = {"hierarchy": pair, "objects": [16]}.get(mode, [backbone.stride])
+            strides = {"objects": [16]}.get(mode, [backbone.stride])
         if args.size < 2 * max(strides):
             return fail(f"--size {args.size} gives a feature map under 2 x 2 cells (stride {max(strides)}).")
         try:
@@ -341,7 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stride = " + ".join(map(str, strides))
         generator = SaliencyGenerator(
             affinity=args.affinity, solver=args.solver, min_area=args.min_area, sign_rule=args.sign_rule,
-            regions=mode,  # type: ignore[arg-type]
+            regions=mode,
         )  # fmt: skip
         passes.append((f"{mode}, stride{'s' if len(strides) > 1 else ''} {stride}", source, generator))
 

@@ -2,10 +2,11 @@
 
 Every ``import sgcl_plugin.x`` / ``from sgcl_plugin.x import y`` statement counts, wherever it stands: at module
 level, inside a function or method (a lazy import) or under ``if TYPE_CHECKING:``. A lazy import is there to
-defer an optional or heavy module (``saliency`` -> ``hierarchy`` / ``objects``, ``metrics`` -> ``crops``, the
-viewer's backbone and generator, ``solo`` -> the Lightning adapter), never to hide a circle: such an edge is
-fine exactly when the graph with it has no cycle, which is what the test checks. No edge is exempt, adapters
-included (none is needed: ``adapters.solo`` imports ``adapters.lightning`` lazily, and nothing leads back).
+defer an optional or heavy module (``metrics`` -> ``crops``, the viewer's backbone and generator, ``solo`` -> the
+Lightning adapter), never to hide a circle: such an edge is fine exactly when the graph with it has no cycle,
+which is what the test checks. No edge is exempt, adapters included (none is needed: ``adapters.solo`` imports
+``adapters.lightning`` lazily, and nothing leads back). The region-source table names its modes' functions by
+``"module:attribute"`` strings, imported on first use: each is an edge from ``region_sources`` too.
 
 The package root counts as the module ``sgcl_plugin``: a submodule that imported names from it would close a
 circle through ``__init__.py``, which imports every public module.
@@ -44,11 +45,22 @@ def imported_modules(tree: ast.AST, modules: Set[str]) -> Set[str]:
     return found & modules
 
 
+def table_modules() -> Set[str]:
+    """The modules that the rows of ``REGION_SOURCES`` name in their ``"module:attribute"`` strings."""
+    from sgcl_plugin.region_sources import REGION_SOURCES
+
+    refs = [ref for row in REGION_SOURCES.values() for ref in (row.compute, row.options)]
+    return {ref.partition(":")[0] for ref in refs if isinstance(ref, str)}
+
+
 def import_graph() -> Graph:
-    """Module -> the package modules it imports, for every ``.py`` file of the package."""
+    """Module -> the package modules it imports, for every ``.py`` file of the package (plus the table's modules
+    for ``region_sources``)."""
     paths = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
     modules = set(paths)
-    return {name: imported_modules(ast.parse(path.read_text(), str(path)), modules) for name, path in paths.items()}
+    graph = {name: imported_modules(ast.parse(path.read_text(), str(path)), modules) for name, path in paths.items()}
+    graph["sgcl_plugin.region_sources"] |= table_modules()
+    return graph
 
 
 def find_cycle(graph: Graph) -> List[str]:
@@ -83,7 +95,8 @@ def test_the_cycle_finder_finds_cycles() -> None:
 def test_the_graph_holds_lazy_imports_and_the_core_modules() -> None:
     graph = import_graph()
     assert {"sgcl_plugin", "sgcl_plugin.images", "sgcl_plugin.refresh", "sgcl_plugin.adapters.solo"} <= set(graph)
-    assert "sgcl_plugin.hierarchy" in graph["sgcl_plugin.saliency"]  # a function-level import
+    assert "sgcl_plugin.affinity" in graph["sgcl_plugin.features"]  # a function-level import (tokens_to_map)
+    assert {"sgcl_plugin.hierarchy", "sgcl_plugin.heatmap"} <= graph["sgcl_plugin.region_sources"]  # named in the table
     assert "sgcl_plugin.adapters.lightning" in graph["sgcl_plugin.adapters.solo"]  # a lazy adapter import
     assert "sgcl_plugin.saliency" in graph["sgcl_plugin.refresh"]  # under TYPE_CHECKING
     assert "sgcl_plugin.features" in graph["sgcl_plugin.refresh"]  # module level

@@ -228,7 +228,7 @@ def test_both_modes_side_by_side(tmp_path: Path) -> None:
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "paper, stride 32" in page and "hierarchy, strides 16 + 32" in page
     assert main([*argv, "--device", "cpu", "--no-progress", "--regions", "all"]) == 0
-    assert (out / "coffee_objects.png").is_file()
+    assert (out / "coffee_objects.png").is_file() and (out / "coffee_heatmap.png").is_file()  # every source
     assert "objects, stride 16" in (out / "index.html").read_text(encoding="utf-8")
     assert main([*argv, "--regions", "hierarchy", "--stride", "32", "16", "--no-progress"]) == 2  # fine < coarse
     assert main([*argv, "--regions", "objects", "--stride", "64", "--no-progress"]) == 2  # no stride-64 stage

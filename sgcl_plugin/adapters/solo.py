@@ -27,7 +27,7 @@ from sgcl_plugin.features import check_stride, feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.refresh import refresh_bank
-from sgcl_plugin.region_sources import REGION_MODES
+from sgcl_plugin.region_sources import REGION_SOURCES
 from sgcl_plugin.saliency import SaliencyGenerator
 from sgcl_plugin.views import PILView, byol_view_transforms
 
@@ -181,7 +181,7 @@ def add_sgcl_cfg(cfg: Any) -> Any:
         (not isinstance(gamma, bool) and isinstance(gamma, numbers.Real) and math.isfinite(gamma),
             f"sgcl.gamma must be a finite number >= 0, got {gamma!r}."),
         (normalize in ("count", "weight"), f"sgcl.normalize must be 'count' or 'weight', got {normalize!r}."),
-        (regions in REGION_MODES, f"sgcl.regions must be one of {', '.join(REGION_MODES)}, got {regions!r}."),
+        (regions in REGION_SOURCES, f"sgcl.regions must be one of {', '.join(REGION_SOURCES)}, got {regions!r}."),
     )  # fmt: skip
     for valid, message in checks:
         if not valid:

@@ -11,10 +11,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from sgcl_plugin import ChannelSumGenerator, SaliencyGenerator, SGCLObjective, feature_maps
+from sgcl_plugin import SaliencyGenerator, SGCLObjective, feature_maps
 from sgcl_plugin.features import hierarchy_strides
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
-from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, reads_pair
+from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, last_map_only, reads_pair
 
 
 def mlp(in_dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -127,23 +127,22 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.O
 
 
 def build_generator(args: argparse.Namespace) -> SaliencyGenerator:
-    """``--regions`` as a generator: the heat map (ContrastiveCrop's channel sum), or SGCL's Ncut in hierarchy,
-    objects or paper mode with ``--min-area``."""
-    if args.regions == "heatmap":
-        return ChannelSumGenerator()
+    """``--regions`` as a generator: a source of the table (SGCL's Ncut in hierarchy, objects or paper mode, the
+    ContrastiveCrop-style heat map) with ``--min-area``."""
     # 'ncut' is the paper mode's old name; true boxes ('gt') fill the bank without a refresh: the default source
     # serves the pictures. Any other name is a mode of the table (SaliencyGenerator refuses an unknown one).
     mode = {"ncut": "paper", "gt": DEFAULT_REGION_SOURCE}.get(args.regions, args.regions)
-    return SaliencyGenerator(min_area=args.min_area, regions=mode)  # type: ignore[arg-type]
+    return SaliencyGenerator(min_area=args.min_area, regions=mode)
 
 
 def saliency_features(backbone: nn.Module, args: argparse.Namespace) -> Any:
     """What the refresh reads: the backbone's stage(s) at ``--saliency-stride`` (its own output at 32).
 
-    The heat map is ContrastiveCrop's, on the last map; the hierarchy mode reads by default the last map and the
-    stage at half its stride; the other modes by default the stride-16 stage."""
+    A source that reads the last map only (the heat map: ContrastiveCrop's) reads it whatever the stride; one that
+    reads a pair (the hierarchy mode) reads by default the last map and the stage at half its stride; the other
+    modes by default the stride-16 stage."""
     strides = args.saliency_stride
-    if args.regions == "heatmap":
+    if last_map_only(args.regions):
         return feature_maps(backbone)
     if strides is None and reads_pair(args.regions):
         return feature_maps(backbone, hierarchy_strides(backbone))

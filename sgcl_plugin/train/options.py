@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_MODES, reads_pair, region_help
+from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_SOURCES, last_map_only, reads_pair, region_help
 
 METHODS = ("byol", "simclr", "nnclr")
 
@@ -97,9 +97,9 @@ def _add_sgcl_options(p: argparse.ArgumentParser, method: Optional[str]) -> None
         "(ResNet: 16 32), 16 otherwise",
     )  # fmt: skip
     sgcl.add_argument(
-        "--regions", choices=(*REGION_MODES, "ncut", "heatmap", "gt"), default=DEFAULT_REGION_SOURCE,
-        help=f"region source: SGCL's Ncut, {region_help()} ('ncut' is an old name of 'paper'); 'heatmap': a "
-        "ContrastiveCrop-style heat map; 'gt': the composed scenes' true boxes",
+        "--regions", choices=(*REGION_SOURCES, "ncut", "gt"), default=DEFAULT_REGION_SOURCE,
+        help=f"region source: {region_help()} ('ncut' is an old name of 'paper'); 'gt': the composed scenes' true "
+        "boxes",
     )  # fmt: skip
     sgcl.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
     sgcl.add_argument(
@@ -315,8 +315,9 @@ def _check_refresh(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(
             f"--saliency-stride takes one or two (fine < coarse) of 8, 16, 32, got {' '.join(map(str, strides))}"
         )
-    if len(strides) == 2 and args.regions != "hierarchy":
-        parser.error("two --saliency-stride values are for --regions hierarchy (the other modes read one map)")
+    if len(strides) == 2 and not reads_pair(args.regions):
+        pairs = " / ".join(name for name in REGION_SOURCES if reads_pair(name))
+        parser.error(f"two --saliency-stride values are for --regions {pairs} (the other modes read one map)")
 
 
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -396,7 +397,7 @@ def _check_saliency_grid(parser: argparse.ArgumentParser, args: argparse.Namespa
     """``--saliency-size`` gives the refresh a feature grid of at least 2 x 2 cells at its stride."""
     strides = args.saliency_stride or []
     # The refresh needs a feature grid of at least 2 x 2 cells (3 for the objects mode) at its stride.
-    stride = 32 if args.regions == "heatmap" else max(strides or [32 if reads_pair(args.regions) else 16])
+    stride = 32 if last_map_only(args.regions) else max(strides or [32 if reads_pair(args.regions) else 16])
     if args.sgcl and args.regions != "gt" and args.saliency_size < 2 * stride:
         parser.error(
             f"--saliency-size {args.saliency_size} gives a feature grid under 2 x 2 cells at stride {stride}; "
