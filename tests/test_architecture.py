@@ -102,3 +102,31 @@ def test_image_decoding_and_eval_mode_live_below_the_refresh() -> None:
     assert graph["sgcl_plugin.images"] <= {"sgcl_plugin.checks", "sgcl_plugin.items"}  # a leaf: decoding only
     for module in ("sgcl_plugin.features", "sgcl_plugin.saliency", "sgcl_plugin.images", "sgcl_plugin.crops"):
         assert "sgcl_plugin.refresh" not in graph[module], module
+
+
+HOSTS = ("adapters.lightly", "adapters.lightning", "adapters.solo", "train.trainer")
+"""The modules that run SGCL inside a training framework (the trainer is the reference host)."""
+
+
+def imported_names(path: Path) -> Set[str]:
+    """The names ``from sgcl_plugin... import name`` statements of a file bring in, at any depth."""
+    names: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sgcl_plugin"):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_hosts_refresh_only_through_the_driver() -> None:
+    """One refresh driver (``sgcl_plugin.refresher``): no host imports the pieces it assembles (the one refresh,
+    the schedule, the generator's resolution) to assemble them again, and every host imports the driver; the
+    modules the driver reads never import it."""
+    for host in HOSTS:
+        names = imported_names(PACKAGE.joinpath(*host.split(".")).with_suffix(".py"))
+        assert not names & {"refresh_bank", "RefreshSchedule", "resolve_generator"}, host
+        assert names & {"SaliencyRefresher", "refresh_regions"}, host
+    graph = import_graph()
+    below = {"sgcl_plugin.refresh", "sgcl_plugin.schedule", "sgcl_plugin.features", "sgcl_plugin.saliency",
+             "sgcl_plugin.bank", "sgcl_plugin.items", "sgcl_plugin.images", "sgcl_plugin.crops"}  # fmt: skip
+    for module in below:
+        assert "sgcl_plugin.refresher" not in graph[module], module

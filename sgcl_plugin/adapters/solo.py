@@ -25,9 +25,8 @@ from sgcl_plugin.crops import CropSample, SaliencyCropDataset, SaliencyCropTrans
 from sgcl_plugin.features import check_stride, feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
-from sgcl_plugin.refresh import refresh_bank
+from sgcl_plugin.refresher import SaliencyRefresher
 from sgcl_plugin.region_sources import REGION_MODES
-from sgcl_plugin.saliency import SaliencyGenerator
 from sgcl_plugin.views import PILView, byol_view_transforms
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
@@ -395,38 +394,37 @@ class SGCLMethodMixin:
             )
         self.sgcl_attach(loader)
 
+    def _sgcl_refresh_options(self) -> Dict[str, Any]:
+        """The refresh driver's options from ``sgcl.refresh`` (:class:`~sgcl_plugin.refresher.SaliencyRefresher`);
+        ``feature_stride`` None: :meth:`sgcl_feature_backbone` already reads ``sgcl.refresh.feature_stride``."""
+        r = self.sgcl_cfg.refresh
+        sizes = dict(saliency_size=int(r.saliency_size), batch_size=int(r.batch_size), num_workers=int(r.num_workers))
+        return dict(regions=str(self.sgcl_cfg.regions), feature_stride=None, progress=bool(r.progress), **sizes)
+
     def configure_callbacks(self) -> List[Any]:
         """The saliency refresh callback of ``sgcl.refresh`` (also under solo's main_pretrain.py)."""
         callbacks = list(super().configure_callbacks() or [])  # type: ignore[misc]
-        refresh = self.sgcl_cfg.refresh
-        if refresh.enabled:
+        r = self.sgcl_cfg.refresh
+        if r.enabled:
             from sgcl_plugin.adapters.lightning import SGCLRefreshCallback
 
+            first = None if r.first_epoch is None else int(r.first_epoch)
             self._sgcl_callback = SGCLRefreshCallback(
-                self._sgcl_get_bank, self._sgcl_get_images, every_n_epochs=int(refresh.every_n_epochs),
-                first_epoch=None if refresh.first_epoch is None else int(refresh.first_epoch),
-                backbone=solo_feature_backbone, saliency_size=int(refresh.saliency_size),
-                batch_size=int(refresh.batch_size), num_workers=int(refresh.num_workers),
-                progress=bool(refresh.progress), package="lightning", regions=str(self.sgcl_cfg.regions),
-                feature_stride=None,  # solo_feature_backbone already reads sgcl.refresh.feature_stride
+                self._sgcl_get_bank, self._sgcl_get_images, every_n_epochs=int(r.every_n_epochs), first_epoch=first,
+                backbone=solo_feature_backbone, package="lightning", **self._sgcl_refresh_options(),
             )  # fmt: skip
             callbacks.append(self._sgcl_callback)
         return callbacks
 
     def sgcl_refresh(self) -> SaliencyBank:
-        """Refreshes the bank now with the current backbone (outside the schedule)."""
+        """Refreshes the bank now with the current backbone (outside the schedule), with the core driver."""
         if self.sgcl_bank is None or self.sgcl_dataset is None:
             raise RuntimeError(
                 "No saliency bank yet: it is created from the train dataset when training starts "
                 "(on_train_start), or call sgcl_attach(dataset) first."
             )
-        refresh = self.sgcl_cfg.refresh
-        return refresh_bank(
-            SaliencyGenerator(regions=str(self.sgcl_cfg.regions)),  # type: ignore[arg-type]
-            self.sgcl_feature_backbone(), self.sgcl_dataset.images, self.sgcl_bank,
-            batch_size=int(refresh.batch_size), saliency_size=int(refresh.saliency_size),
-            num_workers=int(refresh.num_workers), progress=bool(refresh.progress),
-        )  # fmt: skip
+        refresher = SaliencyRefresher(self.sgcl_bank, self.sgcl_dataset, **self._sgcl_refresh_options())
+        return refresher.refresh(self.sgcl_feature_backbone())
 
     def _sgcl_step(self, base_step: Callable[..., Dict[str, Any]], batch: Any, batch_idx: int) -> Tensor:
         rb = unpack_region_batch(batch, self.sgcl_crop_size)
