@@ -14,6 +14,7 @@ from sgcl_plugin.ncut import fiedler_vector, ncut_embedding
 from sgcl_plugin.objective import SGCLObjective
 from sgcl_plugin.pair_losses import byol_loss, nnclr_loss, ntxent_loss
 from sgcl_plugin.refresh import refresh_bank
+from sgcl_plugin.refresher import SaliencyRefresher, refresh_regions
 from sgcl_plugin.regions import Regions, extract_regions
 from sgcl_plugin.saliency import ChannelSumGenerator, SaliencyGenerator, SaliencyResult, orient
 from sgcl_plugin.schedule import RefreshSchedule
@@ -29,6 +30,7 @@ __all__ = [
     "FeatureQueue",
     "ImageFiles",
     "RefreshSchedule",
+    "SaliencyRefresher",
     "SGCLObjective",
     "UnreadableImageError",
     "feature_maps",
@@ -60,5 +62,6 @@ __all__ = [
     "ncut_embedding",
     "orient",
     "refresh_bank",
+    "refresh_regions",
     "tokens_to_map",
 ]

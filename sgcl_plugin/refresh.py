@@ -40,6 +40,25 @@ def _shard(n: int, rank: int, world: int) -> List[int]:
     return list(range(rank, n, world))
 
 
+def check_dataset_bank(dataset: Any, bank: Optional[SaliencyBank]) -> None:
+    """Refuses a ``bank`` that is not the one a crop dataset's transform reads (``dataset.bank``: a
+    :class:`~sgcl_plugin.bank_crops.SaliencyCropDataset`, lightly's or solo's ``SGCLDataset``): regions written there
+    would reach no crop and training would go on with the old ones. Nothing to check for a plain dataset, a crop
+    dataset without a crop step yet, or no bank.
+
+    Raises:
+        ValueError: naming the fix (``bank=dataset.bank``).
+    """
+    own = getattr(dataset, "bank", None)
+    if bank is None or not isinstance(own, SaliencyBank) or own is bank:
+        return
+    reader = type(getattr(dataset, "transform", None)).__name__
+    raise ValueError(
+        f"This bank is not the one the dataset's {reader} reads (dataset.bank): the refresh would never reach the "
+        "crops, and training would go on with the old regions. Refresh the dataset's own bank: bank=dataset.bank."
+    )
+
+
 def refresh_bank(
     generator: SaliencyGenerator,
     model: Union[torch.nn.Module, Callable[[Tensor], Tensor]],
@@ -71,8 +90,10 @@ def refresh_bank(
         generator: The :class:`~sgcl_plugin.saliency.SaliencyGenerator` to use.
         model: A module or callable mapping a (B, 3, S, S) batch to feature maps (B, C, h, w), or to
             a pair ``(fine, coarse)`` of them (``FeatureMaps(backbone, stride=(16, 32))``).
-        dataset: Indexable dataset of images (PIL, arrays, tensors; or tuples/dicts holding one).
-        bank: The bank to fill; a new one with ``max_regions`` is made when omitted.
+        dataset: Indexable dataset of images (PIL, arrays, tensors; or tuples/dicts holding one); a crop
+            dataset (:class:`~sgcl_plugin.bank_crops.SaliencyCropDataset`) is read through its images.
+        bank: The bank to fill; a new one with ``max_regions`` is made when omitted. For a crop dataset it must
+            be the dataset's own (``dataset.bank``).
         batch_size: Images per forward pass.
         saliency_size: Side of the square input (paper: 640).
         transform: Replaces the default resize + normalization.
@@ -84,7 +105,11 @@ def refresh_bank(
 
     Returns:
         The filled bank (``bank`` itself when given).
+
+    Raises:
+        ValueError: an empty dataset, a bank of another size, a crop dataset whose bank is not ``bank``.
     """
+    check_dataset_bank(dataset, bank)
     dataset = DatasetImages(dataset)  # one item parser; a crop dataset gives the images it wraps
     n = len(dataset)
     if n == 0:

@@ -28,7 +28,15 @@ from lightly.models.modules import (  # noqa: E402
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
 from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform  # noqa: E402
 
-from sgcl_plugin import SaliencyBank, SaliencyCropTransform, SaliencyGenerator, SaliencyWeightedLoss  # noqa: E402
+from sgcl_plugin import (  # noqa: E402
+    SaliencyBank,
+    SaliencyCropTransform,
+    SaliencyGenerator,
+    SaliencyRefresher,
+    SaliencyWeightedLoss,
+    refresh_bank,
+    refresh_regions,
+)
 from sgcl_plugin.adapters.lightly import (  # noqa: E402
     SGCLBatch,
     SGCLDataset,
@@ -414,10 +422,14 @@ def test_refresh_and_model_errors(photos: List[Any]) -> None:
         refresh(backbone, dataset, None)
     with pytest.raises(ValueError, match="before the bank exists"):
         SGCLRefresher(None, photos)
-    with pytest.raises(ValueError, match="dataset has 3 images, the bank 7"):
+    with pytest.raises(ValueError, match="dataset has 3 images but the bank holds 7"):
         refresh(backbone, photos[:3], bank)
     with pytest.raises(ValueError, match="not the one the dataset's SGCLTransform reads"):
         refresh(backbone, dataset, SaliencyBank(len(photos)))
+    with pytest.raises(ValueError, match="not the one the dataset's SGCLTransform reads.*bank=dataset.bank"):
+        refresh_bank(SaliencyGenerator(), feature_map_backbone(backbone), dataset, SaliencyBank(len(photos)))
+    # lightly's names are the core driver, which needs no lightly
+    assert isinstance(SGCLRefresher(bank, dataset), SaliencyRefresher) and refresh is refresh_regions
     with pytest.raises(ValueError, match="every_n_epochs"):
         SGCLRefresher(bank, dataset, every_n_epochs=0)
     # the lightly-style backbone's global pooling is skipped: feature maps of 64 / 8 = 8 x 8 cells

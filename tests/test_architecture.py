@@ -127,3 +127,32 @@ def test_the_split_modules_keep_their_concepts_apart() -> None:
     assert "sgcl_plugin.ncut" not in graph["sgcl_plugin.ncut_dense"] | graph["sgcl_plugin.ncut_krylov"]
     assert graph["sgcl_plugin.pair_losses"] <= {"sgcl_plugin.checks"}
     assert "sgcl_plugin.losses" not in set().union(*graph.values())  # the losses' namespace; no module reads it
+
+
+HOSTS = ("adapters.lightly", "adapters.lightning", "adapters.solo", "train.trainer")
+"""The modules that run SGCL inside a training framework (the trainer is the reference host)."""
+
+
+def imported_names(path: Path) -> Set[str]:
+    """The names ``from sgcl_plugin... import name`` statements of a file bring in, at any depth."""
+    names: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sgcl_plugin"):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_hosts_refresh_only_through_the_driver() -> None:
+    """One refresh driver (``sgcl_plugin.refresher``): no host imports the pieces it assembles (the one refresh,
+    the schedule, the generator's resolution) to assemble them again, and every host imports the driver; the
+    modules the driver reads never import it."""
+    for host in HOSTS:
+        names = imported_names(PACKAGE.joinpath(*host.split(".")).with_suffix(".py"))
+        assert not names & {"refresh_bank", "RefreshSchedule", "resolve_generator"}, host
+        assert names & {"SaliencyRefresher", "refresh_regions"}, host
+    graph = import_graph()
+    below = {"sgcl_plugin.refresh", "sgcl_plugin.schedule", "sgcl_plugin.features", "sgcl_plugin.saliency",
+             "sgcl_plugin.bank", "sgcl_plugin.items", "sgcl_plugin.images", "sgcl_plugin.crops",
+             "sgcl_plugin.bank_crops"}  # fmt: skip
+    for module in below:
+        assert "sgcl_plugin.refresher" not in graph[module], module

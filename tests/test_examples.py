@@ -29,6 +29,9 @@ def test_smoke_runs_refreshes_draws_and_evaluates(tmp_path, capsys: pytest.Captu
     console = capsys.readouterr().out.splitlines()  # the evaluation (the run's longest quiet part) says it started
     started = [i for i, line in enumerate(console) if line.startswith("evaluating the backbone")]
     assert started and console[-1].startswith("kNN top-1") and started[-1] < len(console) - 1
+    # the refresh's line is every host's (sgcl_plugin.refresher.refresh_summary), with the trainer's pair rate
+    refreshed = [line for line in console if line.startswith("SGCL refresh 1 at epoch 1: ")]
+    assert len(refreshed) == 1 and "regions/image over" in refreshed[0] and "pairs showing one object" in refreshed[0]
     # the accuracy is the saved, trained backbone's: evaluated again here from backbone.pt, independently
     args = sgcl_train.parse_args(argv, method=method)
     model = sgcl_train.SSLModel(method, args.arch, args.hidden_dim, args.proj_dim, args.width)

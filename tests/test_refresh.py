@@ -11,7 +11,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from sgcl_plugin import SaliencyBank, SaliencyGenerator, refresh_bank
+from sgcl_plugin import (
+    RegionCrops,
+    SaliencyBank,
+    SaliencyCropDataset,
+    SaliencyCropTransform,
+    SaliencyGenerator,
+    refresh_bank,
+)
 from sgcl_plugin.backbones import resnet_backbone
 from sgcl_plugin.features import default_device, eval_mode
 from sgcl_plugin.images import SaliencyInput, to_image_tensor
@@ -109,6 +116,25 @@ def test_bad_input() -> None:
         refresh_bank(gen, lambda x: (model(x),), real_images(1), saliency_size=64, progress=False)
     with pytest.raises(RuntimeError, match="not initialized"):
         refresh_bank(gen, model, real_images(1), saliency_size=64, progress=False, distributed=True)
+
+
+def test_a_crop_datasets_refresh_must_fill_its_own_bank() -> None:
+    """A fresh bank given with a crop dataset reaches no crop (training would keep its random crops): refused
+    before any forward pass, naming the fix; the dataset's own bank is filled, through the dataset's images."""
+    images = real_images(2)
+    own = SaliencyBank(2, max_regions=4)
+    data = SaliencyCropDataset(images, SaliencyCropTransform(own, num_regions=2, size=32))
+    model = make_model()
+    with pytest.raises(ValueError, match=r"not the one the dataset's SaliencyCropTransform reads.*bank=dataset\.bank"):
+        refresh_bank(SaliencyGenerator(), model, data, bank=SaliencyBank(2), saliency_size=256, progress=False)
+    with pytest.raises(ValueError, match="bank=dataset.bank"):  # a stateless crop step with the bank given apart
+        refresh_bank(SaliencyGenerator(), model, SaliencyCropDataset(images, RegionCrops(2, 32), bank=own),
+                     bank=SaliencyBank(2), saliency_size=256, progress=False)  # fmt: skip
+    assert own.refreshes == 0
+    assert refresh_bank(SaliencyGenerator(), model, data, bank=own, saliency_size=256, progress=False) is own
+    assert own.refreshes == 1 and (own.counts > 0).all()
+    # a plain dataset cannot tell which bank its crops read: nothing to check there
+    assert refresh_bank(SaliencyGenerator(), model, images, SaliencyBank(2), saliency_size=256, progress=False)
 
 
 def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str, n: int) -> None:

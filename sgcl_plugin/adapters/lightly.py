@@ -1,9 +1,11 @@
 """SGCL for lightly: an index-aware dataset, a BYOL-style crop transform, per-sample losses, a refresh.
 
 lightly's transforms do not see the dataset index, its losses return batch means and nothing refreshes the
-regions: :class:`SGCLDataset` / :class:`SGCLTransform`, :class:`SGCLLoss` and :class:`SGCLRefresher` add that
-with lightly's own objects. Needs lightly (``pip install 'sgcl_plugin[lightly]'``; verified with 1.6.0), which
-``import sgcl_plugin`` never imports. Usage, patches for lightly's examples and details: docs/adapters/lightly.md.
+regions: :class:`SGCLDataset` / :class:`SGCLTransform` and :class:`SGCLLoss` add that with lightly's own objects;
+:class:`SGCLRefresher` and :func:`refresh` are the core's refresh driver (:mod:`sgcl_plugin.refresher`, which
+needs no lightly: ``SaliencyRefresher``, ``refresh_regions``). Needs lightly (``pip install
+'sgcl_plugin[lightly]'``; verified with 1.6.0), which ``import sgcl_plugin`` never imports. Usage, patches for
+lightly's examples and details: docs/adapters/lightly.md.
 """
 
 from __future__ import annotations
@@ -19,13 +21,11 @@ from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.bank_crops import SaliencyCropDataset, SaliencyCropTransform
 from sgcl_plugin.boxes import check_crop_size
 from sgcl_plugin.crops import CropSample
-from sgcl_plugin.features import Stride, check_stride, feature_map_backbone, refresh_features
+from sgcl_plugin.features import feature_map_backbone
 from sgcl_plugin.inter_image_loss import InterImageLoss
-from sgcl_plugin.items import DatasetImages, ImageItem, flatten_pairs, repeat_rows
+from sgcl_plugin.items import ImageItem, flatten_pairs, repeat_rows
 from sgcl_plugin.pair_losses import ntxent_loss
-from sgcl_plugin.refresh import refresh_bank
-from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
-from sgcl_plugin.schedule import RefreshSchedule
+from sgcl_plugin.refresher import SaliencyRefresher, refresh_regions
 from sgcl_plugin.views import PILView
 from sgcl_plugin.weighted_loss import SaliencyWeightedLoss
 
@@ -335,55 +335,10 @@ def inter_loss_for(
     )  # fmt: skip
 
 
-def _refresh_images(dataset: Any, bank: Any) -> DatasetImages:
-    if bank is None:
-        raise ValueError(
-            "A saliency refresh was requested before the bank exists: create bank = SaliencyBank(len(dataset)), give "
-            "it to SGCLTransform(bank, ...) and to the refresh."
-        )
-    if not isinstance(bank, SaliencyBank):
-        raise TypeError(f"bank must be a SaliencyBank, got {type(bank).__name__}.")
-    if isinstance(dataset, SaliencyCropDataset) and dataset.bank is not bank:
-        raise ValueError(
-            "This bank is not the one the dataset's SGCLTransform reads: the refresh would never reach the crops."
-        )
-    images = DatasetImages(dataset)
-    if (n := len(images)) != len(bank):
-        raise ValueError(f"Dataset size does not match the bank: the dataset has {n} images, the bank {len(bank)}.")
-    return images
-
-
-def refresh(
-    backbone: Any, dataset: Any, bank: Optional[SaliencyBank], *, generator: Optional[SaliencyGenerator] = None,
-    regions: Optional[str] = None, feature_stride: Stride = "auto", **kwargs: Any,
-) -> SaliencyBank:  # fmt: skip
-    """SGCL Step 1: recomputes every image's regions into ``bank``, in place, with the current backbone.
-
-    Args:
-        backbone: The online backbone or a model with ``.backbone`` (trailing global pooling is skipped).
-        dataset: The :class:`SGCLDataset` (its bank must be ``bank``) or the raw dataset.
-        bank: The bank the :class:`SGCLTransform` reads.
-        generator, regions: The :class:`~sgcl_plugin.SaliencyGenerator`, or the mode of the default one.
-        feature_stride: What the refresh reads (:func:`~sgcl_plugin.features.refresh_features`): ``"auto"``
-            (hierarchy mode: the last map and the stage at half its stride; other modes: the last map), None
-            (the last map), a stride (16: the stride-16 stage) or a pair ``(16, 32)``.
-        **kwargs: :func:`~sgcl_plugin.refresh.refresh_bank` options (``saliency_size`` (default 640), ``batch_size``,
-            ...).
-
-    Raises:
-        ValueError: no bank yet, or a bank of another size than the dataset or not the dataset's.
-    """
-    images = _refresh_images(dataset, bank)
-    gen = resolve_generator(generator, regions)
-    return refresh_bank(
-        gen, refresh_features(backbone, feature_stride, getattr(gen, "regions", None)), images, bank, **kwargs
-    )
-
-
-class SGCLRefresher:
-    """Refreshes the bank every ``every_n_epochs`` epochs (never at epoch 0, first at ``first_epoch``, default
-    ``every_n_epochs``): call :meth:`maybe_refresh` at the start of every epoch. The other arguments are those
-    of :func:`refresh`; raises as it does, and for a bad schedule.
+class SGCLRefresher(SaliencyRefresher):
+    """The core :class:`~sgcl_plugin.refresher.SaliencyRefresher` (same arguments; it needs no lightly) that
+    refuses at once a missing bank, as this adapter always did: call :meth:`maybe_refresh` at the start of every
+    epoch.
 
     Examples:
         >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
@@ -391,45 +346,12 @@ class SGCLRefresher:
         ...     refresher.maybe_refresh(epoch, model.backbone)  # then train the epoch
     """
 
-    def __init__(
-        self, bank: Optional[SaliencyBank], dataset: Any, every_n_epochs: int = 10,
-        generator: Optional[SaliencyGenerator] = None, regions: Optional[str] = None,
-        first_epoch: Optional[int] = None, feature_stride: Stride = "auto", saliency_size: int = 640,
-        batch_size: int = 32, num_workers: int = 0, progress: bool = True,
-        device: Optional[Union[str, torch.device]] = None,
-    ) -> None:  # fmt: skip
-        self.schedule = RefreshSchedule(every_n_epochs, first_epoch)
-        check_stride(feature_stride)
-        _refresh_images(dataset, bank)  # fail now, not after the first epochs
-        self.bank: SaliencyBank = bank  # type: ignore[assignment]
-        self.dataset: Any = dataset
-        self.generator: SaliencyGenerator = resolve_generator(generator, regions)
-        options = dict(saliency_size=saliency_size, batch_size=batch_size, num_workers=num_workers, progress=progress)
-        self.refresh_kwargs: Dict[str, Any] = dict(feature_stride=feature_stride, **options, device=device)
+    host = "SGCLRefresher"
 
-    @property
-    def last_epoch(self) -> int:
-        """The last refreshed epoch (-1 before the first)."""
-        return self.schedule.last_epoch
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.check()  # fail now, not after the first epochs
 
-    def due(self, epoch: int) -> bool:
-        """Whether ``epoch`` (0-based) starts with a refresh that has not been done yet."""
-        return self.schedule.is_due(epoch)
 
-    def maybe_refresh(self, epoch: int, backbone: Any) -> bool:
-        """Refreshes when :meth:`due`; call it at the start of every epoch. Returns whether it refreshed."""
-        if not self.due(epoch):
-            return False
-        refresh(backbone, self.dataset, self.bank, generator=self.generator, **self.refresh_kwargs)
-        self.schedule.mark_done(epoch, self.bank.stats())
-        return True
-
-    def state_dict(self) -> Dict[str, Any]:
-        """The bank and the schedule (last refreshed epoch, history), for checkpoints."""
-        schedule = self.schedule
-        return {"last_epoch": schedule.last_epoch, "schedule": schedule.state_dict(), "bank": self.bank.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restores :meth:`state_dict` (the bank in place: running workers see it)."""
-        self.bank.load_state_dict(state["bank"])
-        self.schedule.load_state_dict(state.get("schedule", {"last_epoch": state["last_epoch"]}))
+refresh = refresh_regions
+"""SGCL Step 1 now: :func:`sgcl_plugin.refresher.refresh_regions` (``refresh(backbone, dataset, bank, ...)``)."""

@@ -7,7 +7,6 @@ created (``import sgcl_plugin`` never needs them). Usage, checkpoints and DDP: d
 from __future__ import annotations
 
 import importlib
-import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -15,14 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from sgcl_plugin.bank import SaliencyBank
-from sgcl_plugin.features import Stride, check_feature_output, check_stride, default_device, eval_mode, refresh_features
-from sgcl_plugin.images import SaliencyInput
+from sgcl_plugin.features import Stride
 from sgcl_plugin.items import DatasetImages
-from sgcl_plugin.refresh import refresh_bank
-from sgcl_plugin.saliency import SaliencyGenerator, resolve_generator
-from sgcl_plugin.schedule import RefreshSchedule
+from sgcl_plugin.refresher import BankSource, SaliencyRefresher, refresh_summary
+from sgcl_plugin.saliency import SaliencyGenerator
 
-__all__ = ["SGCLRefreshCallback", "lightning_callback_bases"]
+__all__ = ["SGCLRefreshCallback", "lightning_callback_bases", "refresh_summary"]
 
 _PACKAGES = {"lightning": "lightning.pytorch", "pytorch_lightning": "pytorch_lightning"}
 _CONCRETE_NAMES = {  # the classes a callback gets, by the packages it subclasses; pickled by name
@@ -31,7 +28,6 @@ _CONCRETE_NAMES = {  # the classes a callback gets, by the packages it subclasse
 }  # fmt: skip
 _CONCRETE: Dict[Tuple[str, ...], type] = {}
 
-BankSource = Union[SaliencyBank, Callable[[], Optional[SaliencyBank]], None]
 BackboneGetter = Callable[[Any], Union[nn.Module, Callable[[Tensor], Tensor]]]
 
 
@@ -81,29 +77,30 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def refresh_summary(record: Dict[str, Any], epoch: int) -> str:
-    """The one line printed after a refresh: its number and epoch, regions per image, whole-image
-    fallbacks, mean score, top box area and time (from the callback's history record / ``bank.stats()``)."""
-    n = int(record.get("images_with_regions", 0))
-    return (
-        f"SGCL refresh {int(record.get('refreshes', 0))} at epoch {epoch}: "
-        f"{record.get('regions_per_image', 0.0):.2f} regions/image over {n} images, "
-        f"{int(record.get('fallback_images', 0))} whole-image fallbacks, "
-        f"mean score {record.get('mean_score', 0.0):.3f}, "
-        f"top box {100 * record.get('mean_top_box_area', 0.0):.0f}% of the image, {record.get('seconds', 0.0):.1f} s"
-    )
+def _driver_attribute(name: str, doc: str) -> Any:
+    """A property reading and writing the refresh driver's attribute ``name``."""
+
+    def get(self: SGCLRefreshCallback) -> Any:
+        return getattr(self.refresher, name)
+
+    def set_(self: SGCLRefreshCallback, value: Any) -> None:
+        setattr(self.refresher, name, value)
+
+    return property(get, set_, doc=doc)
 
 
 class SGCLRefreshCallback:
     """Refreshes a :class:`~sgcl_plugin.bank.SaliencyBank` in place with the module's backbone, on schedule.
 
     At the start of epochs ``first_epoch`` (default ``every_n_epochs``, never 0), ``first_epoch +
-    every_n_epochs``, ... it runs :func:`~sgcl_plugin.refresh.refresh_bank` over ``dataset``
-    (sharded under DDP). Bank and schedule are saved in checkpoints and restored on resume.
+    every_n_epochs``, ... it runs the core refresh driver (:class:`~sgcl_plugin.refresher.SaliencyRefresher`,
+    :attr:`refresher`) over ``dataset`` (sharded under DDP). Bank and schedule are saved in checkpoints and
+    restored on resume. This class adds only Lightning's hooks, DDP's shared banks and the logging.
 
     Args:
         bank: The bank the crop transform reads; None (set ``callback.bank`` later); or a callable returning it.
-        dataset: The training images in the bank's order (a crop dataset is unwrapped), or a callable.
+        dataset: The training images in the bank's order (a crop dataset, whose bank must be ``bank``, is
+            unwrapped), or a callable.
         generator, regions: The saliency source, or the mode (``"hierarchy"``, ``"objects"``, ``"paper"``) of the
             default one.
         every_n_epochs, first_epoch: The schedule above (paper: every 100 of 800 epochs).
@@ -111,7 +108,7 @@ class SGCLRefreshCallback:
             (B, 3, S, S) images to feature maps (B, C, h, w).
         saliency_size, batch_size, num_workers, transform, progress: Options of the refresh.
         log_stats: Log the bank statistics (``sgcl/...``) after each refresh, and print them in one line
-            on rank 0 (:func:`refresh_summary`; with or without the progress bar).
+            on rank 0 (:func:`~sgcl_plugin.refresher.refresh_summary`; with or without the progress bar).
         package: ``"auto"`` (subclass every installed package's ``Callback``), ``"lightning"``, ``"pytorch_lightning"``.
         feature_stride: What a refresh reads (:func:`~sgcl_plugin.features.refresh_features`): ``"auto"``
             (hierarchy mode: the last map and the stage at half its stride; other modes: the last map), None (the
@@ -119,11 +116,13 @@ class SGCLRefreshCallback:
 
     Raises:
         ImportError: Neither ``lightning`` nor ``pytorch_lightning`` is installed.
-        ValueError: Bad arguments; a dataset whose size is not the bank's (at fit start, else at the refresh).
+        ValueError: Bad arguments; a dataset whose size is not the bank's (at once when both are given, else at
+            fit start or at the refresh).
         RuntimeError: A refresh is due but the bank is None; the module has no ``backbone``.
     """
 
     _lightning_packages: Tuple[str, ...] = ()
+    refresher: SaliencyRefresher
 
     def __new__(cls, *args: Any, package: str = "auto", **kwargs: Any) -> SGCLRefreshCallback:
         if cls is SGCLRefreshCallback:
@@ -138,26 +137,27 @@ class SGCLRefreshCallback:
         feature_stride: Stride = "auto",
     ) -> None:  # fmt: skip
         super().__init__()
-        check_stride(feature_stride)
-        if bank is not None and not isinstance(bank, SaliencyBank) and not callable(bank):
-            raise TypeError(
-                f"bank must be a SaliencyBank, None or a callable returning one, got {type(bank).__name__}."
-            )
         if backbone is not None and not callable(backbone):
             raise TypeError("backbone must be None or a callable get_backbone(pl_module).")
-        if saliency_size < 2 or batch_size < 1 or num_workers < 0:  # fail now, not at the first refresh
-            got = f"{saliency_size}, {batch_size}, {num_workers}"
-            raise ValueError(f"Need saliency_size >= 2, batch_size >= 1, num_workers >= 0; got {got}.")
-        self.schedule = RefreshSchedule(every_n_epochs, first_epoch)
-        self.bank, self.dataset, self.get_backbone, self.transform = bank, dataset, backbone, transform
-        self.generator = resolve_generator(generator, regions)
-        self.feature_stride = feature_stride
-        self.saliency_size, self.batch_size, self.num_workers = int(saliency_size), int(batch_size), int(num_workers)
-        self.progress, self.log_stats = bool(progress), bool(log_stats)
-        self._pending_bank_state: Optional[Dict[str, Any]] = None
+        self.refresher = SaliencyRefresher(
+            bank, dataset, every_n_epochs, generator, regions, first_epoch, feature_stride, saliency_size, batch_size,
+            num_workers, progress, transform=transform, host="SGCLRefreshCallback",
+        )  # fmt: skip
+        self.get_backbone, self.log_stats = backbone, bool(log_stats)
         self._warned_package = False
         self._probed_bank: Optional[int] = None  # id() of the bank whose cross-rank sharing was probed
         self._writer = True  # False on a rank whose bank *is* rank 0's memory (ddp_fork / ddp_spawn)
+
+    bank = _driver_attribute("bank", "The bank, None or a callable returning it (settable).")
+    dataset = _driver_attribute("dataset", "The refresh's images, or a callable returning them (settable).")
+    generator = _driver_attribute("generator", "The saliency generator.")
+    feature_stride = _driver_attribute("feature_stride", "What a refresh reads (see the class).")
+    transform = _driver_attribute("transform", "The refresh's input transform (None: resize and normalize).")
+    saliency_size = _driver_attribute("saliency_size", "The refresh's input size.")
+    batch_size = _driver_attribute("batch_size", "Images per refresh forward pass.")
+    num_workers = _driver_attribute("num_workers", "The refresh's DataLoader workers.")
+    progress = _driver_attribute("progress", "Whether a refresh shows a progress bar (rank 0).")
+    schedule = _driver_attribute("schedule", "The refresh schedule (a RefreshSchedule).")
 
     def __repr__(self) -> str:
         return (
@@ -198,43 +198,15 @@ class SGCLRefreshCallback:
         return self.schedule.on_schedule(epoch)
 
     def resolve_bank(self) -> Optional[SaliencyBank]:
-        """The bank (calling ``bank`` when it is a callable); applies a checkpointed state waiting for it."""
-        bank = self.bank
-        if bank is not None and not isinstance(bank, SaliencyBank):
-            bank = bank()
-            if bank is not None and not isinstance(bank, SaliencyBank):
-                raise TypeError(f"The bank callable returned a {type(bank).__name__}, not a SaliencyBank.")
-        if bank is not None and self._pending_bank_state is not None and not _distributed():
-            state, self._pending_bank_state = self._pending_bank_state, None
-            self._load_bank(bank, state)
-        return bank
+        """The bank (calling ``bank`` when it is a callable); applies a checkpointed state waiting for it
+        (under torch.distributed only after the probe of whether the ranks share one bank)."""
+        return self.refresher.resolve_bank(restore=not _distributed())
 
     def resolve_dataset(self) -> Optional[DatasetImages]:
         """The refresh's images (calling ``dataset`` when it is a callable; a crop dataset gives its images)."""
-        dataset = self.dataset
-        if dataset is not None and not hasattr(dataset, "__getitem__") and callable(dataset):
-            dataset = dataset()
-        return None if dataset is None else DatasetImages(dataset)
+        return self.refresher.resolve_dataset()
 
-    def _checked_bank_and_dataset(self) -> Tuple[SaliencyBank, DatasetImages]:
-        bank = self.resolve_bank()
-        if bank is None:
-            raise RuntimeError(
-                "SGCLRefreshCallback: a saliency refresh is due but the bank is None. Pass the SaliencyBank your "
-                "SaliencyCropTransform reads (or a callable returning it), or set `callback.bank` before that epoch."
-            )
-        dataset = self.resolve_dataset()
-        if dataset is None:
-            raise RuntimeError("SGCLRefreshCallback: a saliency refresh is due but the dataset is None.")
-        if len(dataset) != len(bank):
-            raise ValueError(
-                f"SGCLRefreshCallback: the dataset has {len(dataset)} images but the bank holds {len(bank)}. Refresh "
-                "the images the crop dataset reads, in the same order (index i of both must be the same image)."
-            )
-        return bank, dataset
-
-    def backbone_of(self, pl_module: Any) -> Union[nn.Module, Callable[[Tensor], Tensor]]:
-        """What a refresh runs: :func:`~sgcl_plugin.features.refresh_features` of the module's backbone."""
+    def _module_backbone(self, pl_module: Any) -> Union[nn.Module, Callable[[Tensor], Tensor]]:
         getter = self.get_backbone
         backbone = getattr(pl_module, "backbone", None) if getter is None else getter(pl_module)
         if backbone is None or not callable(backbone):
@@ -248,7 +220,11 @@ class SGCLRefreshCallback:
                 "feature extractor `self.backbone`, or pass backbone=lambda module: module.<your encoder> (a "
                 "module mapping (B, 3, S, S) images to (B, C, h, w) feature maps)."
             )
-        return refresh_features(backbone, self.feature_stride, getattr(self.generator, "regions", None))
+        return backbone
+
+    def backbone_of(self, pl_module: Any) -> Union[nn.Module, Callable[[Tensor], Tensor]]:
+        """What a refresh runs: :func:`~sgcl_plugin.features.refresh_features` of the module's backbone."""
+        return self.refresher.features(self._module_backbone(pl_module))
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Starts a new run's schedule; probes whether the ranks share one bank in memory (under DDP)."""
@@ -271,24 +247,12 @@ class SGCLRefreshCallback:
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Restores a checkpointed bank; fails early on a missing backbone or feature maps, or a bad dataset."""
         self._prepare(trainer)
-        backbone = self.backbone_of(pl_module)  # no stage at that stride: fail now
-        if self.resolve_bank() is None or self.resolve_dataset() is None:
-            return
-        _, dataset = self._checked_bank_and_dataset()
-        try:
-            x = (self.transform or SaliencyInput(self.saliency_size))(dataset[0])[None]
-        except (TypeError, ValueError) as err:
-            raise type(err)(
-                f"SGCLRefreshCallback cannot read dataset[0] as an image for the refresh: {err} Pass the "
-                "images (PIL, arrays, tensors, or (image, ...) tuples / {'image': ...} dicts) in bank order."
-            ) from err
-        with torch.no_grad(), eval_mode(backbone):
-            check_feature_output(backbone(x.to(default_device(backbone))), x)
+        self.refresher.probe(self._module_backbone(pl_module))
 
     def _prepare(self, trainer: Any) -> Optional[SaliencyBank]:
         # Probes cross-rank sharing of a new bank and applies a checkpointed state waiting for it. Called on
         # every rank at the same points (setup, on_fit_start, each refresh): the probe and barrier are collective.
-        bank = self.resolve_bank()
+        bank = self.refresher.resolve_bank(restore=False)
         if bank is None:
             return None
         several = int(getattr(trainer, "world_size", 1)) > 1 and _distributed()
@@ -296,10 +260,8 @@ class SGCLRefreshCallback:
             rank = int(trainer.global_rank) if several else 0
             self._writer = not (several and bank.shared_with_rank_zero(rank, trainer.strategy.barrier))
             self._probed_bank = id(bank)
-        if self._pending_bank_state is not None:
-            state, self._pending_bank_state = self._pending_bank_state, None
-            if self._writer:
-                self._load_bank(bank, state)
+        if self.refresher.pending:
+            self.refresher.restore_pending(bank, write=self._writer)
             if several:
                 trainer.strategy.barrier("sgcl_bank_restore")
         return bank
@@ -324,46 +286,30 @@ class SGCLRefreshCallback:
     def refresh(self, trainer: Any, pl_module: Any) -> SaliencyBank:
         """Refreshes the bank now, whatever the schedule (under DDP: on every rank at once); logs nothing."""
         self._prepare(trainer)
-        bank, dataset = self._checked_bank_and_dataset()
+        bank, _ = self.refresher.check()  # no bank or dataset yet, or one that does not fit: say so first
         # A rank whose bank is rank 0's shared memory (ddp_fork, ddp_spawn) does its share of the refresh but
         # writes into a scratch bank: one writer per table keeps the version counter and the sequence lock right.
-        target = bank if self._writer else SaliencyBank(len(bank), bank.max_regions)
-        backbone = self.backbone_of(pl_module)
+        scratch = None if self._writer else SaliencyBank(len(bank), bank.max_regions)
+        backbone = self._module_backbone(pl_module)
         has_params = isinstance(backbone, nn.Module) and next(backbone.parameters(), None) is not None
-        start = time.perf_counter()
-        refresh_bank(
-            self.generator, backbone, dataset, target, batch_size=self.batch_size, saliency_size=self.saliency_size,
-            transform=self.transform, device=None if has_params else getattr(pl_module, "device", None),
-            num_workers=self.num_workers, progress=self.progress and bool(getattr(trainer, "is_global_zero", True)),
+        self.refresher.refresh(
+            backbone, into=scratch, device=None if has_params else getattr(pl_module, "device", None),
+            progress=self.progress and bool(getattr(trainer, "is_global_zero", True)),
         )  # fmt: skip
         if int(getattr(trainer, "world_size", 1)) > 1 and _distributed():
             trainer.strategy.barrier("sgcl_refresh")  # every rank's table is written before training resumes
-        record = {"global_step": float(trainer.global_step), "seconds": time.perf_counter() - start, **bank.stats()}
-        self.schedule.mark_done(int(trainer.current_epoch), record)
+        self.refresher.mark_done(int(trainer.current_epoch), {"global_step": float(trainer.global_step)})
         return bank
 
     def state_dict(self) -> Dict[str, Any]:
         """Saved by Lightning in every checkpoint: the bank, the last refresh epoch and the history."""
-        bank = self.resolve_bank()
-        bank_state = self._pending_bank_state  # a restored state not yet applied wins
-        if bank_state is None and bank is not None:
-            bank_state = bank.state_dict()
-        state = {"format": 1, "bank": bank_state, "last_refresh_epoch": self.schedule.last_epoch}
-        return {**state, "history": [dict(h) for h in self.history]}
+        state = self.refresher.state_dict()
+        return {"format": 1, "bank": state["bank"], "last_refresh_epoch": state["last_epoch"],
+                "history": state["schedule"]["history"]}  # fmt: skip
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores the state of a checkpoint; the bank is overwritten in place (workers see it)."""
-        history = state_dict.get("history", [])
-        self.schedule.load_state_dict({"last_epoch": state_dict.get("last_refresh_epoch", -1), "history": history})
-        if state_dict.get("bank") is not None:
-            # Applied in place as soon as the bank exists; under torch.distributed at on_fit_start, after
-            # the probe of whether the ranks share one bank (then only rank 0 writes it).
-            self._pending_bank_state = state_dict["bank"]
-            self.resolve_bank()
-
-    @staticmethod
-    def _load_bank(bank: SaliencyBank, state: Dict[str, Any]) -> None:
-        try:
-            bank.load_state_dict(state)
-        except ValueError as err:
-            raise ValueError(f"SGCLRefreshCallback: cannot restore the checkpointed saliency bank: {err}") from err
+        schedule = {"last_epoch": state_dict.get("last_refresh_epoch", -1), "history": state_dict.get("history", [])}
+        # Under torch.distributed the bank waits for on_fit_start, after the probe of whether the ranks share
+        # one bank (then only rank 0 writes it).
+        self.refresher.load_state_dict({"schedule": schedule, "bank": state_dict.get("bank")}, not _distributed())

@@ -2,7 +2,9 @@
 
 solo-learn's ``main`` branch (1.0.6, from a clone) is imported on :func:`register` or on first access to a
 method class. Each step flattens the t region pairs of every image into solo's two large crops of ``B * t``
-images. Install, configuration (the ``sgcl`` node), losses and refresh: docs/adapters/solo.md.
+images. The ``sgcl`` config node is :mod:`sgcl_plugin.adapters.solo_config`; refreshes are the core driver's
+(:class:`~sgcl_plugin.refresher.SaliencyRefresher`, through the Lightning callback on schedule). Install,
+configuration, losses and refresh: docs/adapters/solo.md.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import math
-import numbers
 import warnings
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -19,31 +19,31 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from sgcl_plugin.adapters.solo_config import (
+    DEFAULT_CROP_SIZE,
+    INSTALL_HINT,
+    SGCL_DEFAULTS,
+    add_sgcl_cfg,
+    expand_augmentations,
+    omegaconf,
+    select,
+)
 from sgcl_plugin.bank import SaliencyBank
 from sgcl_plugin.bank_crops import SaliencyCropDataset, SaliencyCropTransform
-from sgcl_plugin.checks import check_int
 from sgcl_plugin.crops import CropSample
-from sgcl_plugin.features import check_stride, feature_maps, refresh_features
+from sgcl_plugin.features import feature_maps, refresh_features
 from sgcl_plugin.items import ImageItem, flatten_pairs
 from sgcl_plugin.objective import SGCLObjective
-from sgcl_plugin.refresh import refresh_bank
-from sgcl_plugin.region_sources import REGION_SOURCES
-from sgcl_plugin.saliency import SaliencyGenerator
+from sgcl_plugin.refresher import SaliencyRefresher
 from sgcl_plugin.views import PILView, byol_view_transforms
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
 __all__ = [
-    "METHOD_NAMES", "RegionBatch", "SGCLDataset", "add_sgcl_cfg", "build_saliency_transform",
-    "method_classes", "prepare_saliency_datasets", "register", "solo_feature_backbone", "unpack_region_batch",
+    "DEFAULT_CROP_SIZE", "METHOD_NAMES", "RegionBatch", "SGCL_DEFAULTS", "SGCLDataset", "add_sgcl_cfg",
+    "build_saliency_transform", "method_classes", "prepare_saliency_datasets", "register", "solo_feature_backbone",
+    "unpack_region_batch",
 ]  # fmt: skip
 
-INSTALL_HINT = (
-    "sgcl_plugin.adapters.solo needs solo-learn's main branch (1.0.6; hydra configs, `BaseMethod(cfg)`), "
-    "which is not on PyPI (PyPI's solo-learn 1.0.2 is from 2021, built for pytorch-lightning 1.4, with "
-    "another API). Install it beside sgcl_plugin from a clone, in the environment you train in:\n"
-    "    bash examples/solo/install.sh [SOLO_LEARN_DIR]   # from sgcl_plugin's repository; clones when needed\n"
-    "(it pins lightning==2.1.2 and torchmetrics<0.12; see docs/adapters/solo.md)."
-)
 SETUPTOOLS_HINT = (
     "lightning 2.1.2 (solo-learn's pin) imports pkg_resources, which setuptools 81 and later no longer ship, "
     "while torch 2.6+ needs setuptools >= 77.0.3: pip install 'setuptools>=77.0.3,<81' "
@@ -60,16 +60,6 @@ _SPECS = {  # class: solo's class, SGCL method, modules it must have, docstring
         "solo's NNCLR with SGCL (its support queue): pair i weighted by ``scores_i ** gamma``, plus inter-image loss."),
 }  # fmt: skip
 _CLASSES: Dict[str, type] = {}
-DEFAULT_CROP_SIZE = 96
-
-# Defaults of the ``sgcl`` node of a solo config (docs/adapters/solo.md says what each key does).
-SGCL_DEFAULTS: Dict[str, Any] = {
-    "num_regions": 4, "crop_size": None, "scale": None, "views": None, "gamma": 0.5, "normalize": "count",
-    "exclude_same_image": True, "max_regions": 16, "regions": "hierarchy",
-    "inter": {"enabled": None, "queue_size": 4096, "num_neighbors": 5},  # None: on for BYOL and NNCLR, off for SimCLR
-    "refresh": {"enabled": True, "feature_stride": "auto", "every_n_epochs": 10, "first_epoch": None,
-                "saliency_size": 640, "batch_size": 32, "num_workers": 0, "progress": True},
-}  # fmt: skip
 
 
 def _import_solo() -> Any:
@@ -101,117 +91,6 @@ def _import_failure(err: ImportError) -> str:
     return f"{cause} Fix that dependency (solo-learn main pins lightning==2.1.2 and torchmetrics<0.12). {INSTALL_HINT}"
 
 
-def _omegaconf() -> Any:
-    try:
-        return importlib.import_module("omegaconf").OmegaConf
-    except ImportError as err:  # pragma: no cover - a dependency of solo-learn (hydra)
-        raise ImportError(f"solo-learn configs need omegaconf. {INSTALL_HINT}") from err
-
-
-def _select(cfg: Any, key: str, default: Any = None) -> Any:
-    value = _omegaconf().select(cfg, key, default=default)
-    return default if value is None else value
-
-
-def _as_int(name: str, value: Any, minimum: int) -> int:
-    return check_int(f"sgcl.{name}", value, minimum)
-
-
-def _expand_augmentations(cfg: Any) -> List[Any]:  # one augmentation config per crop
-    return [aug for aug in _select(cfg, "augmentations", []) for _ in range(int(_select(aug, "num_crops", 1)))]
-
-
-def _check_keys(user: Dict[str, Any], defaults: Dict[str, Any] = SGCL_DEFAULTS, prefix: str = "sgcl") -> None:
-    unknown = sorted(set(user) - set(defaults))
-    if unknown:
-        raise ValueError(f"Unknown {prefix} key(s) {unknown}; known: {sorted(defaults)}.")
-    for key, value in user.items():
-        if isinstance(defaults[key], dict) and isinstance(value, dict):
-            _check_keys(value, defaults[key], f"{prefix}.{key}")
-
-
-def add_sgcl_cfg(cfg: Any) -> Any:
-    """Fills the ``sgcl`` node of a solo config with defaults, checks it and sets solo's crop counts.
-
-    ``cfg.augmentations`` (if any) must describe two crops of one ``crop_size`` (``sgcl.crop_size`` if set):
-    the region pairs are solo's two large crops (``cfg.data.num_large_crops`` 2, ``num_small_crops`` 0).
-
-    Raises:
-        ValueError: other crop counts or sizes, solo multicrop, unknown keys or bad ``sgcl`` values.
-    """
-    OmegaConf = _omegaconf()
-    OmegaConf.set_struct(cfg, False)
-    user = _select(cfg, "sgcl", {}) or {}
-    _check_keys(OmegaConf.to_container(user, resolve=True) if OmegaConf.is_config(user) else dict(user))
-    node = OmegaConf.merge(OmegaConf.create(SGCL_DEFAULTS), user)
-    crops = _expand_augmentations(cfg)
-    sizes = [int(_select(aug, "crop_size", -1)) for aug in crops]
-    if crops and len(crops) != 2:
-        raise ValueError(
-            f"SGCL makes exactly two views of each region, but cfg.augmentations describes {len(crops)} crops "
-            f"(sizes {sizes}). Use two pipelines with num_crops: 1 (view 1, view 2) or one with num_crops: 2."
-        )
-    if crops and len(set(sizes)) != 1:
-        raise ValueError(
-            f"SGCL region crops all have one size, but cfg.augmentations has crop sizes {sizes}. solo calls a crop "
-            "'large' only when its size equals the first pipeline's, so the other region crops would become 'small' "
-            "crops and silently lose their momentum targets. Give every pipeline the same crop_size (e.g. 96)."
-        )
-    explicit = node.crop_size
-    if explicit is not None and crops and int(explicit) != sizes[0]:
-        raise ValueError(
-            f"sgcl.crop_size = {explicit} but the augmentations crop to {sizes[0]} px: set both to the same size "
-            "(the region crops are solo's large crops)."
-        )
-    default_size = sizes[0] if crops else DEFAULT_CROP_SIZE
-    node.crop_size = _as_int("crop_size", int(explicit) if explicit is not None else default_size, 2)
-    _as_int("num_regions", node.num_regions, 1)
-    _as_int("max_regions", node.max_regions, 1)
-    if node.scale is None:  # the first augmentation's rrc scale range, else [0.08, 1.0]
-        default = {"min": 0.08, "max": 1.0}
-        node.scale = [float(_select(crops[0], f"rrc.crop_{k}_scale", v) if crops else v) for k, v in default.items()]
-    if node.views is None:
-        node.views = "solo" if crops else "byol"
-    views, gamma, normalize, regions = node.views, node.gamma, node.normalize, node.regions
-    checks = (  # (valid, error message), in order
-        (views in ("solo", "byol"),
-            f"sgcl.views must be 'solo' (the config's augmentations) or 'byol', got {views!r}."),
-        (views != "solo" or crops,
-            "sgcl.views = 'solo' needs cfg.augmentations (two pipelines); use views: byol otherwise."),
-        (not isinstance(gamma, bool) and isinstance(gamma, numbers.Real) and math.isfinite(gamma),
-            f"sgcl.gamma must be a finite number >= 0, got {gamma!r}."),
-        (normalize in ("count", "weight"), f"sgcl.normalize must be 'count' or 'weight', got {normalize!r}."),
-        (regions in REGION_SOURCES, f"sgcl.regions must be one of {', '.join(REGION_SOURCES)}, got {regions!r}."),
-    )  # fmt: skip
-    for valid, message in checks:
-        if not valid:
-            raise ValueError(message)
-    inter, refresh = node.inter.enabled is not False, bool(node.refresh.enabled)  # inter None: the method's default
-    stride = node.refresh.feature_stride
-    check_stride(list(stride) if OmegaConf.is_list(stride) else stride, "sgcl.refresh.feature_stride")
-    for key, minimum, active in (  # integer keys checked when in use: (key, minimum or the key holding it, in use)
-        ("inter.num_neighbors", 1, inter),
-        ("inter.queue_size", "inter.num_neighbors", inter),
-        ("refresh.every_n_epochs", 1, refresh),
-        ("refresh.saliency_size", 2, refresh),
-    ):
-        if active:
-            low = minimum if isinstance(minimum, int) else int(OmegaConf.select(node, minimum))
-            _as_int(key, OmegaConf.select(node, key), low)
-    cfg.sgcl = node
-    if _select(cfg, "data", None) is None:
-        cfg.data = {}
-    large, small = _select(cfg, "data.num_large_crops", 2), _select(cfg, "data.num_small_crops", 0)
-    if (large, small) != (2, 0):
-        raise ValueError(
-            f"SGCL methods take the two views of each region pair as solo's two large crops (num_large_crops=2, "
-            f"num_small_crops=0); the config says num_large_crops={large}, num_small_crops={small}. solo multicrop "
-            "(small crops) is not supported: more region pairs per image come from sgcl.num_regions."
-        )
-    cfg.data.num_large_crops, cfg.data.num_small_crops = 2, 0
-    return cfg
-
-
 def build_saliency_transform(cfg: Any, bank: SaliencyBank) -> SaliencyCropTransform:
     """The :class:`SaliencyCropTransform` of a solo config, after :func:`add_sgcl_cfg`; with ``sgcl.views:
     solo`` its views are ``cfg.augmentations`` without their random-resized crop."""
@@ -220,11 +99,11 @@ def build_saliency_transform(cfg: Any, bank: SaliencyBank) -> SaliencyCropTransf
     if node.views == "solo":
         from solo.data.pretrain_dataloader import build_transform_pipeline
 
-        OmegaConf = _omegaconf()
-        for aug in _expand_augmentations(cfg):
+        OmegaConf = omegaconf()
+        for aug in expand_augmentations(cfg):
             aug = OmegaConf.create(OmegaConf.to_container(aug, resolve=True))
             aug.rrc = {"enabled": False}  # the crop is SGCL's: resize to crop_size is then a no-op
-            views.append(PILView(build_transform_pipeline(_select(cfg, "data.dataset", "custom"), aug)))
+            views.append(PILView(build_transform_pipeline(select(cfg, "data.dataset", "custom"), aug)))
     else:
         views.extend(byol_view_transforms(int(node.crop_size)))
     size, scale = int(node.crop_size), tuple(node.scale)
@@ -255,8 +134,8 @@ def prepare_saliency_datasets(
     from solo.data.pretrain_dataloader import prepare_datasets
 
     data = SGCLDataset(prepare_datasets(dataset, None, *args, **kwargs), fallback_transform=transform)
-    if cfg is not None and str(_select(cfg, "method", "")) in METHOD_NAMES:
-        bank = SaliencyBank(len(data), max_regions=int(_select(cfg, "sgcl.max_regions", SGCL_DEFAULTS["max_regions"])))
+    if cfg is not None and str(select(cfg, "method", "")) in METHOD_NAMES:
+        bank = SaliencyBank(len(data), max_regions=int(select(cfg, "sgcl.max_regions", SGCL_DEFAULTS["max_regions"])))
         data.attach(build_saliency_transform(cfg, bank))
     return data
 
@@ -380,7 +259,7 @@ class SGCLMethodMixin:
         """What a refresh segments: :func:`~sgcl_plugin.features.refresh_features` of the online backbone at
         ``sgcl.refresh.feature_stride`` (``auto``: hierarchy mode, the last map and the stage at half its stride)."""
         stride = self.sgcl_cfg.refresh.feature_stride
-        stride = tuple(int(v) for v in stride) if _omegaconf().is_list(stride) else stride
+        stride = tuple(int(v) for v in stride) if omegaconf().is_list(stride) else stride
         return refresh_features(self.backbone, stride, str(self.sgcl_cfg.regions))  # type: ignore[attr-defined]
 
     def on_train_start(self) -> None:
@@ -396,38 +275,37 @@ class SGCLMethodMixin:
             )
         self.sgcl_attach(loader)
 
+    def _sgcl_refresh_options(self) -> Dict[str, Any]:
+        """The refresh driver's options from ``sgcl.refresh`` (:class:`~sgcl_plugin.refresher.SaliencyRefresher`);
+        ``feature_stride`` None: :meth:`sgcl_feature_backbone` already reads ``sgcl.refresh.feature_stride``."""
+        r = self.sgcl_cfg.refresh
+        sizes = dict(saliency_size=int(r.saliency_size), batch_size=int(r.batch_size), num_workers=int(r.num_workers))
+        return dict(regions=str(self.sgcl_cfg.regions), feature_stride=None, progress=bool(r.progress), **sizes)
+
     def configure_callbacks(self) -> List[Any]:
         """The saliency refresh callback of ``sgcl.refresh`` (also under solo's main_pretrain.py)."""
         callbacks = list(super().configure_callbacks() or [])  # type: ignore[misc]
-        refresh = self.sgcl_cfg.refresh
-        if refresh.enabled:
+        r = self.sgcl_cfg.refresh
+        if r.enabled:
             from sgcl_plugin.adapters.lightning import SGCLRefreshCallback
 
+            first = None if r.first_epoch is None else int(r.first_epoch)
             self._sgcl_callback = SGCLRefreshCallback(
-                self._sgcl_get_bank, self._sgcl_get_images, every_n_epochs=int(refresh.every_n_epochs),
-                first_epoch=None if refresh.first_epoch is None else int(refresh.first_epoch),
-                backbone=solo_feature_backbone, saliency_size=int(refresh.saliency_size),
-                batch_size=int(refresh.batch_size), num_workers=int(refresh.num_workers),
-                progress=bool(refresh.progress), package="lightning", regions=str(self.sgcl_cfg.regions),
-                feature_stride=None,  # solo_feature_backbone already reads sgcl.refresh.feature_stride
+                self._sgcl_get_bank, self._sgcl_get_images, every_n_epochs=int(r.every_n_epochs), first_epoch=first,
+                backbone=solo_feature_backbone, package="lightning", **self._sgcl_refresh_options(),
             )  # fmt: skip
             callbacks.append(self._sgcl_callback)
         return callbacks
 
     def sgcl_refresh(self) -> SaliencyBank:
-        """Refreshes the bank now with the current backbone (outside the schedule)."""
+        """Refreshes the bank now with the current backbone (outside the schedule), with the core driver."""
         if self.sgcl_bank is None or self.sgcl_dataset is None:
             raise RuntimeError(
                 "No saliency bank yet: it is created from the train dataset when training starts "
                 "(on_train_start), or call sgcl_attach(dataset) first."
             )
-        refresh = self.sgcl_cfg.refresh
-        return refresh_bank(
-            SaliencyGenerator(regions=str(self.sgcl_cfg.regions)),  # type: ignore[arg-type]
-            self.sgcl_feature_backbone(), self.sgcl_dataset.images, self.sgcl_bank,
-            batch_size=int(refresh.batch_size), saliency_size=int(refresh.saliency_size),
-            num_workers=int(refresh.num_workers), progress=bool(refresh.progress),
-        )  # fmt: skip
+        refresher = SaliencyRefresher(self.sgcl_bank, self.sgcl_dataset, **self._sgcl_refresh_options())
+        return refresher.refresh(self.sgcl_feature_backbone())
 
     def _sgcl_step(self, base_step: Callable[..., Dict[str, Any]], batch: Any, batch_idx: int) -> Tensor:
         rb = unpack_region_batch(batch, self.sgcl_crop_size)

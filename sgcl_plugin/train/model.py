@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from sgcl_plugin import SaliencyGenerator, SGCLObjective, feature_maps
-from sgcl_plugin.features import hierarchy_strides
+from sgcl_plugin import SaliencyGenerator, SGCLObjective
+from sgcl_plugin.features import Stride, refresh_features
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, last_map_only, reads_pair
 
@@ -135,16 +135,22 @@ def build_generator(args: argparse.Namespace) -> SaliencyGenerator:
     return SaliencyGenerator(min_area=args.min_area, regions=mode)
 
 
-def saliency_features(backbone: nn.Module, args: argparse.Namespace) -> Any:
-    """What the refresh reads: the backbone's stage(s) at ``--saliency-stride`` (its own output at 32).
+def saliency_stride(args: argparse.Namespace) -> Stride:
+    """What the refresh reads, as a refresh driver's ``feature_stride``: the backbone's stage(s) at
+    ``--saliency-stride`` (its own output at 32).
 
     A source that reads the last map only (the heat map: ContrastiveCrop's) reads it whatever the stride; one that
-    reads a pair (the hierarchy mode) reads by default the last map and the stage at half its stride; the other
-    modes by default the stride-16 stage."""
+    reads a pair (the hierarchy mode) reads by default the last map and the stage at half its stride (``"auto"``);
+    the other modes by default the stride-16 stage."""
     strides = args.saliency_stride
     if last_map_only(args.regions):
-        return feature_maps(backbone)
+        return None
     if strides is None and reads_pair(args.regions):
-        return feature_maps(backbone, hierarchy_strides(backbone))
+        return "auto"
     stride = tuple(strides) if strides and len(strides) == 2 else (strides[0] if strides else 16)
-    return feature_maps(backbone, None if stride == 32 else stride)
+    return None if stride == 32 else stride  # type: ignore[return-value]
+
+
+def saliency_features(backbone: nn.Module, args: argparse.Namespace) -> Any:
+    """The module the refresh runs: :func:`~sgcl_plugin.features.refresh_features` at :func:`saliency_stride`."""
+    return refresh_features(backbone, saliency_stride(args), args.regions)

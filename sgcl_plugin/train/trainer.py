@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from sgcl_plugin import ImageFiles, RefreshSchedule, SaliencyBank, SaliencyCropDataset, refresh_bank
+from sgcl_plugin import ImageFiles, SaliencyBank, SaliencyCropDataset, SaliencyRefresher
 from sgcl_plugin.items import flatten_pairs
 from sgcl_plugin.testbed.eval_sets import evaluate_backbone
 from sgcl_plugin.testbed.ground_truth import scene_masks, write_true_boxes
@@ -50,7 +50,7 @@ from sgcl_plugin.train.model import (
     build_optimizer,
     ema_at,
     lr_at,
-    saliency_features,
+    saliency_stride,
 )
 from sgcl_plugin.train.options import Refused, evaluation_settings, parse_args
 from sgcl_plugin.train.outputs import StepLog, epoch_bar, saliency_pictures, write_eval_csv
@@ -98,8 +98,6 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * args.epochs
         self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        # Refreshes at --first-refresh (default: --every-n-epochs), then every --every-n-epochs; each made once.
-        self.schedule = RefreshSchedule(args.every_n_epochs, args.first_refresh or None)
         self._masks: Optional[List[Tensor]] = None  # object masks of the first scenes, for pair rates
         self.log_path = self.out / "log.csv"
         self.history: List[Dict[str, float]] = []  # accuracy vs epochs (--eval-every), main process only
@@ -135,7 +133,17 @@ class Trainer:
         self.objective = build_objective(args, self.world).to(self.device)
         self.opt = build_optimizer(self.model, args)
         self.generator = build_generator(args)
-        self.saliency_backbone = saliency_features(self.model.backbone, args)
+        # The core refresh driver: refreshes at --first-refresh (default: --every-n-epochs), then every
+        # --every-n-epochs, each made once. A folder is decoded by --workers processes; the composed table is
+        # decoded already (and refreshes in the main process, as it always did).
+        self.refresher = SaliencyRefresher(
+            self.bank, self.images, args.every_n_epochs, self.generator, first_epoch=args.first_refresh or None,
+            feature_stride=saliency_stride(args), saliency_size=args.saliency_size, batch_size=32,
+            num_workers=args.workers if isinstance(self.images, ImageFiles) else 0,
+            progress=self.main and not args.no_progress, device=self.device, host="sgcl_plugin.train",
+        )  # fmt: skip
+        self.schedule = self.refresher.schedule
+        self.saliency_backbone = self.refresher.features(self.model.backbone)  # what the pictures show
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -172,9 +180,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         load_objective_state(self.objective, state)
-        self.bank.load_state_dict(state["bank"])
+        self.refresher.load_state_dict({"bank": state["bank"], "last_epoch": int(state["refreshed_epoch"])})
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        self.schedule.last_epoch = int(state["refreshed_epoch"])
         self.history = list(state.get("history", []))
         set_rng_state(state["rng"])
         if self.main:
@@ -199,28 +206,12 @@ class Trainer:
 
     def refresh(self) -> None:
         """Recomputes every image's regions with the backbone as it is now, and reports them (main process)."""
-        t0 = time.perf_counter()
-        # A folder is decoded by --workers processes; the composed table is decoded already (and refreshes
-        # in the main process, as it always did).
-        workers = self.args.workers if isinstance(self.images, ImageFiles) else 0
-        refresh_bank(
-            self.generator, self.saliency_backbone, self.images, bank=self.bank, batch_size=32,
-            saliency_size=self.args.saliency_size, device=self.device, num_workers=workers,
-            progress=self.main and not self.args.no_progress,
-        )  # fmt: skip
-        seconds = time.perf_counter() - t0
-        stats = self.bank.stats()
+        self.refresher.refresh(self.model.backbone)
         rate = self.pair_rate()
-        if rate is not None:
-            stats["pair_rate"] = rate
-        self.schedule.mark_done(self.epoch, {"seconds": seconds, **stats})  # history: this process's refreshes
+        # history: this process's refreshes
+        self.refresher.mark_done(self.epoch, {"pair_rate": rate} if rate is not None else None)
         if self.main:
-            pairs = f", pairs showing one object {100 * rate:.1f}%" if rate is not None else ""
-            print(
-                f"refresh {self.bank.refreshes} at epoch {self.epoch}: {stats['regions_per_image']:.2f} regions/image, "
-                f"{int(stats['fallback_images'])} whole-image fallbacks, mean score {stats['mean_score']:.3f}{pairs}, "
-                f"{seconds:.1f} s"
-            )
+            print(self.refresher.summary(), flush=True)
             self.pictures(f"refresh_{self.bank.refreshes:02d}_epoch_{self.epoch:03d}.png")
 
     def pair_rate(self, images: int = 256, pairs: int = 8) -> Optional[float]:
