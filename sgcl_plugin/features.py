@@ -359,11 +359,17 @@ class FeatureMaps(nn.Module):
         layers: The module names read.
 
     Examples:
-        >>> backbone = torchvision.models.resnet50(weights="IMAGENET1K_V2")
-        >>> fmap = FeatureMaps(backbone, stride=16)  # layer3: (B, 1024, H/16, W/16)
-        >>> bank = refresh_bank(SaliencyGenerator(regions="objects"), fmap, dataset)
-        >>> FeatureMaps(backbone, layers=["layer3", "layer4"])  # both, at stride 16
-        >>> FeatureMaps(backbone, stride=(16, 32))  # (layer3, layer4) as a tuple, for regions="hierarchy"
+        >>> from torchvision.models import resnet18
+        >>> resnet = resnet18()  # weights="IMAGENET1K_V1" for a pretrained one
+        >>> fmap = FeatureMaps(resnet, stride=16)  # layer3: (B, 256, H/16, W/16); the forward stops there
+        >>> fmap.layers, fmap(images).shape
+        (['layer3'], torch.Size([2, 256, 14, 14]))
+        >>> FeatureMaps(resnet, layers=["layer3", "layer4"])(images).shape  # both, at stride 16
+        torch.Size([2, 768, 14, 14])
+        >>> [m.shape[-1] for m in FeatureMaps(resnet, stride=(16, 32))(images)]  # (layer3, layer4), for "hierarchy"
+        [14, 7]
+        >>> from sgcl_plugin import SaliencyGenerator, refresh_bank
+        >>> bank = refresh_bank(SaliencyGenerator(regions="objects"), fmap, dataset, progress=False)
     """
 
     def __init__(

@@ -80,11 +80,14 @@ class SaliencyRefresher:
         TypeError: a bank that is neither a SaliencyBank, None nor a callable.
 
     Examples:
-        >>> refresher = SaliencyRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
-        >>> for epoch in range(epochs):
-        ...     if refresher.maybe_refresh(epoch, model.backbone):  # then train the epoch
+        >>> from sgcl_plugin import SaliencyBank
+        >>> bank = SaliencyBank(len(dataset))
+        >>> refresher = SaliencyRefresher(bank, dataset, every_n_epochs=2, saliency_size=256, progress=False)
+        >>> for epoch in range(3):
+        ...     if refresher.maybe_refresh(epoch, backbone):  # then train the epoch
         ...         print(refresher.summary())
-        >>> checkpoint["sgcl"] = refresher.state_dict()  # the bank and the schedule
+        SGCL refresh 1 at epoch 2: ...
+        >>> checkpoint = {"sgcl": refresher.state_dict()}  # the bank and the schedule
     """
 
     host = "SaliencyRefresher"

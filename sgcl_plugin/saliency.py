@@ -142,13 +142,19 @@ class SaliencyGenerator:
             and a keyword of the mode.
 
     Examples:
+        >>> from sgcl_plugin import FeatureMaps
+        >>> from sgcl_plugin.hierarchy import HierarchyOptions
         >>> generator = SaliencyGenerator()  # hierarchy mode
-        >>> features = FeatureMaps(backbone, stride=(16, 32))(images)  # ResNet-50 at 640 px: layer3 40 x 40, layer4
+        >>> features = FeatureMaps(backbone, stride=(16, 32))(images)  # at 224 px: 14 x 14 and 7 x 7 (640 px: 40, 20)
         >>> result = generator(features)
-        >>> result.maps.shape  # (B, 40, 40), in [0, 1]
-        >>> result.regions[0].boxes, result.regions[0].scores
-        >>> SaliencyGenerator(regions="paper")(backbone(images))  # the paper's Eq. 4-5 on the last map
-        >>> SaliencyGenerator(regions="hierarchy", options=HierarchyOptions(max_regions=8))
+        >>> result.maps.shape  # (B, 14, 14), in [0, 1]
+        torch.Size([2, 14, 14])
+        >>> boxes, scores = result.regions[0].boxes, result.regions[0].scores  # (K, 4) normalized xyxy, (K,) best first
+        >>> len(boxes) == len(scores) <= 16, float(scores[0])
+        (True, 1.0)
+        >>> paper = SaliencyGenerator(regions="paper")(backbone(images))  # the paper's Eq. 4-5 on the last map
+        >>> SaliencyGenerator(options=HierarchyOptions(max_regions=8)).options.max_regions
+        8
     """
 
     def __init__(
@@ -240,7 +246,10 @@ def ChannelSumGenerator(threshold: float = 0.1) -> SaliencyGenerator:  # the cla
         threshold: Fraction of the heat map's range above which a cell belongs to the box.
 
     Examples:
-        >>> bank = refresh_bank(ChannelSumGenerator(), backbone, dataset)
+        >>> from sgcl_plugin import refresh_bank
+        >>> bank = refresh_bank(ChannelSumGenerator(), backbone, dataset, saliency_size=256, progress=False)
+        >>> all(len(bank[i][0]) == 1 for i in range(len(dataset)))  # one box per image
+        True
     """
     return SaliencyGenerator(regions="heatmap", threshold=threshold)
 

@@ -230,7 +230,9 @@ class BatchViewAugment(torch.nn.Module):
 
     Examples:
         >>> aug1, aug2 = BatchViewAugment(1, size=32), BatchViewAugment(2, size=32)
-        >>> batch = next(iter(loader))  # from SaliencyCropDataset(..., augment=False), crops of 32 px
+        >>> from sgcl_plugin import SaliencyBank, SaliencyCropDataset, SaliencyCropTransform
+        >>> crops = SaliencyCropTransform(SaliencyBank(len(dataset)), size=32, augment=False)  # views augmented later
+        >>> batch = next(iter(torch.utils.data.DataLoader(SaliencyCropDataset(dataset, crops), batch_size=2)))
         >>> v1 = aug1(batch["views1"].flatten(0, 1))  # (B * t, 3, 32, 32), on the crops' device (a GPU's)
         >>> v2 = aug2(batch["views2"].flatten(0, 1))
         >>> v1.shape == batch["views1"].flatten(0, 1).shape

@@ -149,8 +149,14 @@ class SGCLDataset(SaliencyCropDataset):
         ValueError: a bank of another size, a ``LightlyDataset`` with a transform, items with several views.
 
     Examples:
+        >>> from sgcl_plugin.sample_images import export_sample_images
+        >>> from torch.utils.data import DataLoader
+        >>> bank = SaliencyBank(len(export_sample_images("photos")))
         >>> dataset = SGCLDataset(LightlyDataset("photos/"), SGCLTransform(bank, size=96))
-        >>> loader = DataLoader(dataset, batch_size=64, shuffle=True, collate_fn=sgcl_collate)
+        >>> loader = DataLoader(dataset, batch_size=4, shuffle=True, drop_last=True, collate_fn=sgcl_collate)
+        >>> batch = next(iter(loader))
+        >>> batch.views[0].shape, batch.scores.shape  # 4 images x 4 region pairs, flattened
+        (torch.Size([16, 3, 96, 96]), torch.Size([16]))
     """
 
     collate_fn = staticmethod(sgcl_collate)
@@ -236,8 +242,12 @@ class SGCLLoss(nn.Module):
         NotImplementedError: ``NTXentLoss(gather_distributed=True)`` without memory bank, several processes.
 
     Examples:
+        >>> from lightly.loss import NTXentLoss
         >>> criterion = SGCLLoss(NTXentLoss(temperature=0.5))  # SimCLR; BYOL: SGCLLoss(NegativeCosineSimilarity())
-        >>> loss = criterion(z0, z1, batch.scores, image_ids=batch.index)
+        >>> z0, z1 = torch.randn(8, 128), torch.randn(8, 128)  # projections of 2 images x 4 region pairs
+        >>> scores, index = torch.rand(8), torch.arange(2).repeat_interleave(4)  # batch.scores, batch.index
+        >>> criterion(z0, z1, scores, image_ids=index).shape  # a scalar
+        torch.Size([])
     """
 
     def __init__(
@@ -341,9 +351,10 @@ class SGCLRefresher(SaliencyRefresher):
     epoch.
 
     Examples:
-        >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=10, saliency_size=640)
-        >>> for epoch in range(epochs):
-        ...     refresher.maybe_refresh(epoch, model.backbone)  # then train the epoch
+        >>> bank = SaliencyBank(len(dataset))
+        >>> refresher = SGCLRefresher(bank, dataset, every_n_epochs=2, saliency_size=256, progress=False)
+        >>> [refresher.maybe_refresh(epoch, backbone) for epoch in range(5)]  # then train the epoch
+        [False, False, True, False, True]
     """
 
     host = "SGCLRefresher"
