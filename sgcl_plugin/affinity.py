@@ -9,6 +9,16 @@ from torch import Tensor
 
 from sgcl_plugin.precision import full_precision
 
+__all__ = [
+    "AFFINITIES",
+    "Affinity",
+    "check_feature_map",
+    "cosine_affinity",
+    "tokens_to_map",
+    "unit_affinity",
+    "unit_features",
+]
+
 Affinity = Literal["clamp", "binary"]
 AFFINITIES = ("clamp", "binary")
 

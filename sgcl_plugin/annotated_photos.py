@@ -28,7 +28,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["ANNOTATIONS", "SOURCES", "SPLITS", "AnnotatedPhoto", "load_annotated_photos", "object_masks"]
+__all__ = [
+    "ANNOTATIONS",
+    "SOURCES",
+    "SPLITS",
+    "AnnotatedPhoto",
+    "MissingSourceError",
+    "load_annotated_photos",
+    "object_masks",
+]
 
 ANNOTATIONS = Path(__file__).resolve().parent / "data" / "annotated_photos.json"
 """The boxes drawn for this project (JSON; its header holds the annotation rules)."""

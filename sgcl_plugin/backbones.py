@@ -11,6 +11,16 @@ from torch import Tensor, nn
 from sgcl_plugin.checks import check_int
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 
+__all__ = [
+    "KNOWN_ARCHS",
+    "FeatureBackbone",
+    "efficientnet_lite0",
+    "load_backbone",
+    "resnet_backbone",
+    "tiny_resnet",
+    "tiny_resnet_backbone",
+]
+
 
 class FeatureBackbone(nn.Module):
     """A trunk returning its last feature map (B, C, h, w), with the input normalization it expects.

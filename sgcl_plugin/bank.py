@@ -13,6 +13,8 @@ from torch import Tensor
 
 from sgcl_plugin.checks import check_not_meta
 
+__all__ = ["READ_TIMEOUT", "SaliencyBank", "banks_read_by_crops"]
+
 READ_TIMEOUT = 60.0
 """Seconds a reader waits for a write to finish before it reports a torn table."""
 

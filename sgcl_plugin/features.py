@@ -21,11 +21,14 @@ __all__ = [
     "FeatureMaps",
     "at_stride",
     "check_feature_output",
+    "check_stride",
     "default_device",
     "eval_mode",
     "feature_map_backbone",
     "feature_maps",
     "find_stride_layer",
+    "hierarchy_strides",
+    "refresh_features",
 ]
 
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity)

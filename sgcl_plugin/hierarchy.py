@@ -60,12 +60,12 @@ from sgcl_plugin.spectral import CutOptions, flat_graphs, normalize_maps, orient
 
 __all__ = [
     "OBJECTNESS_EXPONENTS",
+    "CellFeatures",
     "HierarchyOptions",
     "absorb_small_parts",
     "hierarchy_regions",
     "hierarchy_source",
     "merge_tree",
-    "CellFeatures",
     "node_factors",
     "objectness",
 ]

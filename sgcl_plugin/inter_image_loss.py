@@ -19,6 +19,8 @@ from sgcl_plugin.checks import check_int, check_number
 from sgcl_plugin.pair_losses import check_embeddings, shape_of
 from sgcl_plugin.weighted_loss import check_gamma, check_scores
 
+__all__ = ["FeatureQueue", "InterImageLoss", "inter_image_loss"]
+
 
 def _check_num_neighbors(num_neighbors: int) -> None:
     if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, numbers.Integral) or num_neighbors < 1:

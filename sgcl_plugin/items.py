@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
-__all__ = ["DatasetImages", "ImageItem", "PairRows", "check_map_style", "flatten_pairs", "split_item"]
+__all__ = ["DatasetImages", "ImageItem", "PairRows", "check_map_style", "flatten_pairs", "repeat_rows", "split_item"]
 
 
 class ImageItem(NamedTuple):

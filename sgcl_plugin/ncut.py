@@ -27,6 +27,17 @@ from sgcl_plugin.ncut_dense import fiedler_cupy, fiedler_eigh, generalized_vecto
 from sgcl_plugin.ncut_krylov import fiedler_krylov, krylov_top
 from sgcl_plugin.precision import full_precision
 
+__all__ = [
+    "DENSE_MAX_NODES",
+    "DENSE_MAX_NODES_BY_DEVICE",
+    "SOLVERS",
+    "Solver",
+    "check_affinity",
+    "fiedler_vector",
+    "ncut_embedding",
+    "resolve_solver",
+]
+
 Solver = Literal["auto", "eigh", "krylov", "cupy"]
 SOLVERS = ("auto", "eigh", "krylov", "cupy")
 

@@ -15,6 +15,18 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+__all__ = [
+    "CUPY_CHUNK_ELEMENTS",
+    "check_cuda_versions",
+    "dense_top",
+    "fiedler_cupy",
+    "fiedler_eigh",
+    "generalized_vectors",
+    "ncut_eigh",
+    "normalized_affinity",
+    "work_dtype",
+]
+
 
 def normalized_affinity(W: Tensor) -> Tuple[Tensor, Tensor]:
     """Returns ``M = D^-1/2 W D^-1/2`` and ``D^-1/2`` (as a (B, N) vector)."""

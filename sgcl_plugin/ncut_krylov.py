@@ -17,6 +17,8 @@ from torch import Tensor
 
 from sgcl_plugin.ncut_dense import dense_top, generalized_vectors, work_dtype
 
+__all__ = ["CPU_CHUNK_ELEMENTS", "CPU_ORTHONORMALIZE", "KRYLOV_MIN_NODES", "fiedler_krylov", "krylov_top"]
+
 # Graphs smaller than this are solved densely even when the Krylov solver is asked for.
 KRYLOV_MIN_NODES = 16
 

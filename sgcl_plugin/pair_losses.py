@@ -23,6 +23,18 @@ from torch import Tensor
 
 from sgcl_plugin.checks import check_not_meta, check_number
 
+__all__ = [
+    "BASE_LOSSES",
+    "BaseLoss",
+    "ImageIds",
+    "byol_loss",
+    "check_embeddings",
+    "nearest_neighbors",
+    "nnclr_loss",
+    "ntxent_loss",
+    "shape_of",
+]
+
 BaseLoss = Callable[..., Tensor]
 ImageIds = Union[Tensor, Sequence[int]]
 

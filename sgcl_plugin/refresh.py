@@ -17,6 +17,8 @@ from sgcl_plugin.features import check_feature_output, default_device, eval_mode
 from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.items import DatasetImages
 
+__all__ = ["MIN_GRID_CELLS", "check_dataset_bank", "refresh_bank"]
+
 if TYPE_CHECKING:
     from sgcl_plugin.saliency import SaliencyGenerator
 

@@ -11,6 +11,8 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+__all__ = ["Regions", "SaliencyResult", "border_mask", "box_iou", "extract_regions"]
+
 
 @dataclass
 class Regions:

@@ -18,6 +18,16 @@ from torch import Tensor
 
 from sgcl_plugin.regions import Regions
 
+__all__ = [
+    "BOX_COLORS",
+    "box_to_pixels",
+    "contact_sheet",
+    "enlarge_for_display",
+    "heat_colormap",
+    "render_pairs",
+    "render_saliency",
+]
+
 # Piecewise-linear "jet"-like heat colour map: dark blue (0) -> cyan -> green -> yellow -> dark red (1).
 _HEAT_ANCHORS = np.array(
     [

@@ -8,6 +8,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+__all__ = ["SAMPLE_NAMES", "export_sample_images", "sample_images"]
+
 _INSTALL_HINT = "pip install 'sgcl_plugin[pretrained]'"
 
 

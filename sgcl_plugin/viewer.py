@@ -31,6 +31,8 @@ from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_SOURCES, la
 from sgcl_plugin.regions import Regions
 from sgcl_plugin.rendering import box_to_pixels, contact_sheet, enlarge_for_display, render_saliency
 
+__all__ = ["MANIFEST", "build_parser", "main"]
+
 _RESERVED_STEMS = {"contact_sheet"}
 
 

@@ -17,6 +17,15 @@ from torch import Tensor, nn
 from sgcl_plugin.checks import check_not_meta, check_number
 from sgcl_plugin.pair_losses import BASE_LOSSES, BaseLoss, shape_of
 
+__all__ = [
+    "NORMALIZATIONS",
+    "Normalize",
+    "SaliencyWeightedLoss",
+    "check_gamma",
+    "check_scores",
+    "saliency_weighted_loss",
+]
+
 Normalize = Literal["count", "weight"]
 NORMALIZATIONS = ("count", "weight")
 

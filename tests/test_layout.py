@@ -31,3 +31,38 @@ def test_evaluate_backbone_names_an_unknown_set() -> None:
 
     with pytest.raises(ValueError, match="objects, isolated, fashion"):
         evaluate_backbone(torch.nn.Identity(), data="coco")
+
+
+def test_every_module_says_what_it_exports() -> None:
+    """Each module lists its public names in ``__all__`` (ruff's RUF022 keeps the lists sorted): every name is
+    defined there, and every public function or class the module defines is listed or deliberately private."""
+    import ast
+    import importlib
+    import pkgutil
+
+    import sgcl_plugin
+
+    names = ["sgcl_plugin"] + [m.name for m in pkgutil.walk_packages(sgcl_plugin.__path__, prefix="sgcl_plugin.")]
+    for name in names:
+        if name == "sgcl_plugin.adapters.solo" or name == "sgcl_plugin.adapters.lightly":
+            source = PACKAGE.joinpath(*name.split(".")[1:]).with_suffix(".py").read_text()
+            module_all = next(
+                ast.literal_eval(n.value)
+                for n in ast.parse(source).body
+                if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in n.targets)
+            )
+            assert module_all, name  # importing them needs their host where a name is built lazily
+            continue
+        module = importlib.import_module(name)
+        exported = getattr(module, "__all__", None)
+        assert isinstance(exported, list), f"{name} has no __all__"
+        assert len(set(exported)) == len(exported), name
+        missing = [n for n in exported if not hasattr(module, n)]
+        assert not missing, (name, missing)
+        path = Path(module.__file__ or "")
+        defined = {
+            n.name
+            for n in ast.parse(path.read_text()).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")
+        }
+        assert defined <= set(exported), (name, sorted(defined - set(exported)))

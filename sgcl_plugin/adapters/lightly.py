@@ -42,9 +42,20 @@ except ImportError as _err:  # pragma: no cover - exercised in a subprocess by t
     ) from _err
 
 __all__ = [
-    "SGCLDataset", "SGCLBatch", "SGCLItem", "SGCLLoss", "SGCLRefresher", "SGCLTransform", "feature_map_backbone",
-    "inter_loss_for", "nnclr_neighbours", "per_sample_negative_cosine_similarity", "per_sample_nnclr",
-    "per_sample_ntxent", "refresh", "sgcl_collate",
+    "SGCLBatch",
+    "SGCLDataset",
+    "SGCLItem",
+    "SGCLLoss",
+    "SGCLRefresher",
+    "SGCLTransform",
+    "feature_map_backbone",
+    "inter_loss_for",
+    "nnclr_neighbours",
+    "per_sample_negative_cosine_similarity",
+    "per_sample_nnclr",
+    "per_sample_ntxent",
+    "refresh",
+    "sgcl_collate",
 ]  # fmt: skip
 
 ImageIds = Union[Tensor, Sequence[int]]

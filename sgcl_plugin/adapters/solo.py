@@ -39,8 +39,17 @@ from sgcl_plugin.views import PILView, byol_view_transforms
 
 # SGCLBYOL, SGCLSimCLR and SGCLNNCLR are module attributes too, built on first access (PEP 562).
 __all__ = [
-    "DEFAULT_CROP_SIZE", "METHOD_NAMES", "RegionBatch", "SGCL_DEFAULTS", "SGCLDataset", "add_sgcl_cfg",
-    "build_saliency_transform", "method_classes", "prepare_saliency_datasets", "register", "solo_feature_backbone",
+    "DEFAULT_CROP_SIZE",
+    "METHOD_NAMES",
+    "SGCL_DEFAULTS",
+    "RegionBatch",
+    "SGCLDataset",
+    "add_sgcl_cfg",
+    "build_saliency_transform",
+    "method_classes",
+    "prepare_saliency_datasets",
+    "register",
+    "solo_feature_backbone",
     "unpack_region_batch",
 ]  # fmt: skip
 

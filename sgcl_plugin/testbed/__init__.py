@@ -10,3 +10,7 @@
 
 The core package never imports from here; the testbed imports the core.
 """
+
+from typing import List
+
+__all__: List[str] = []  # a namespace: import the submodules

@@ -18,6 +18,17 @@ from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 from sgcl_plugin.testbed.evaluation import cell_labels, dense_probe_accuracy, embed, knn_accuracy, linear_probe_accuracy
 from sgcl_plugin.testbed.scenes import ComposedScenes, load_fashion_mnist, object_crops
 
+__all__ = [
+    "EVAL_DATA",
+    "class_groups",
+    "evaluate_backbone",
+    "fashion_eval_sets",
+    "imagenet_normalize",
+    "scene_cells",
+    "scene_dense_eval_sets",
+    "scene_object_eval_sets",
+]
+
 EVAL_DATA = ("objects", "isolated", "fashion")
 """The sets :func:`evaluate_backbone` probes on (the trainer's ``--eval-data``)."""
 

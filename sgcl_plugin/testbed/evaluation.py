@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sgcl_plugin.features import default_device, eval_mode
 
+__all__ = ["cell_labels", "dense_probe_accuracy", "embed", "knn_accuracy", "knn_predict", "linear_probe_accuracy"]
+
 
 @torch.no_grad()
 def embed(

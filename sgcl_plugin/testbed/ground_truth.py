@@ -11,6 +11,8 @@ from torch import Tensor
 from sgcl_plugin import SaliencyBank
 from sgcl_plugin.testbed.scenes import ComposedScenes
 
+__all__ = ["scene_masks", "write_true_boxes"]
+
 
 def write_true_boxes(bank: SaliencyBank, scenes: ComposedScenes) -> None:
     """Fills ``bank`` with every scene's true object boxes (the first ``bank.max_regions``), each scored 1.

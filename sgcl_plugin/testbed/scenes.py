@@ -16,6 +16,17 @@ from scipy import ndimage
 from torch import Tensor
 from torch.utils.data import Dataset
 
+__all__ = [
+    "BACKGROUND_NAMES",
+    "DEBIAN_FASHION_MNIST",
+    "FASHION_MNIST_CLASSES",
+    "ComposedScenes",
+    "load_fashion_mnist",
+    "masks_to_boxes",
+    "object_crops",
+    "read_idx",
+]
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package puts the IDX files."""
 

@@ -17,6 +17,23 @@ from torch import nn
 from sgcl_plugin.files import atomic_write
 from sgcl_plugin.train.options import Refused
 
+__all__ = [
+    "RESUME_FREE",
+    "check_checkpoint_fields",
+    "check_out_folder",
+    "check_resumable",
+    "load_checkpoint",
+    "load_objective_state",
+    "lock_out",
+    "log_rows_up_to",
+    "log_step",
+    "numpy_rng_state",
+    "rng_state",
+    "set_numpy_rng_state",
+    "set_rng_state",
+    "write_output",
+]
+
 
 def numpy_rng_state() -> Dict[str, Any]:
     """numpy's global RNG state as tensors and plain numbers (loadable with ``weights_only=True``)."""

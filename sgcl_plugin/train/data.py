@@ -19,6 +19,22 @@ from sgcl_plugin.testbed.eval_sets import class_groups
 from sgcl_plugin.testbed.scenes import ComposedScenes
 from sgcl_plugin.train.options import Refused
 
+__all__ = [
+    "EpochSampler",
+    "ImageTable",
+    "SeededItems",
+    "augment_on_device",
+    "composed_scene_table",
+    "crop_transform",
+    "device_view_augments",
+    "folder_images",
+    "steady_worker_heaps",
+    "training_images",
+    "training_loader",
+    "training_scenes",
+    "views_per_image",
+]
+
 
 class ImageTable(Dataset):
     """Images kept as one uint8 tensor (n, 3, H, W) in shared memory: cheap for workers and refreshes."""

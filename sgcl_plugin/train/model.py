@@ -16,6 +16,19 @@ from sgcl_plugin.features import Stride, refresh_features
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, last_map_only, reads_pair
 
+__all__ = [
+    "Renormalize",
+    "SSLModel",
+    "build_generator",
+    "build_objective",
+    "build_optimizer",
+    "ema_at",
+    "lr_at",
+    "mlp",
+    "saliency_features",
+    "saliency_stride",
+]
+
 
 def mlp(in_dim: int, hidden: int, out: int) -> nn.Sequential:
     """Linear, BatchNorm, ReLU, Linear: the projector and predictor heads."""

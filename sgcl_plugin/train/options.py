@@ -9,6 +9,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, REGION_SOURCES, last_map_only, reads_pair, region_help
 
+__all__ = ["DESCRIPTION", "METHODS", "SMOKE", "TESTBED", "Refused", "build_parser", "evaluation_settings", "parse_args"]
+
 METHODS = ("byol", "simclr", "nnclr")
 
 DESCRIPTION = """Reference SGCL pretraining: BYOL, SimCLR or NNCLR, with or without SGCL, one shared training core.

@@ -15,6 +15,8 @@ from sgcl_plugin.features import eval_mode
 from sgcl_plugin.files import open_new_or_own
 from sgcl_plugin.train.checkpoint import log_rows_up_to, write_output
 
+__all__ = ["EVAL_KEYS", "LOG_HEADER", "StepLog", "epoch_bar", "saliency_pictures", "write_eval_csv"]
+
 LOG_HEADER = ["epoch", "step", "loss", "intra", "inter", "lr", "tau", "images_per_s", "seconds"]
 """The columns of log.csv."""
 

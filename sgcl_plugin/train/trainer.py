@@ -55,6 +55,8 @@ from sgcl_plugin.train.model import (
 from sgcl_plugin.train.options import Refused, evaluation_settings, parse_args
 from sgcl_plugin.train.outputs import StepLog, epoch_bar, saliency_pictures, write_eval_csv
 
+__all__ = ["EVAL_NAMES", "Trainer", "cli", "main"]
+
 EVAL_NAMES = {"objects": "scene", "isolated": "isolated scene", "fashion": "Fashion-MNIST"}
 """How the final accuracy line names each ``--eval-data``."""
 
