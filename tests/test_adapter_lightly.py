@@ -53,7 +53,8 @@ from sgcl_plugin.adapters.lightly import (  # noqa: E402
     refresh,
     sgcl_collate,
 )
-from sgcl_plugin.sample_images import export_sample_images, sample_images  # noqa: E402
+from sgcl_plugin.sample_images import export_sample_images  # noqa: E402
+from tests.conftest import tiny_trunk  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CROP = 32
@@ -67,23 +68,9 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def photos() -> List[Any]:
-    return [image.resize((64, 64)) for _, image in sample_images()]
-
-
 def tiny_backbone() -> nn.Sequential:
     """lightly-style: a Sequential trunk (stride 8) ending in global average pooling."""
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, stride=2, padding=1),
-        nn.AdaptiveAvgPool2d(1),
-    )
+    return tiny_trunk(pool=True)
 
 
 class TinyBYOL(nn.Module):

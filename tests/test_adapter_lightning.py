@@ -26,7 +26,7 @@ from sgcl_plugin import (  # noqa: E402
     SaliencyWeightedLoss,
 )
 from sgcl_plugin.adapters.lightning import SGCLRefreshCallback, lightning_callback_bases  # noqa: E402
-from sgcl_plugin.sample_images import sample_images  # noqa: E402
+from tests.conftest import PHOTO_SIZE, quiet_trainer_options, tiny_trunk  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*isinstance\\(treespec, LeafSpec\\).*"),  # Lightning vs new torch
@@ -35,16 +35,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The '.*_dataloader' does not have many workers"),
 ]
 
-IMAGE = 64  # photos resized to 64 x 64
+IMAGE = PHOTO_SIZE  # the photos fixture's size (tests/conftest.py)
 CROP = 32
 REGIONS = 2
 SALIENCY = 64  # backbone stride 8 -> an 8 x 8 feature map
 BATCH = 4  # 7 photos -> 2 steps per epoch
-
-
-@pytest.fixture(scope="module")
-def photos() -> List[Any]:
-    return [image.resize((IMAGE, IMAGE)) for _, image in sample_images()]
 
 
 def make_module_class(pl: Any) -> type:
@@ -53,15 +48,7 @@ def make_module_class(pl: Any) -> type:
 
         def __init__(self, backbone_name: str = "backbone") -> None:
             super().__init__()
-            trunk = nn.Sequential(
-                nn.Conv2d(3, 16, 3, stride=2, padding=1),
-                nn.BatchNorm2d(16),
-                nn.ReLU(),
-                nn.Conv2d(16, 32, 3, stride=2, padding=1),
-                nn.BatchNorm2d(32),
-                nn.ReLU(),
-                nn.Conv2d(32, 32, 3, stride=2, padding=1),
-            )
+            trunk = tiny_trunk()
             setattr(self, backbone_name, trunk)
             self.trunk = trunk
             self.projector = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16))
@@ -98,16 +85,7 @@ def make_callback(bank: Any, dataset: Any, **kwargs: Any) -> SGCLRefreshCallback
 
 
 def make_trainer(pl: Any = L, **kwargs: Any) -> Any:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
+    return pl.Trainer(**quiet_trainer_options(**kwargs))
 
 
 class Probe(L.Callback):

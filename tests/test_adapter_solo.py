@@ -22,6 +22,7 @@ from sgcl_plugin import InterImageLoss, SaliencyBank, SaliencyCropTransform, Sal
 from sgcl_plugin.adapters import solo as adapter
 from sgcl_plugin.adapters.solo import SGCLDataset, unpack_region_batch
 from sgcl_plugin.features import feature_maps
+from tests.conftest import quiet_trainer_options
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*isinstance\\(treespec, LeafSpec\\).*"),
@@ -353,15 +354,7 @@ def fit(model: Any, loader: DataLoader, **kwargs: Any) -> List[Dict[str, Any]]:
         return record["losses"]
 
     model.sgcl_losses = spy
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    trainer = Trainer(**quiet_trainer_options(**kwargs))
     trainer.fit(model, loader)
     return records
 
