@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sgcl_plugin.checks import check_feature_map, check_number, refuse_non_finite
 from sgcl_plugin.precision import full_precision
 
 __all__ = [
@@ -21,48 +22,6 @@ __all__ = [
 
 Affinity = Literal["clamp", "binary"]
 AFFINITIES = ("clamp", "binary")
-
-
-def check_feature_map(features: Tensor, values: bool = True) -> None:
-    """Raises a clear error unless ``features`` is a finite (B, C, h, w) floating point map.
-
-    ``values=False`` checks everything but finiteness (for a caller that finds NaN/Inf on its own
-    pass over the values: :func:`unit_features`)."""
-    if not isinstance(features, Tensor):
-        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}.")
-    if features.ndim != 4:
-        hint = (
-            " For ViT tokens of shape (B, h*w, C), use sgcl_plugin.tokens_to_map(tokens, h, w)."
-            if features.ndim == 3
-            else ""
-        )
-        raise ValueError(
-            f"features must have shape (B, C, h, w), got {features.ndim} dims {tuple(features.shape)}.{hint}"
-        )
-    if features.device.type == "meta":
-        raise ValueError("features is a meta tensor (shape only, no values): run the backbone on real data.")
-    B, C, h, w = features.shape
-    if B == 0 or C == 0:
-        raise ValueError(f"features must have a non-empty batch and channel axis, got {tuple(features.shape)}.")
-    if h * w < 2:
-        raise ValueError(
-            f"The feature map has a {h}x{w} grid: a cut needs at least 2 cells. The image is "
-            "smaller than (or equal to) the backbone's stride; use a larger saliency_size."
-        )
-    if not features.is_floating_point():
-        raise TypeError(f"features must be a floating point tensor, got {features.dtype}.")
-    # One cheap reduction first (NaN and Inf propagate through a float64 sum); the element-wise
-    # check only runs to name the culprits.
-    if values and not torch.isfinite(features.sum(dim=(1, 2, 3), dtype=torch.float64)).all():
-        _non_finite(features)
-
-
-def _non_finite(features: Tensor) -> None:
-    bad = ~torch.isfinite(features).flatten(1).all(dim=1)
-    raise ValueError(
-        f"features contain NaN or Inf values (images {bad.nonzero().flatten().tolist()} of the "
-        "batch); check the backbone (diverged training? fp16 overflow?)."
-    )
 
 
 def tokens_to_map(tokens: Tensor, h: int, w: int, num_prefix_tokens: int = 0) -> Tensor:
@@ -118,8 +77,7 @@ def cosine_affinity(
 def _check_options(mode: str, eps: float) -> None:
     if mode not in AFFINITIES:
         raise ValueError(f"Unknown affinity '{mode}'; choose one of {AFFINITIES}.")
-    if eps <= 0:
-        raise ValueError(f"eps must be positive (it keeps every degree > 0), got {eps}.")
+    check_number("eps (it keeps every degree > 0)", eps, 0, strict=True)
 
 
 def unit_features(features: Tensor) -> Tensor:
@@ -131,7 +89,7 @@ def unit_features(features: Tensor) -> Tensor:
     # Scale each vector by its largest entry first: the norm of 1e20-sized features overflows float32.
     scale = f.abs().amax(dim=-1, keepdim=True)
     if not torch.isfinite(scale).all():  # amax propagates NaN and Inf: this is the finiteness check
-        _non_finite(features)
+        refuse_non_finite(features)
     f = f / scale.clamp(min=torch.finfo(dtype).tiny)
     return torch.nn.functional.normalize(f, dim=-1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import time
 import weakref
@@ -11,7 +10,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from sgcl_plugin.checks import check_not_meta
+from sgcl_plugin.checks import check_index, check_int, check_not_meta
 
 __all__ = ["READ_TIMEOUT", "SaliencyBank", "banks_read_by_crops"]
 
@@ -56,15 +55,8 @@ class SaliencyBank:
     """
 
     def __init__(self, num_images: int, max_regions: int = 16) -> None:
-        for name, value in (("num_images", num_images), ("max_regions", max_regions)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an integer (int or numpy integer), got {value!r}.")
-        if num_images < 1:
-            raise ValueError(f"A SaliencyBank needs at least one image, got num_images={num_images}.")
-        if max_regions < 1:
-            raise ValueError(f"max_regions must be >= 1, got {max_regions}.")
-        self.num_images = int(num_images)
-        self.max_regions = int(max_regions)
+        self.num_images = check_int("num_images", num_images, 1)
+        self.max_regions = check_int("max_regions", max_regions, 1)
         self.boxes = torch.zeros(num_images, max_regions, 4).share_memory_()
         self.scores = torch.zeros(num_images, max_regions).share_memory_()
         self.counts = torch.zeros(num_images, dtype=torch.int64).share_memory_()
@@ -91,12 +83,7 @@ class SaliencyBank:
     def _check_index(self, index: Any) -> int:
         if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
             index = index.item()
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-            raise TypeError(f"A SaliencyBank index must be an integer, got {index!r}.")
-        index = int(index)
-        if not -self.num_images <= index < self.num_images:
-            raise IndexError(f"Index {index} is outside the SaliencyBank of {self.num_images} images.")
-        return index % self.num_images
+        return check_index("SaliencyBank", index, self.num_images)
 
     def __getitem__(self, index: int) -> Tuple[Tensor, Tensor]:
         """The regions of image ``index``: boxes (K, 4) and scores (K,); K = 0 before a refresh.
@@ -277,8 +264,7 @@ class SaliencyBank:
         refreshes = state.get("refreshes")
         if isinstance(refreshes, Tensor) and refreshes.numel() == 1 and not refreshes.is_floating_point():
             refreshes = int(refreshes)
-        if not isinstance(refreshes, int) or isinstance(refreshes, bool) or refreshes < 0:
-            raise ValueError(f"The bank state's refreshes must be an integer >= 0, got {state.get('refreshes')!r}.")
+        refreshes = check_int("The bank state's refreshes", refreshes, 0)
         self.write(state["boxes"], state["scores"], state["counts"], state["fallback"])
         self._seq[1] = refreshes
 

@@ -18,14 +18,13 @@ DataLoader seeds differently in every worker.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sgcl_plugin.checks import check_int, check_range
+from sgcl_plugin.checks import check_int, check_number, check_range
 
 __all__ = [
     "check_boxes",
@@ -219,8 +218,7 @@ def jitter_boxes(
     """
     boxes = check_boxes(boxes)
     H, W = _check_image_size(image_size)
-    if not (isinstance(jitter, numbers.Real) and math.isfinite(jitter) and jitter >= 0):
-        raise ValueError(f"box jitter must be a finite number >= 0, got {jitter!r}.")
+    check_number("box jitter", jitter, 0)
     if jitter == 0:
         return boxes.float()
     u = torch.rand(boxes.shape[0], 4, generator=generator, dtype=torch.float64) * 2 - 1

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sgcl_plugin.checks import check_feature_shape
 from sgcl_plugin.region_sources import check_region_source
 
 __all__ = [
@@ -209,16 +210,17 @@ Stride = Union[None, str, int, Tuple[int, int]]
 """What a refresh reads: ``"auto"``, None (the last map), a stride, or a pair ``(fine, coarse)``."""
 
 
-def check_stride(stride: Any, name: str = "feature_stride") -> None:
-    """Raises a clear error unless ``stride`` is ``"auto"``, None, a positive int or a pair fine < coarse."""
-    if stride is None or stride == "auto":
+def check_stride(stride: Any, name: str = "feature_stride", auto: bool = True) -> None:
+    """Raises a clear error unless ``stride`` is ``"auto"``, None (with ``auto``), a positive int or a pair
+    fine < coarse."""
+    if auto and (stride is None or stride == "auto"):
         return
     values = list(stride) if isinstance(stride, (tuple, list)) else [stride]
     ok = len(values) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
     if not ok or (len(values) == 2 and values[0] >= values[1]):
+        options = "'auto', None, " if auto else ""
         raise ValueError(
-            f"{name} must be 'auto', None, a positive integer or a pair (fine, coarse) with fine < coarse, got "
-            f"{stride!r}."
+            f"{name} must be {options}a positive integer or a pair (fine, coarse) with fine < coarse, got {stride!r}."
         )
 
 
@@ -250,7 +252,9 @@ def check_feature_output(out: Any, x: Tensor) -> Any:
         for m in out:
             check_feature_output(m, x)
         return out
-    if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[-2] * out.shape[-1] < 2:
+    try:
+        return check_feature_shape(out)
+    except (TypeError, ValueError) as err:  # the shape check's failure, explained for a backbone
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
             f"The backbone returned {shape} for a {tuple(x.shape)} batch, not feature maps (B, C, h, w) with at "
@@ -258,8 +262,7 @@ def check_feature_output(out: Any, x: Tensor) -> Any:
             "global pooling or a head (for a torchvision ResNet: nn.Sequential(*list(resnet.children())[:-2])), "
             "read a stage with FeatureMaps(backbone, stride=16), or use a larger saliency_size if the map is 1 x 1. "
             "For ViT tokens use sgcl_plugin.tokens_to_map."
-        )
-    return out
+        ) from err
 
 
 class _Stop(Exception):
@@ -388,13 +391,8 @@ class FeatureMaps(nn.Module):
         self.model = model
         self.pair = False
         if layers is None:
+            check_stride(stride, "stride", auto=False)
             strides = list(stride) if isinstance(stride, (tuple, list)) else [stride]
-            if len(strides) not in (1, 2) or any(
-                isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides
-            ):
-                raise ValueError(f"stride must be a positive integer or a pair of them (fine, coarse), got {stride!r}.")
-            if len(strides) == 2 and strides[0] >= strides[1]:
-                raise ValueError(f"A stride pair is (fine, coarse) with fine < coarse, got {tuple(strides)}.")
             self.pair = len(strides) == 2
             names = [find_stride_layer(model, s, max(probe_size, 4 * max(strides))) for s in strides]
         else:

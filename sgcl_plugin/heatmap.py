@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from sgcl_plugin.affinity import check_feature_map
+from sgcl_plugin.checks import check_feature_map, check_interval
 from sgcl_plugin.regions import Regions, SaliencyResult
 from sgcl_plugin.spectral import CutOptions, SourceOptions, normalize_maps
 
@@ -35,8 +35,7 @@ class HeatmapOptions(SourceOptions):
     threshold: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}.")
+        check_interval("threshold", self.threshold, 0, 1, high_open=True)
 
 
 @torch.no_grad()

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sgcl_plugin.affinity import unit_affinity, unit_features
-from sgcl_plugin.checks import check_int, check_number
+from sgcl_plugin.checks import check_int, check_interval, check_number
 from sgcl_plugin.ncut import fiedler_vector
 from sgcl_plugin.objects import ObjectsOptions, batched_kmeans, component_labels
 from sgcl_plugin.regions import Regions, SaliencyResult, border_mask, box_iou
@@ -466,12 +466,9 @@ class HierarchyOptions(ObjectsOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.nms_iou <= 1.0:
-            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou!r}.")
+        object.__setattr__(self, "nms_iou", check_interval("nms_iou", self.nms_iou, 0, 1, low_open=True))
         check_int("max_regions", self.max_regions, 1)
-        check_number("score_power", self.score_power, 0, strict=True)
-        object.__setattr__(self, "nms_iou", float(self.nms_iou))
-        object.__setattr__(self, "score_power", float(self.score_power))
+        object.__setattr__(self, "score_power", check_number("score_power", self.score_power, 0, strict=True))
         if self.objectness is not None:
             bad = {
                 k: v

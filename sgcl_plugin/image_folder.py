@@ -11,7 +11,6 @@ no square resize is needed before the crop.
 
 from __future__ import annotations
 
-import numbers
 import os
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from sgcl_plugin.checks import check_index, check_int
 from sgcl_plugin.images import IMAGE_EXTENSIONS, list_image_files, to_rgb_image
 
 __all__ = ["ImageFiles", "UnreadableImageError"]
@@ -81,10 +81,8 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, root: Union[str, Path], max_side: Optional[int] = None) -> None:
-        if max_side is not None and int(max_side) < 1:
-            raise ValueError(f"max_side must be >= 1 (or None), got {max_side}.")
         self.root = Path(root)
-        self.max_side = None if max_side is None else int(max_side)
+        self.max_side = None if max_side is None else check_int("max_side (or None)", max_side, 1)
         if not self.root.exists():
             raise FileNotFoundError(f"No such image folder: {self.root}")
         if not self.root.is_dir():
@@ -105,13 +103,7 @@ class ImageFiles(Dataset):
 
     def path(self, index: int) -> Path:
         """The file of item ``index`` (negative indices count from the end)."""
-        n = len(self)
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-            raise TypeError(f"Image indices are integers, got {index!r} ({type(index).__name__}).")
-        i = int(index)
-        if not -n <= i < n:
-            raise IndexError(f"Index {index} out of range for {n} images.")
-        i %= n
+        i = check_index("ImageFiles", index, len(self))
         return self.root / os.fsdecode(self._names[self._offsets[i] : self._offsets[i + 1]])
 
     def __getitem__(self, index: int) -> Image.Image:

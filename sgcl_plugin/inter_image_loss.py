@@ -8,7 +8,6 @@ stored detached.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Dict, Optional
 
 import torch
@@ -23,10 +22,7 @@ __all__ = ["FeatureQueue", "InterImageLoss", "inter_image_loss"]
 
 
 def _check_num_neighbors(num_neighbors: int) -> None:
-    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, numbers.Integral) or num_neighbors < 1:
-        raise ValueError(
-            f"num_neighbors must be an integer >= 1, got {num_neighbors!r} (for l = 0 leave the inter-image loss out)."
-        )
+    check_int("num_neighbors (for l = 0 leave the inter-image loss out)", num_neighbors, 1)
 
 
 def inter_image_loss(

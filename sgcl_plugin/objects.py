@@ -37,7 +37,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from sgcl_plugin.affinity import unit_features
-from sgcl_plugin.checks import check_int
+from sgcl_plugin.checks import check_int, check_interval
 from sgcl_plugin.regions import Regions, SaliencyResult, border_mask
 from sgcl_plugin.spectral import CutOptions, SourceOptions, normalize_maps, spectral_embedding
 
@@ -284,9 +284,9 @@ class ObjectsOptions(SourceOptions):
         check_int("num_vectors", self.num_vectors, 1)
         check_int("num_clusters", self.num_clusters, 2)
         check_int("ring", self.ring, 1)
-        if not 0.0 <= self.min_fraction < 1.0:
-            raise ValueError(f"min_fraction must be in [0, 1), got {self.min_fraction!r}.")
-        object.__setattr__(self, "min_fraction", float(self.min_fraction))
+        object.__setattr__(
+            self, "min_fraction", check_interval("min_fraction", self.min_fraction, 0, 1, high_open=True)
+        )
 
     def check_cut(self, cut: CutOptions, mode: str) -> None:
         """Refuses the ``"cupy"`` solver, which computes one eigenvector only."""

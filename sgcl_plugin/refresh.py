@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from sgcl_plugin.bank import SaliencyBank, banks_read_by_crops
+from sgcl_plugin.checks import check_int
 from sgcl_plugin.distributed import comm_device
 from sgcl_plugin.features import check_feature_output, default_device, eval_mode
 from sgcl_plugin.images import SaliencyInput
@@ -116,8 +117,7 @@ def refresh_bank(
     n = len(dataset)
     if n == 0:
         raise ValueError("Cannot refresh saliency over an empty dataset.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_int("batch_size", batch_size, 1)
     if bank is None:
         if banks_read_by_crops(n):
             warnings.warn(
@@ -131,8 +131,7 @@ def refresh_bank(
     elif len(bank) != n:
         raise ValueError(f"The bank holds {len(bank)} images but the dataset has {n}.")
     if transform is None:
-        if saliency_size < 2:
-            raise ValueError(f"saliency_size must be at least 2 pixels, got {saliency_size}.")
+        check_int("saliency_size", saliency_size, 2)
         transform = SaliencyInput(saliency_size)
 
     use_dist = dist.is_available() and dist.is_initialized() if distributed is None else distributed

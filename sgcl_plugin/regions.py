@@ -11,6 +11,8 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from sgcl_plugin.checks import check_int
+
 __all__ = ["Regions", "SaliencyResult", "border_mask", "box_iou", "extract_regions"]
 
 
@@ -138,8 +140,7 @@ def extract_regions(
     if not isinstance(maps, Tensor) or maps.ndim != 3:
         shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
         raise ValueError(f"maps must be a tensor of shape (B, h, w), got {shape}.")
-    if min_area < 1:
-        raise ValueError(f"min_area must be >= 1, got {min_area}.")
+    check_int("min_area", min_area, 1)
     if maps.device.type == "meta":
         raise ValueError("maps is a meta tensor (shape only, no values).")
     if maps.shape[0] == 0:

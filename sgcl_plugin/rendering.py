@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from sgcl_plugin.checks import check_int, check_interval
 from sgcl_plugin.regions import Regions
 
 __all__ = [
@@ -108,10 +109,9 @@ def enlarge_for_display(image: Image.Image, min_side: int = 256, max_side: Optio
         >>> enlarge_for_display(Image.new("RGB", (400, 300))).size
         (400, 300)
     """
-    if isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 0:
-        raise ValueError(f"min_side must be an integer >= 0, got {min_side!r}.")
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
-        raise ValueError(f"max_side must be an integer >= 1 or None, got {max_side!r}.")
+    check_int("min_side", min_side, 0)
+    if max_side is not None:
+        check_int("max_side (or None)", max_side, 1)
     width, height = image.size
     factor = min_side / min(width, height)
     if max_side is not None:
@@ -268,8 +268,7 @@ def render_saliency(
         RGB image of width ``2 * W + gap``: the original on the left, the overlay on the right, height
         ``H`` plus the legend's.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    check_interval("alpha", alpha)
     rgb = image.convert("RGB")
     W, H = rgb.size
     photo = np.asarray(rgb, dtype=np.float32)
@@ -338,8 +337,7 @@ def render_pairs(
         raise ValueError(f"Need two (t, 4) box tensors, got {tuple(views1.shape)} and {tuple(views2.shape)}.")
     if labels is not None and len(labels) != len(views1):
         raise ValueError(f"labels has {len(labels)} entries for {len(views1)} pairs.")
-    if scale < 1:
-        raise ValueError(f"scale must be >= 1, got {scale}.")
+    check_int("scale", scale, 1)
     rgb = image.convert("RGB")
     rgb = rgb.resize((rgb.width * scale, rgb.height * scale), Image.Resampling.NEAREST)
     W, H = rgb.size
@@ -388,8 +386,8 @@ def contact_sheet(
     """
     if not images:
         raise ValueError("contact_sheet needs at least one image.")
-    if columns < 1 or tile_width < 1:
-        raise ValueError(f"columns and tile_width must be >= 1, got {columns} and {tile_width}.")
+    check_int("columns", columns, 1)
+    check_int("tile_width", tile_width, 1)
     columns = min(columns, len(images))
     font = _font(max(12, tile_width // 32))
     label_h = _text_size(ImageDraw.Draw(Image.new("RGB", (1, 1))), "Ag", font)[1] + 6

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from sgcl_plugin.affinity import Affinity, cosine_affinity, unit_affinity, unit_features
-from sgcl_plugin.checks import check_number
+from sgcl_plugin.checks import check_int, check_number
 from sgcl_plugin.ncut import Solver, fiedler_vector, ncut_embedding
 from sgcl_plugin.regions import SaliencyResult, border_mask, extract_regions
 
@@ -73,8 +73,7 @@ class CutOptions:
             raise ValueError(f"Unknown sign rule '{self.sign_rule}'; choose one of {SIGN_RULES}.")
         check_number("eps", self.eps, 0, strict=True)  # NaN / Inf eps sent every image to the fallback
         check_number("tau", self.tau)
-        if self.min_area < 1:
-            raise ValueError(f"min_area must be >= 1, got {self.min_area}.")
+        check_int("min_area", self.min_area, 1)
         if self.connectivity not in (4, 8):
             raise ValueError(f"connectivity must be 4 or 8, got {self.connectivity}.")
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from sgcl_plugin.boxes import check_crop_size
+from sgcl_plugin.checks import check_interval
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["BatchViewAugment", "PILView", "byol_view_transforms", "check_view_transform"]
@@ -39,10 +40,7 @@ _BLUR_SIGMA = (0.1, 2.0)
 
 def _colour_jitter(hue: float, grayscale_p: float) -> Tuple[Tuple[float, float, float, float], float]:
     """BYOL's jitter with another hue strength, and the grayscale probability, checked."""
-    for name, value, high in (("hue", hue, 0.5), ("grayscale_p", grayscale_p, 1.0)):
-        if isinstance(value, bool) or not (isinstance(value, numbers.Real) and 0.0 <= value <= high):
-            raise ValueError(f"{name} must be a number in [0, {high}], got {value!r}.")
-    return (*_JITTER[:3], float(hue)), float(grayscale_p)
+    return (*_JITTER[:3], check_interval("hue", hue, 0, 0.5)), check_interval("grayscale_p", grayscale_p)
 
 
 def _blur_kernel(size: int) -> int:

@@ -15,8 +15,9 @@ circle through ``__init__.py``, which imports every public module.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Set, Tuple
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sgcl_plugin"
 
@@ -123,7 +124,10 @@ def test_the_split_modules_keep_their_concepts_apart() -> None:
     fronts."""
     graph = import_graph()
     assert "sgcl_plugin.bank" not in graph["sgcl_plugin.crops"]  # bank_crops feeds it the bank's regions
-    assert graph["sgcl_plugin.rendering"] <= {"sgcl_plugin.regions"}  # drawing only; the viewer writes files
+    assert graph["sgcl_plugin.rendering"] <= {
+        "sgcl_plugin.regions",
+        "sgcl_plugin.checks",
+    }  # drawing only; the viewer writes files
     assert "sgcl_plugin.ncut" not in graph["sgcl_plugin.ncut_dense"] | graph["sgcl_plugin.ncut_krylov"]
     assert graph["sgcl_plugin.pair_losses"] <= {"sgcl_plugin.checks"}
     assert "sgcl_plugin.losses" not in set().union(*graph.values())  # the losses' namespace; no module reads it
@@ -156,3 +160,61 @@ def test_hosts_refresh_only_through_the_driver() -> None:
              "sgcl_plugin.bank_crops"}  # fmt: skip
     for module in below:
         assert "sgcl_plugin.refresher" not in graph[module], module
+
+
+def test_the_argument_checks_are_a_leaf() -> None:
+    """Every module may check its arguments with ``sgcl_plugin.checks``: it imports no package module, only torch
+    and the standard library."""
+    assert import_graph()["sgcl_plugin.checks"] == set()
+    tree = ast.parse((PACKAGE / "checks.py").read_text())
+    roots = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    roots |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert roots <= {"__future__", "math", "numbers", "typing", "torch"}, roots
+
+
+SCALAR_CHECK = re.compile(
+    r"must be (an integer(?! tensor)|a finite number|a number in|>=|>|in [\[(]|positive)[^\n]*, got"
+)
+"""The message of a scalar argument check (a bound, an interval, an integer, a finite number) that names the value
+it got: what ``sgcl_plugin.checks`` says, one function per invariant. Element-wise checks of a tensor's values
+(``counts must be in [0, R]``) name no value and are not scalar checks."""
+
+CLI_CHECKS = {("train/options.py", "*"), ("viewer.py", "main")}
+"""The exclusions, (file, function): the command lines report bad flags in argparse's style (``parser.error``,
+exit status 2) with their own messages, by flag name."""
+
+
+def inline_scalar_checks() -> List[Tuple[str, str, int, str]]:
+    """(file, innermost enclosing function, line, message) of every ``raise``, ``parser.error(...)`` and
+    ``fail(...)`` whose message is a scalar check's, in every module but ``checks.py``."""
+    found: List[Tuple[str, str, int, str]] = []
+
+    def visit(node: ast.AST, rel: str, function: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        called = getattr(node.func, "attr", getattr(node.func, "id", "")) if isinstance(node, ast.Call) else ""
+        if isinstance(node, ast.Raise) or called in ("error", "fail"):
+            text = "".join(c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+            if SCALAR_CHECK.search(text):
+                found.append((rel, function, node.lineno, text))
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, rel, function)
+
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel != "checks.py":
+            visit(ast.parse(path.read_text(), str(path)), rel, "<module>")
+    return found
+
+
+def test_scalar_argument_checks_live_in_the_checks_module() -> None:
+    """No module writes a scalar check inline (``if x < 1: raise ValueError(f"x must be >= 1 ...")``): it calls
+    ``sgcl_plugin.checks`` (check_int, check_number, check_interval, check_range, check_index), so each invariant
+    has one function and one message. The command lines' argparse messages are the only exclusions."""
+    found = inline_scalar_checks()
+    assert {(f, n) for f, n, _, _ in found if (f, "*") in CLI_CHECKS or (f, n) in CLI_CHECKS}, "the scan finds nothing"
+    inline = [(f, line, text) for f, n, line, text in found if (f, "*") not in CLI_CHECKS and (f, n) not in CLI_CHECKS]
+    assert not inline, f"Inline argument checks (use sgcl_plugin.checks): {inline}"

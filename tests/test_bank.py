@@ -97,7 +97,7 @@ def test_save_load_file(tmp_path) -> None:
 
 
 def test_bad_input() -> None:
-    with pytest.raises(ValueError, match="at least one image"):
+    with pytest.raises(ValueError, match="num_images must be an integer >= 1"):
         SaliencyBank(0)
     bank = SaliencyBank(3, max_regions=2)
     with pytest.raises(IndexError, match="outside"):

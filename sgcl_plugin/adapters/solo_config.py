@@ -7,11 +7,9 @@ documented in docs/adapters/solo.md. :mod:`sgcl_plugin.adapters.solo` re-exports
 from __future__ import annotations
 
 import importlib
-import math
-import numbers
 from typing import Any, Dict, List
 
-from sgcl_plugin.checks import check_int
+from sgcl_plugin.checks import check_int, check_number
 from sgcl_plugin.features import check_stride
 from sgcl_plugin.region_sources import REGION_SOURCES
 
@@ -118,14 +116,13 @@ def add_sgcl_cfg(cfg: Any) -> Any:
             f"sgcl.views must be 'solo' (the config's augmentations) or 'byol', got {views!r}."),
         (views != "solo" or crops,
             "sgcl.views = 'solo' needs cfg.augmentations (two pipelines); use views: byol otherwise."),
-        (not isinstance(gamma, bool) and isinstance(gamma, numbers.Real) and math.isfinite(gamma),
-            f"sgcl.gamma must be a finite number >= 0, got {gamma!r}."),
         (normalize in ("count", "weight"), f"sgcl.normalize must be 'count' or 'weight', got {normalize!r}."),
         (regions in REGION_SOURCES, f"sgcl.regions must be one of {', '.join(REGION_SOURCES)}, got {regions!r}."),
     )  # fmt: skip
     for valid, message in checks:
         if not valid:
             raise ValueError(message)
+    check_number("sgcl.gamma", gamma, 0)
     inter, refresh = node.inter.enabled is not False, bool(node.refresh.enabled)  # inter None: the method's default
     stride = node.refresh.feature_stride
     check_stride(list(stride) if OmegaConf.is_list(stride) else stride, "sgcl.refresh.feature_stride")

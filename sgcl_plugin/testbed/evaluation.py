@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from sgcl_plugin.checks import check_interval
 from sgcl_plugin.features import default_device, eval_mode
 
 __all__ = ["cell_labels", "dense_probe_accuracy", "embed", "knn_accuracy", "knn_predict", "linear_probe_accuracy"]
@@ -64,8 +65,7 @@ def cell_labels(
         raise ValueError(
             f"masks must be (k, H, W) and labels (k,), got {tuple(masks.shape)} and {tuple(labels.shape)}."
         )
-    if not 0.5 <= min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in [0.5, 1], got {min_fraction}.")
+    check_interval("min_fraction", min_fraction, 0.5, 1)
     h, w = int(grid[0]), int(grid[1])
     out = torch.full((h, w), ignore_index, dtype=torch.int64)
     if masks.shape[0] == 0:

@@ -16,6 +16,8 @@ from scipy import ndimage
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from sgcl_plugin.checks import check_int, check_interval, check_number, check_range
+
 __all__ = [
     "BACKGROUND_NAMES",
     "DEBIAN_FASHION_MNIST",
@@ -26,6 +28,7 @@ __all__ = [
     "object_crops",
     "read_idx",
 ]
+
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package puts the IDX files."""
@@ -200,17 +203,12 @@ class ComposedScenes(Dataset):
         root: Optional[Union[str, Path]] = None,
         class_groups: Optional[Sequence[Sequence[int]]] = None,
     ) -> None:
-        if num_images < 0:
-            raise ValueError(f"num_images must be >= 0, got {num_images}.")
-        if image_size < 16:
-            raise ValueError(f"image_size must be at least 16 pixels, got {image_size}.")
-        if not 1 <= min_objects <= max_objects:
-            raise ValueError(f"Need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}.")
-        lo, hi = (float(s) for s in object_scale)
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"object_scale must satisfy 0 < low <= high <= 1, got {object_scale}.")
-        if not 0.0 <= min_visible < 1.0:
-            raise ValueError(f"min_visible must be in [0, 1), got {min_visible}.")
+        check_int("num_images", num_images, 0)
+        check_int("image_size", image_size, 16)
+        check_int("min_objects", min_objects, 1)
+        check_int("max_objects (at least min_objects)", max_objects, min_objects)
+        lo, hi = check_range("object_scale", object_scale, high=1)
+        check_interval("min_visible", min_visible, 0, 1, high_open=True)
         self.num_images = int(num_images)
         self.image_size = int(image_size)
         self.min_objects = int(min_objects)
@@ -419,8 +417,8 @@ def object_crops(
         >>> x.shape[1:], len(x) == len(y)
         (torch.Size([3, 64, 64]), True)
     """
-    if size < 1 or context < 0:
-        raise ValueError(f"Need size >= 1 and context >= 0, got {size} and {context}.")
+    check_int("size", size, 1)
+    check_number("context", context, 0)
     if len(scenes) == 0:
         raise ValueError("object_crops: the scenes are empty.")
     crops: List[Tensor] = []
