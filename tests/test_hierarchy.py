@@ -10,14 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from sgcl_plugin import SaliencyGenerator
-from sgcl_plugin.hierarchy import (
-    OBJECTNESS_EXPONENTS,
-    CellFeatures,
-    absorb_small_parts,
-    merge_tree,
-    node_factors,
-    objectness,
-)
+from sgcl_plugin.hierarchy import OBJECTNESS_EXPONENTS, CellFeatures, node_factors, objectness
+from sgcl_plugin.part_merging import absorb_small_parts, merge_tree
 from sgcl_plugin.regions import box_iou
 
 

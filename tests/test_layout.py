@@ -66,3 +66,9 @@ def test_every_module_says_what_it_exports() -> None:
             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")
         }
         assert defined <= set(exported), (name, sorted(defined - set(exported)))
+
+
+def test_no_library_module_over_500_lines() -> None:
+    """One concept per module (issue 20): a module that grows past 500 lines holds more than one; split it."""
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert max(sizes.values()) < 500, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
