@@ -28,6 +28,7 @@ from sgcl_plugin import (
     refresh_regions,
 )
 from sgcl_plugin.refresher import MissingBankError, refresh_summary
+from tests.conftest import tiny_trunk
 
 N = 6
 IMAGE = 64
@@ -48,15 +49,7 @@ def square_images(n: int = N) -> List[Image.Image]:
 
 def trunk() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, stride=2, padding=1),
-    )
+    return tiny_trunk()
 
 
 def crop_dataset(bank: SaliencyBank, images: List[Image.Image]) -> SaliencyCropDataset:
