@@ -282,7 +282,20 @@ class SaliencyRefresher:
     def load_state_dict(self, state: Dict[str, Any], restore: bool = True) -> None:
         """Restores :meth:`state_dict` (also one without ``schedule``: ``last_epoch`` alone). The bank is
         overwritten in place (running DataLoader workers see it); while it does not exist, or without
-        ``restore``, its state waits for :meth:`resolve_bank` / :meth:`restore_pending`."""
+        ``restore``, its state waits for :meth:`resolve_bank` / :meth:`restore_pending`.
+
+        Raises:
+            TypeError: ``state`` is not a dict.
+            ValueError: ``state`` holds none of ``schedule``, ``last_epoch``, ``bank`` (not a refresher's state: a
+                resume would silently refresh as if from scratch), or a bad schedule.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"{self.host}: a saved state is a dict, got {type(state).__name__}.")
+        if not {"schedule", "last_epoch", "bank"} & set(state):
+            raise ValueError(
+                f"{self.host}: this is not a refresher's state (keys {sorted(state)[:8]}); expected those of "
+                "state_dict(): 'last_epoch', 'schedule', 'bank'."
+            )
         self.schedule.load_state_dict(state.get("schedule", {"last_epoch": state.get("last_epoch", -1)}))
         if state.get("bank") is not None:
             self._pending_bank = state["bank"]

@@ -98,7 +98,8 @@ def enlarge_for_display(image: Image.Image, min_side: int = 256, max_side: Optio
     Args:
         image: The photo.
         min_side: The shorter side to reach; 0 leaves every photo as it is.
-        max_side: The longer side the enlargement stops at (None: no bound); a photo already past it stays.
+        max_side: The longer side the enlargement stops at (None: ``4 * min_side``, so that a sliver of a photo
+            does not grow to a giant); a photo already past it stays.
 
     Returns:
         ``image`` itself when it is large enough (or cannot grow within ``max_side``), else an enlarged copy.
@@ -114,6 +115,8 @@ def enlarge_for_display(image: Image.Image, min_side: int = 256, max_side: Optio
         check_int("max_side (or None)", max_side, 1)
     width, height = image.size
     factor = min_side / min(width, height)
+    # A sliver (1 x 1000 px) would grow to 256 x 256,000: the longer side stops at 4 * min_side (or its own).
+    factor = min(factor, max(1.0, 4 * min_side / max(width, height)))
     if max_side is not None:
         factor = min(factor, max_side / max(width, height))
     if factor <= 1:

@@ -212,8 +212,9 @@ def _mode_options(
     source: RegionSource, keywords: Dict[str, Any], options: Optional[SourceOptions]
 ) -> Optional[SourceOptions]:
     """The options object of ``source``: ``options`` when given (checked against the source's class), else built
-    from the generator's ``keywords`` that were given (not left at the generator's default: same type and value) and
-    are fields of that class, the class's defaults for the others (None for a source without options)."""
+    from the generator's ``keywords`` that were given (not left at the generator's default: same type and value),
+    the class's defaults for the others (None for a source without options). A given keyword that is not a field
+    of the source's class is refused (``threshold`` for the hierarchy mode, ``nms_iou`` for the paper mode)."""
     cls = source.options_class
     defaults = {k: p.default for k, p in inspect.signature(SaliencyGenerator).parameters.items() if k in keywords}
     given = {
@@ -221,7 +222,15 @@ def _mode_options(
         for k, v in keywords.items()
         if not (v is defaults[k] or (type(v) is type(defaults[k]) and v == defaults[k]))
     }
-    mine = {} if cls is None else {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}
+    fields = [] if cls is None else [f.name for f in dataclasses.fields(cls)]
+    mine = {k: given[k] for k in fields if k in given}
+    foreign = sorted(set(given) - set(mine))
+    if foreign:  # a keyword the mode never reads: the user thinks it does something
+        takes = f"its options are {fields}" if fields else "it takes no mode options"
+        raise ValueError(
+            f"{foreign} {'does' if len(foreign) == 1 else 'do'} not apply to regions={source.name!r} ({takes}); "
+            "leave them out, or choose the mode they belong to."
+        )
     if options is None:
         return None if cls is None else cls(**mine)
     if cls is None or type(options) is not cls:  # exactly: HierarchyOptions extends ObjectsOptions

@@ -66,7 +66,12 @@ class RefreshSchedule:
         )
 
     def on_schedule(self, epoch: int) -> bool:
-        """Whether ``epoch`` (0-based) is a refresh epoch, done or not."""
+        """Whether ``epoch`` (0-based) is a refresh epoch, done or not.
+
+        Raises:
+            ValueError: ``epoch`` is not an integer >= 0 (a float epoch or -1 would silently never refresh).
+        """
+        epoch = check_int("epoch", epoch, 0)
         return epoch >= self.first_epoch and (epoch - self.first_epoch) % self.every_n_epochs == 0
 
     def is_due(self, epoch: int) -> bool:
@@ -93,5 +98,16 @@ class RefreshSchedule:
         return {"last_epoch": self.last_epoch, "history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.last_epoch = int(state.get("last_epoch", -1))
-        self.history = [dict(h) for h in state.get("history", [])]
+        """Restores :meth:`state_dict`.
+
+        Raises:
+            TypeError: ``state`` is not a dict.
+            ValueError: ``last_epoch`` is not an integer >= -1, or ``history`` not a list of dicts.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"A RefreshSchedule state is a dict, got {type(state).__name__}.")
+        last_epoch = check_int("The schedule state's last_epoch", state.get("last_epoch", -1), -1)
+        history = state.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise ValueError(f"The schedule state's history must be a list of dicts, got {history!r:.80}.")
+        self.last_epoch, self.history = last_epoch, [dict(h) for h in history]

@@ -235,3 +235,20 @@ def test_the_driver_imports_without_lightly_or_lightning() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok sgcl_plugin.refresher sgcl_plugin.refresher" in out.stdout, out.stderr
+
+
+def test_an_epoch_or_a_state_that_would_silently_skip_refreshes_is_refused() -> None:
+    refresher = SaliencyRefresher(SaliencyBank(3), [Image.new("RGB", (32, 32))] * 3, every_n_epochs=1)
+    for epoch in (-1, 1.5, "2", True):  # each returned False (no refresh, ever) before
+        with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
+            refresher.maybe_refresh(epoch, trunk())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a refresher's state.*'last_epoch', 'schedule', 'bank'"):
+        refresher.load_state_dict({"epoch": 4})  # was accepted and did nothing: the resume refreshed from scratch
+    with pytest.raises(TypeError, match="a saved state is a dict"):
+        refresher.load_state_dict([("last_epoch", 3)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="last_epoch must be an integer >= -1"):
+        refresher.load_state_dict({"last_epoch": "three"})
+    with pytest.raises(ValueError, match="history must be a list of dicts"):
+        refresher.load_state_dict({"schedule": {"last_epoch": 2, "history": [3]}})
+    refresher.load_state_dict({"last_epoch": 2})  # an old state: the last epoch alone
+    assert refresher.last_epoch == 2 and not refresher.due(2) and refresher.due(3)

@@ -141,9 +141,15 @@ def test_the_heat_map_source_boxes_the_hot_cells_as_a_hand_computation(threshold
 
 
 def test_options_objects_are_built_from_the_keywords_and_check_themselves() -> None:
-    g = SaliencyGenerator(regions="hierarchy", max_regions=3, num_clusters=5, threshold=0.7, sign_rule="argmax")
+    g = SaliencyGenerator(regions="hierarchy", max_regions=3, num_clusters=5, sign_rule="argmax")
     assert g.cut == CutOptions(sign_rule="argmax")
-    assert g.options == HierarchyOptions(num_clusters=5, max_regions=3)  # threshold is the heat map's: not used
+    assert g.options == HierarchyOptions(num_clusters=5, max_regions=3)
+    # A keyword of another mode would silently do nothing: refused, naming the mode's own options.
+    with pytest.raises(ValueError, match=r"\['threshold'\] does not apply to regions='hierarchy'.*max_regions"):
+        SaliencyGenerator(regions="hierarchy", threshold=0.7)
+    with pytest.raises(ValueError, match=r"\['max_regions', 'nms_iou'\] do not apply to regions='paper'.*no mode"):
+        SaliencyGenerator(regions="paper", nms_iou=0.3, max_regions=4)
+    assert SaliencyGenerator(regions="objects", num_clusters=6).options == ObjectsOptions(num_clusters=6)
     assert "max_regions=3" in repr(g) and "sign_rule='argmax'" in repr(g)
     assert SaliencyGenerator(regions="paper").options is None
     assert SaliencyGenerator(regions="objects").options == ObjectsOptions()
@@ -175,7 +181,8 @@ def test_options_objects_are_built_from_the_keywords_and_check_themselves() -> N
 def test_a_generator_pickles_with_its_options() -> None:
     f = _features(2, (2, 16, 9, 9))
     for mode in REGION_MODES:
-        g = SaliencyGenerator(regions=mode, min_area=2, objectness={"contrast": 0.0})
+        extra = {"objectness": {"contrast": 0.0}} if mode == "hierarchy" else {}
+        g = SaliencyGenerator(regions=mode, min_area=2, **extra)
         copy = pickle.loads(pickle.dumps(g))  # what spawned DataLoader workers and ddp_spawn receive
         assert repr(copy) == repr(g)
         a, b = g(f), copy(f)

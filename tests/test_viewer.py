@@ -427,3 +427,13 @@ def test_big_photos_are_brought_down_as_they_are_read(tmp_path: Path) -> None:
         assert max(small.size) <= 300 and small.mode == "RGB"
         assert abs(small.size[0] / small.size[1] - 2000 / 1500) < 0.02
     assert _load_image(tmp_path / "big.png").size == (2000, 1500)  # no bound: the photo as it is
+
+
+def test_a_sliver_of_a_photo_is_not_enlarged_into_a_giant() -> None:
+    from PIL import Image
+
+    from sgcl_plugin.rendering import enlarge_for_display
+
+    assert enlarge_for_display(Image.new("RGB", (1, 1000))).size == (1, 1024)  # was 256 x 256,000 (65 MP)
+    assert enlarge_for_display(Image.new("RGB", (30, 400))).size == (77, 1024)  # the longer side stops at 4 x 256
+    assert enlarge_for_display(Image.new("RGB", (40, 30))).size == (341, 256)

@@ -105,7 +105,7 @@ def saliency_pictures(
     """
     from PIL import Image
 
-    from sgcl_plugin.rendering import contact_sheet, render_saliency
+    from sgcl_plugin.rendering import contact_sheet, enlarge_for_display, render_saliency
 
     x = torch.stack([SaliencyInput(saliency_size)(image) for image in images])
     with torch.no_grad(), eval_mode(backbone):
@@ -113,6 +113,7 @@ def saliency_pictures(
     items = []
     for i, item in enumerate(images):
         image = item if isinstance(item, Image.Image) else Image.fromarray(item.permute(1, 2, 0).numpy())
+        image = enlarge_for_display(image)  # a 96 px scene: boxes and labels drawn at 256 px, not blown up after
         picture = render_saliency(image, result.maps[i].cpu(), result.regions[i], max_boxes=8)  # the 8 best
         items.append((f"image {i}", picture))
     sheet = contact_sheet(items, columns=2)
