@@ -180,7 +180,9 @@ def test_schedule() -> None:
     assert [e for e in range(10) if every3.should_refresh(e)] == [3, 6, 9]
     early = make_callback(bank, [None] * 3, every_n_epochs=3, first_epoch=1)
     assert [e for e in range(10) if early.should_refresh(e)] == [1, 4, 7]
-    assert not any(make_callback(bank, [None] * 3, every_n_epochs=1).should_refresh(e) for e in (-1, 0))
+    assert not make_callback(bank, [None] * 3, every_n_epochs=1).should_refresh(0)  # never at epoch 0
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0"):  # was False: it would never refresh
+        make_callback(bank, [None] * 3, every_n_epochs=1).should_refresh(-1)
 
 
 def test_checkpoint_resume_restores_bank_without_duplicate_refresh(photos: List[Any], tmp_path: Path) -> None:
