@@ -292,13 +292,22 @@ def write_block(doc: Path, block: str) -> None:
     doc.write_text(text)
 
 
+SECTIONS = ("environment", "solvers", "autocast", "refresh", "trainer", "lightning", "throughput")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes: a CPU check of the script itself")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated sections to run (default: all), e.g. to rerun one that failed")  # fmt: skip
     args = parser.parse_args(argv)
+    chosen = [name for name in args.sections.split(",") if name]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown or not chosen:
+        parser.error(f"unknown --sections {unknown or chosen}; choose from {', '.join(SECTIONS)}")
     device = torch.device(args.device)
     command = " ".join(["python benchmarks/gpu_smoke.py", *(argv if argv is not None else sys.argv[1:])])
     sections: List[Tuple[str, Callable[[], Any]]] = [
@@ -314,6 +323,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ]  # fmt: skip
     rows: List[Row] = []
     for name, section in sections:
+        if name not in chosen:
+            continue
         t0 = time.perf_counter()
         try:
             got = section()

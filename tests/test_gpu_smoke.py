@@ -28,9 +28,18 @@ def test_quick_run_passes_every_check_and_writes_its_block(tmp_path, capsys) -> 
     assert doc.read_text().count(gpu_smoke.BEGIN) == 1 and "| x | ok | y |" in doc.read_text()
 
 
-def test_a_failing_check_is_a_row_and_the_exit_status(tmp_path, monkeypatch) -> None:
+def test_a_failing_check_is_a_row_and_the_exit_status(tmp_path, monkeypatch, capsys) -> None:
     def broken(device):  # a section that raises: the others still run, the script exits 1
         raise RuntimeError("boom")
 
     monkeypatch.setattr(gpu_smoke, "autocast_rows", broken)
-    assert gpu_smoke.main(["--device", "cpu", "--quick", "--no-write"]) == 1
+    assert gpu_smoke.main(["--device", "cpu", "--quick", "--no-write", "--sections", "autocast,solvers"]) == 1
+    out = capsys.readouterr().out
+    assert "| autocast | FAIL | RuntimeError: boom |" in out and "fiedler krylov, N = 144" in out
+    assert "refresh throughput" not in out  # a section not chosen does not run
+
+
+def test_an_unknown_section_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit):
+        gpu_smoke.main(["--device", "cpu", "--quick", "--no-write", "--sections", "autocast,nonsense"])
+    assert "nonsense" in capsys.readouterr().err
