@@ -46,8 +46,9 @@ demo: $(STAMP) data
 saliency: $(STAMP)
 	$(VENV)/bin/sgcl-saliency --regions both --out outputs/saliency
 
+# pytest-xdist: one worker a core (each computes on one thread, see tests/conftest.py); plain `pytest` runs serially.
 test: $(STAMP) data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 bench: $(STAMP) data
 	$(PY) benchmarks/ncut_solvers.py

@@ -5,9 +5,18 @@ at import time."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs pytest-xdist workers, one a core: each worker and the processes its tests start compute on one
+    # thread, so that the workers do not fight over the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 PHOTO_SIZE = 64
 """Side of the ``photos`` fixture's images: with the stride-8 trunk, an 8 x 8 feature map at 64 px."""
