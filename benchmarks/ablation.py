@@ -146,7 +146,8 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     "smoke": {
         # the testbed's small network, evaluated before training and at the end (a two-point curve): a row takes a
         # few seconds on a CPU (a ResNet-18 row took ~14 s, most of it in the evaluations)
-        "options": ["--smoke", "--arch", "tiny-resnet", "--eval-every", "2"], "interval_alt": 2, "warmup": 1, "seeds": [0], "drop_weights": True,
+        "options": ["--smoke", "--arch", "tiny-resnet", "--eval-every", "2"],
+        "interval_alt": 2, "warmup": 1, "seeds": [0], "drop_weights": True,
     },
 }  # fmt: skip
 

@@ -301,8 +301,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a CPU check of the script itself")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="comma-separated sections to run (default: all), e.g. to rerun one that failed")  # fmt: skip
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated sections (default: all): rerun a failed one"
+    )
     args = parser.parse_args(argv)
     chosen = [name for name in args.sections.split(",") if name]
     unknown = sorted(set(chosen) - set(SECTIONS))
