@@ -16,6 +16,9 @@ from sgcl_plugin.testbed import eval_sets
 from sgcl_plugin.testbed.evaluation import embed, knn_accuracy
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# The testbed's small network: for the tests of the trainer's mechanics (resume, checkpoints, locks, DDP, curves), a
+# few times faster on a CPU than --smoke's ResNet-18, which the per-method smoke tests keep.
+TINY = ("--arch", "tiny-resnet")
 
 pytest.importorskip("skimage")
 
@@ -114,7 +117,7 @@ def test_testbed_options(tmp_path) -> None:
 
 
 def test_killed_run_resumes_exactly(tmp_path) -> None:
-    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "3", "--ckpt-every", "2"]
+    common = ["--smoke", *TINY, "--no-eval", "--no-progress", "--epochs", "3", "--ckpt-every", "2"]
     full = tmp_path / "full"
     sgcl_train.main([*common, "--out", str(full)], method="byol")
     cut = tmp_path / "cut"
@@ -144,7 +147,7 @@ def test_killed_run_resumes_exactly(tmp_path) -> None:
 
 def test_a_checkpoint_from_before_the_objective_resumes(tmp_path) -> None:
     """Checkpoints written before SGCLObjective kept the queues under "inter" and "support": they still load."""
-    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
+    common = ["--smoke", *TINY, "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
     sgcl_train.main([*common, "--stop-after-steps", "3", "--ckpt-every", "2"], method="nnclr")
     path = tmp_path / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
@@ -308,7 +311,7 @@ def test_ddp_with_torchrun_on_two_cpu_processes(tmp_path) -> None:
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(EXAMPLES / "byol.py"),
-           "--smoke", "--no-eval", "--no-progress", "--out", str(out)]  # fmt: skip
+           "--smoke", *TINY, "--no-eval", "--no-progress", "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world 2" in done.stdout
@@ -331,7 +334,7 @@ def test_baseline_region_sources(tmp_path, regions: str) -> None:
 
 
 def test_eval_every_draws_curves_without_changing_training(tmp_path) -> None:
-    common = ["--smoke", "--no-progress", "--epochs", "2", "--eval-train", "60", "--eval-test", "40"]
+    common = ["--smoke", *TINY, "--no-progress", "--epochs", "2", "--eval-train", "60", "--eval-test", "40"]
     plain = sgcl_train.main([*common, "--out", str(tmp_path / "plain")], method="byol")
     curves = sgcl_train.main([*common, "--eval-every", "1", "--out", str(tmp_path / "curves")], method="byol")
     assert [h["epoch"] for h in curves["history"]] == [0.0, 1.0, 2.0]
@@ -479,7 +482,7 @@ def test_seeded_items_leave_the_cuda_generators_alone() -> None:
 def test_a_finished_run_is_not_overwritten_by_accident(tmp_path) -> None:
     """A second run into an --out that holds one is refused (it used to truncate log.csv and replace the
     finished run's checkpoint), naming the ways on; --overwrite replaces it on purpose."""
-    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "1", "--out", str(tmp_path)]
+    common = ["--smoke", *TINY, "--no-eval", "--no-progress", "--epochs", "1", "--out", str(tmp_path)]
     sgcl_train.main(common, method="byol")
     before = {n: (tmp_path / n).read_bytes() for n in ("checkpoint.pt", "log.csv", "backbone.pt")}
     with pytest.raises(ValueError, match=r"holds a run.*--resume auto.*another --out.*--overwrite"):
@@ -493,7 +496,7 @@ def test_a_finished_run_is_not_overwritten_by_accident(tmp_path) -> None:
 def test_a_corrupt_checkpoint_is_refused_before_resuming(tmp_path) -> None:
     """Every position field and the queues are checked before anything is applied: a step past the epoch's end
     used to hang the resumed epoch forever; a queue pointer out of range or NaN rows would index or poison."""
-    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
+    common = ["--smoke", *TINY, "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
     sgcl_train.main([*common, "--stop-after-steps", "3", "--ckpt-every", "1"], method="byol")
     path = tmp_path / "checkpoint.pt"
     good = torch.load(path, weights_only=True)
@@ -569,7 +572,7 @@ def test_links_planted_in_out_are_never_written_through(tmp_path) -> None:
 
 
 def test_a_garbage_line_in_the_log_does_not_block_resume(tmp_path) -> None:
-    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
+    common = ["--smoke", *TINY, "--no-eval", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
     sgcl_train.main([*common, "--stop-after-steps", "3", "--ckpt-every", "1"], method="byol")
     with open(tmp_path / "log.csv", "a") as f:
         f.write("\x00garbage,not a step\n1,\n")
@@ -579,7 +582,8 @@ def test_a_garbage_line_in_the_log_does_not_block_resume(tmp_path) -> None:
 
 
 def test_a_full_disk_at_a_checkpoint_is_a_message_and_the_old_one_stays(tmp_path, monkeypatch) -> None:
-    common = ["--smoke", "--no-eval", "--no-progress", "--epochs", "2", "--ckpt-every", "1", "--out", str(tmp_path)]
+    common = ["--smoke", *TINY, "--no-eval", "--no-progress", "--epochs", "2", "--ckpt-every", "1"]
+    common += ["--out", str(tmp_path)]
     sgcl_train.main([*common, "--stop-after-steps", "2"], method="byol")
     before = (tmp_path / "checkpoint.pt").read_bytes()
 
@@ -606,6 +610,6 @@ def test_help_has_groups_a_help_for_every_option_and_defaults() -> None:
 
 
 def test_no_progress_still_prints_the_loss_once_an_epoch(tmp_path, capsys) -> None:
-    sgcl_train.main(["--smoke", "--no-eval", "--no-progress", "--out", str(tmp_path)], method="byol")
+    sgcl_train.main(["--smoke", *TINY, "--no-eval", "--no-progress", "--out", str(tmp_path)], method="byol")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2 and all(": loss " in line for line in lines)
