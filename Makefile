@@ -26,10 +26,13 @@ data:
 		|| echo "note: could not install dataset-fashion-mnist with apt-get"; \
 	fi
 
-# The real photos of the saliency benchmark (sgcl_plugin.annotated_photos): foolbox's and deepforest's data files
-# (their packages without dependencies), darknet's and OpenCV's sample photos (Debian's packages, where apt is usable).
+# The real photos of the saliency benchmark (sgcl_plugin.annotated_photos): the data files of foolbox, deepforest,
+# ultralytics, mahotas and imgaug (their packages without dependencies, never imported), scikit-learn's, darknet's
+# and OpenCV's sample photos (Debian's packages, where apt is usable).
 photos: $(STAMP)
-	$(PY) -m pip install -q --no-deps foolbox deepforest 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q --no-deps foolbox deepforest ultralytics mahotas imgaug 2>&1 \
+		| grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q scikit-learn 2>&1 | grep -v '^WARNING: Location' || true
 	@if [ ! -d /usr/share/darknet/data ] || [ ! -d /usr/share/doc/opencv-doc/examples/data ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			(apt-get update -qq && apt-get install -y -qq darknet opencv-doc) >/dev/null 2>&1 \
