@@ -44,6 +44,7 @@ __all__ = [
     "SGCL_DEFAULTS",
     "RegionBatch",
     "SGCLDataset",
+    "SGCLMethodMixin",
     "add_sgcl_cfg",
     "build_saliency_transform",
     "method_classes",
