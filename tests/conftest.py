@@ -11,12 +11,14 @@ from typing import Any, Dict, List
 import pytest
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs pytest-xdist workers, one a core: each worker and the processes its tests start compute on one
-    # thread, so that the workers do not fight over the cores.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # `make test` runs pytest-xdist workers, one a core: each worker and the processes its tests start share the
+    # CPUs evenly (one thread each with a worker a CPU; all of them where `-n auto` found fewer physical cores),
+    # so that the workers do not fight over the cores.
+    _threads = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(_threads)
 
 PHOTO_SIZE = 64
 """Side of the ``photos`` fixture's images: with the stride-8 trunk, an 8 x 8 feature map at 64 px."""
