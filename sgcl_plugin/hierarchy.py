@@ -14,7 +14,7 @@ objects out of them:
 3. **Objectness** of each candidate R, from *semantic* cell features (the fine map and the
    coarse map upsampled to its grid, each L2-normalized per cell, concatenated):
 
-   ``score = saliency(R) * contrast(R)^2 * (1 - frame(R))^2 * activation(R) * coherence(R)``
+   ``score = saliency(R) * contrast(R)^2 * (1 - frame(R))^2 * activation(R) * coherence(R) * separation(R)^3``
 
    - saliency: mean of the coarse map's oriented Fiedler vector (the paper's Ncut saliency, on the
      semantic stage), scaled to [0, 1];
@@ -24,11 +24,17 @@ objects out of them:
    - activation: mean norm of the coarse features (scaled to [0, 1]): trained backbones respond
      to things more than to stuff;
    - coherence: mean cosine between the cells of R and its mean direction: one object is
-     coherent, a group of different objects is not.
+     coherent, a group of different objects is not;
+   - separation: ``1 - Ncut(R) / 2``, with Shi and Malik's normalized cut of R from the rest,
+     ``Ncut(R) = cut(R, R') / vol(R) + cut(R, R') / vol(R')``, on the fine map's graph (the graph the
+     k-way cut splits): a part of an object is tied to the rest of it by strong edges, a whole
+     object is not. Unlike the contrast with a ring, it does not need the object to have
+     surroundings: an object that fills the frame is as separable as a small one.
 
-   The exponents were chosen on the composed scenes and on annotated real photos (the "dev" split
-   of :mod:`sgcl_plugin.annotated_photos`), then checked on a held-out split
-   (docs/RESULTS.md#real-photographs).
+   The first five exponents were chosen on the composed scenes and on annotated real photos (the
+   "dev" split of :mod:`sgcl_plugin.annotated_photos`), then checked on a held-out split; the
+   separation factor was chosen on dev, held-out and composed scenes, then checked on two splits no
+   choice had seen (docs/RESULTS.md#saliency-quality).
 4. **Selection**: non-maximum suppression at IoU ``nms_iou``, the best ``max_regions`` kept, scores
    divided by the best one and raised to ``score_power`` (so that pairs are drawn mostly from the
    best few regions and a tail of weak candidates costs little).
@@ -73,6 +79,7 @@ OBJECTNESS_EXPONENTS = {
     "frame": 2.0,
     "activation": 1.0,
     "coherence": 1.0,
+    "separation": 3.0,
 }
 """Exponent of each objectness factor (see the module docstring)."""
 
@@ -133,6 +140,7 @@ def node_factors(
     w: int,
     ring: int = 2,
     inner: Optional[Tensor] = None,
+    graph: Optional[Tensor] = None,
 ) -> dict:
     """The objectness factors of candidate regions of one image (see the module docstring).
 
@@ -145,10 +153,12 @@ def node_factors(
         w: Grid width.
         ring: Width in cells of the ring a region is compared with.
         inner: (K, C) the regions' feature sums when already known (``cells.sums(masks)``).
+        graph: (N, N) symmetric non-negative affinities of the cells for the separation factor; None builds the
+            fine map's clamped cosine graph (``max(cos, 0) + 1e-5``, the cut's default).
 
     Returns:
         Dict of (K,) tensors: ``area`` (cells), ``saliency``, ``contrast``, ``frame``,
-        ``activation``, ``coherence``.
+        ``activation``, ``coherence``, ``separation``.
     """
     K, N = masks.shape
     area = masks.sum(1)
@@ -159,6 +169,15 @@ def node_factors(
     outer = cells.sums(around)
     contrast = (1 - (F.normalize(inner, dim=-1) * F.normalize(outer, dim=-1)).sum(-1)) * (around.sum(1) > 0)
     border = border_mask(h, w, masks.device).float()
+    if graph is None:
+        graph = (cells.fine @ cells.fine.T).clamp_(min=0).add_(1e-5)
+    graph = graph.to(masks.dtype)
+    degree = graph.sum(1)
+    vol = masks @ degree  # (K,)
+    rest = degree.sum() - vol
+    cut = (vol - ((masks @ graph) * masks).sum(1)).clamp(min=0)  # edges leaving R
+    tiny = torch.finfo(vol.dtype).tiny
+    ncut = cut / vol.clamp(min=tiny) + torch.where(rest > 0, cut / rest.clamp(min=tiny), torch.zeros_like(cut))
     return {
         "area": area,
         "saliency": (masks @ saliency) / safe,
@@ -166,6 +185,7 @@ def node_factors(
         "frame": (masks @ border) / border.sum(),
         "activation": (masks @ activation) / safe,
         "coherence": inner.norm(dim=-1) / safe,  # mean cos(u_i, mean direction) = |sum u_i| / n
+        "separation": (1 - ncut / 2).clamp(0, 1),  # each of Ncut's two terms is at most 1
     }
 
 
@@ -182,6 +202,7 @@ def objectness(f: dict, exponents: Optional[dict] = None) -> Tensor:
         * (1 - f["frame"]).clamp(min=0) ** e["frame"]
         * f["activation"].clamp(min=0) ** e["activation"]
         * f["coherence"].clamp(min=0) ** e["coherence"]
+        * f["separation"].clamp(min=0) ** e["separation"]
     )
     return score
 
@@ -228,6 +249,7 @@ def hierarchy_regions(
     exponents: Optional[dict] = None,
     fine_unit: Optional[Tensor] = None,
     coarse_unit: Optional[Tensor] = None,
+    graph: Optional[Tensor] = None,
 ) -> List[Regions]:
     """Scored whole-object regions of a batch from its parts' merge hierarchy.
 
@@ -250,6 +272,8 @@ def hierarchy_regions(
         fine_unit: (B, N, C1) the fine map's cells as unit vectors, if already computed
             (:func:`~sgcl_plugin.affinity.unit_features`).
         coarse_unit: (B, n, C2) the coarse map's, likewise.
+        graph: (B, N, N) the fine map's graph (the separation factor's), if already built; None builds the
+            clamped cosine graph of ``fine``.
 
     Returns:
         One :class:`~sgcl_plugin.regions.Regions` per image, sorted by descending score (the best
@@ -290,7 +314,10 @@ def hierarchy_regions(
         member = torch.from_numpy(merge_tree(parts, (sums.double() @ sums.double().T).cpu().numpy()))  # (K, P)
         member = member.to(fine.device).float()
         masks = member @ onehot  # (K, N), 0/1: the parts are disjoint
-        f = node_factors(masks, cells, coarse_saliency[b].float(), act[b], h, w, ring, inner=member @ sums)
+        f = node_factors(
+            masks, cells, coarse_saliency[b].float(), act[b], h, w, ring, inner=member @ sums,
+            graph=None if graph is None else graph[b],
+        )  # fmt: skip
         score = objectness(f, exponents) * (f["area"] >= min_area)
         boxes = _mask_boxes(masks, h, w)
         keep = _nms(boxes.cpu(), score.cpu(), nms_iou, max_regions)
@@ -301,7 +328,8 @@ def hierarchy_regions(
         out.append(
             Regions(
                 boxes=boxes[keep].cpu(),
-                scores=((s / s[0]) ** score_power).float(),
+                # a high score_power can take a weak region's score under float32's range: keep it > 0
+                scores=((s / s[0]) ** score_power).float().clamp(min=torch.finfo(torch.float32).tiny),
                 areas=f["area"][keep].cpu().round().to(torch.int64),
             )
         )
@@ -351,9 +379,10 @@ def hierarchy_source(
     cut: CutOptions, options: HierarchyOptions, fine: Tensor, coarse: Optional[Tensor]
 ) -> SaliencyResult:
     """The ``"hierarchy"`` region source: parts from the fine map's k-way Ncut, saliency from the coarse map's Ncut
-    (the fine map's when ``coarse`` is None or under 3 cells), objectness from both (:func:`hierarchy_regions`).
+    (the fine map's when ``coarse`` is None or under 3 cells), objectness from both and from the fine graph
+    (:func:`hierarchy_regions`).
     Its ``maps`` are the coarse map's saliency on the fine grid."""
-    unit, Y, y, flat = spectral_embedding(fine, cut, options.num_vectors, "hierarchy")  # checks the map first
+    unit, Y, y, flat, W = spectral_embedding(fine, cut, options.num_vectors, "hierarchy")  # checks the map first
     B, _, h, w = fine.shape
     fine_sal = normalize_maps(y)
     if coarse is not None and coarse.shape[-2] * coarse.shape[-1] >= 3:
@@ -373,6 +402,6 @@ def hierarchy_source(
         fine, coarse, Y, fine_sal, sal, num_clusters=options.num_clusters,
         min_area=options.min_cells(cut, h, w), ring=options.ring,
         nms_iou=options.nms_iou, max_regions=options.max_regions, score_power=options.score_power,
-        exponents=options.objectness, fine_unit=unit, coarse_unit=coarse_unit,
+        exponents=options.objectness, fine_unit=unit, coarse_unit=coarse_unit, graph=W,
     )  # fmt: skip
     return SaliencyResult(maps=sal.reshape(B, h, w).float(), regions=regions, fiedler=y)

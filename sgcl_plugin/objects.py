@@ -305,7 +305,7 @@ class ObjectsOptions(SourceOptions):
 def objects_source(cut: CutOptions, options: ObjectsOptions, fine: Tensor, coarse: Optional[Tensor]) -> SaliencyResult:
     """The ``"objects"`` region source: the scored parts of a k-way Ncut of the first map (``coarse`` is not
     read); its ``maps`` are the oriented Fiedler vector scaled to [0, 1], as the paper source's."""
-    _, Y, y, _ = spectral_embedding(fine, cut, options.num_vectors, "objects")  # checks the map first
+    _, Y, y, _, _ = spectral_embedding(fine, cut, options.num_vectors, "objects")  # checks the map first
     B, _, h, w = fine.shape
     maps = normalize_maps(y).reshape(B, h, w).float()
     regions = object_regions(

@@ -159,7 +159,7 @@ def fiedler_saliency(features: Tensor, cut: CutOptions) -> Tuple[Tensor, Tensor]
 
 def spectral_embedding(
     features: Tensor, cut: CutOptions, num_vectors: int, mode: str
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The k-way cut's pieces shared by the objects and hierarchy sources.
 
     Args:
@@ -170,7 +170,8 @@ def spectral_embedding(
 
     Returns:
         The cells as unit vectors (B, N, C), the spectral embedding (B, k, N), the oriented Fiedler vector (B, N;
-        zero for a graph with no cut: every affinity equal) and which graphs have no cut (B,).
+        zero for a graph with no cut: every affinity equal), which graphs have no cut (B,) and the graphs
+        themselves (B, N, N).
     """
     unit = unit_features(features)
     W = unit_affinity(unit, mode=cut.affinity, eps=cut.eps, tau=cut.tau)
@@ -182,7 +183,7 @@ def spectral_embedding(
     flat = flat_graphs(W)
     y = orient(Y[:, 0], h, w, cut.sign_rule)
     y = torch.where(flat[:, None], torch.zeros_like(y), y)  # zero saliency: whole-image fallback
-    return unit, Y, y, flat
+    return unit, Y, y, flat, W
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgcl_plugin import SaliencyGenerator
+from sgcl_plugin import SaliencyBank, SaliencyGenerator
 from sgcl_plugin.hierarchy import OBJECTNESS_EXPONENTS, CellFeatures, node_factors, objectness
 from sgcl_plugin.part_merging import absorb_small_parts, merge_tree
 from sgcl_plugin.regions import box_iou
@@ -198,7 +198,43 @@ def test_node_factors_by_hand():
     assert score[0] > score[1] and score[2] == 0
     with pytest.raises(ValueError, match="Unknown objectness factors"):
         objectness(f, {"size": 1.0})
-    assert set(OBJECTNESS_EXPONENTS) == {"saliency", "contrast", "frame", "activation", "coherence"}
+    assert set(OBJECTNESS_EXPONENTS) == {"saliency", "contrast", "frame", "activation", "coherence", "separation"}
+    # Separation: the object's edges to the background are the eps floor (weight 1e-5); its half (2 cells, degree 4
+    # each) sends half its edges to the other half: Ncut = 4 / 8 + 4 / (8 + 12 * 12).
+    assert f["separation"][0] > 0.999
+    assert f["separation"][1] == pytest.approx(1 - (4 / 8 + 4 / 152) / 2, abs=1e-3)
+    assert f["separation"][2] == pytest.approx(1.0)  # nothing is cut off the whole image (the frame rules it out)
+
+
+def test_separation_is_one_minus_half_the_normalized_cut_by_loops():
+    """Shi and Malik's Ncut(A) = cut(A, B) / assoc(A, V) + cut(A, B) / assoc(B, V), summed edge by edge."""
+    g = torch.Generator().manual_seed(3)
+    h, w = 3, 4
+    N = h * w
+    fine = torch.randn(5, h, w, generator=g)
+    cells = CellFeatures(fine, None)
+    A = torch.rand(N, N, generator=g, dtype=torch.float64)
+    graph = (A + A.T) / 2
+    masks = (torch.rand(6, N, generator=g) > 0.5).float()
+    masks[0] = 0
+    masks[0, :3] = 1
+    sal, act = torch.rand(N, generator=g), torch.rand(N, generator=g)
+    f = node_factors(masks, cells, sal, act, h, w, graph=graph)
+    for k in range(masks.shape[0]):
+        inside = [i for i in range(N) if masks[k, i] > 0]
+        outside = [j for j in range(N) if masks[k, j] == 0]
+        cut = sum(float(graph[i, j]) for i in inside for j in outside)
+        vol_in = sum(float(graph[i, j]) for i in inside for j in range(N))
+        vol_out = sum(float(graph[i, j]) for i in outside for j in range(N))
+        ncut = (cut / vol_in if inside else 0.0) + (cut / vol_out if outside else 0.0)
+        assert float(f["separation"][k]) == pytest.approx(1 - ncut / 2, abs=1e-5)
+    # No graph given: the fine map's clamped cosine graph, the cut's default.
+    unit = F.normalize(fine.flatten(1), dim=0).T
+    default = (unit @ unit.T).clamp(min=0) + 1e-5
+    torch.testing.assert_close(
+        node_factors(masks, cells, sal, act, h, w)["separation"],
+        node_factors(masks, cells, sal, act, h, w, graph=default)["separation"],
+    )
 
 
 def _scene(objects, h=16, w=16, c=12, seed=0):
@@ -295,6 +331,19 @@ def test_options_change_what_they_say():
     loose = SaliencyGenerator(regions="hierarchy", nms_iou=1.0)(f[None]).regions[0]
     iou = box_iou(sharp.boxes, sharp.boxes) - torch.eye(len(sharp))
     assert iou.max() < 0.5 and len(loose) >= len(sharp)
+
+
+def test_a_steep_score_power_keeps_every_score_positive():
+    """(score / best) ** 128 falls under float32's range for weak regions; they stay in with a tiny positive score,
+    which a SaliencyBank takes (a zero score is refused there)."""
+    f, _ = _scene([(3, 2, 9, 7), (8, 10, 13, 15)])
+    soft = SaliencyGenerator(regions="hierarchy", score_power=1.0)(f[None]).regions[0]
+    assert float(soft.scores.min()) ** 128 < torch.finfo(torch.float32).tiny  # the case is real on this scene
+    steep = SaliencyGenerator(regions="hierarchy", score_power=128.0)(f[None])
+    assert len(steep.regions[0]) == len(soft) and bool((steep.regions[0].scores > 0).all())
+    bank = SaliencyBank(1, max_regions=16)
+    boxes, scores, counts = steep.padded(16)
+    bank.write(boxes, scores, counts, torch.tensor([False]))
 
 
 def test_real_photos_whole_objects_beat_parts():
