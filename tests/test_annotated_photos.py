@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import bz2
 import importlib.util
 import json
+import os
+import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,9 +18,12 @@ from sgcl_plugin.annotated_photos import (
     ANNOTATIONS,
     SOURCES,
     MissingSourceError,
+    archive_folder,
+    download_photo_archives,
     load_annotated_photos,
     object_masks,
 )
+from sgcl_plugin.annotated_photos import main as photos_main
 from sgcl_plugin.regions import box_iou
 
 ENTRIES = json.loads(ANNOTATIONS.read_text())["photos"]
@@ -24,8 +31,8 @@ ENTRIES = json.loads(ANNOTATIONS.read_text())["photos"]
 
 def test_the_boxes_file_follows_its_own_rules():
     names = [(e["source"], e["name"]) for e in ENTRIES]
-    assert len(names) == len(set(names)) == 59
-    assert {e["split"] for e in ENTRIES} == {"dev", "heldout", "test"}
+    assert len(names) == len(set(names)) == 74
+    assert {e["split"] for e in ENTRIES} == {"dev", "heldout", "test", "test2"}
     assert {e["source"] for e in ENTRIES} <= set(SOURCES)
     for e in ENTRIES:
         W, H = e["size"]
@@ -146,3 +153,71 @@ def test_bad_arguments():
         load_annotated_photos(sources=["coco"])
     with pytest.raises(ValueError, match="missing"):
         load_annotated_photos(missing="ignore")
+
+
+def test_archive_sources_name_their_download_command_when_absent(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGCL_PHOTO_ARCHIVES", str(tmp_path))
+    assert archive_folder() == tmp_path
+    for source in ("pillow", "piexif", "insightface", "scipy", "gradio"):
+        with pytest.raises(MissingSourceError, match="python -m sgcl_plugin.annotated_photos --download"):
+            load_annotated_photos(["test2"], sources=[source])
+    assert load_annotated_photos(["test2"], missing="skip") == []
+    with pytest.raises(ValueError, match="Not archive sources"):
+        download_photo_archives(["skimage"], folder=tmp_path)
+
+
+def test_the_command_line_counts_each_split(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SGCL_PHOTO_ARCHIVES", str(tmp_path))
+    _fake_scipy_wheel(tmp_path, pickle.dumps([[0] * 512] * 512))
+    photos_main(["--folder", str(tmp_path)])
+    assert "test2: 2 photos, 4 boxes, from ['scipy']" in capsys.readouterr().out.splitlines()
+
+
+def _fake_scipy_wheel(folder, ascent_pickle):
+    """A stand-in for scipy 1.9.3's wheel with its two sample images in their own formats."""
+    face = (np.arange(768 * 1024 * 3) % 251).astype(np.uint8)
+    name = "scipy-1.9.3-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    with zipfile.ZipFile(folder / name, "w") as z:
+        z.writestr("scipy/misc/face.dat", bz2.compress(face.tobytes()))
+        z.writestr("scipy/misc/ascent.dat", ascent_pickle)
+    return face.reshape(768, 1024, 3)
+
+
+def test_scipys_sample_images_are_decoded_from_the_wheel(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGCL_PHOTO_ARCHIVES", str(tmp_path))
+    grey = [[(3 * r + c) % 256 for c in range(512)] for r in range(512)]
+    face = _fake_scipy_wheel(tmp_path, pickle.dumps(grey))
+    ascent, raccoon = load_annotated_photos(["test2"], sources=["scipy"])
+    assert (ascent.name, raccoon.name) == ("ascent.dat", "face.dat")
+    np.testing.assert_array_equal(raccoon.image, face)
+    assert ascent.image.shape == (512, 512, 3) and ascent.image.dtype == np.uint8
+    np.testing.assert_array_equal(ascent.image[..., 1], np.asarray(grey, dtype=np.uint8))  # grey, as RGB
+    assert [len(p.boxes) for p in (ascent, raccoon)] == [3, 1]
+
+
+def test_a_photo_pickle_that_asks_for_code_is_refused(tmp_path, monkeypatch):
+    """ascent.dat is unpickled with no globals allowed: a file that names a function (here os.getcwd) fails."""
+    monkeypatch.setenv("SGCL_PHOTO_ARCHIVES", str(tmp_path))
+
+    class Sneaky:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    _fake_scipy_wheel(tmp_path, pickle.dumps(Sneaky()))
+    with pytest.raises(pickle.UnpicklingError, match="refusing posix.getcwd|refusing os.getcwd"):
+        load_annotated_photos(["test2"], sources=["scipy"])
+
+
+def test_the_second_test_splits_photos_load_where_downloaded():
+    """The 15 test2 photos, read out of the five release files (after `python -m sgcl_plugin.annotated_photos
+    --download`), at the sizes they were annotated at."""
+    photos = load_annotated_photos(["test2"], missing="skip")
+    if len(photos) < 15:
+        pytest.skip(f"the archive sources are not downloaded to {archive_folder()}")
+    entries = [e for e in ENTRIES if e["split"] == "test2"]
+    assert [(p.source, p.name) for p in photos] == [(e["source"], e["name"]) for e in entries]
+    for p, e in zip(photos, entries):
+        assert p.image.shape == (e["size"][1], e["size"][0], 3) and p.image.dtype == np.uint8
+    # scipy's grey ascent loads as RGB
+    assert next(p for p in photos if p.name == "ascent.dat").image.std(axis=2).max() == 0
+    assert sum(len(p.boxes) for p in photos) == 35
