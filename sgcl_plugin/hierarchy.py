@@ -170,7 +170,7 @@ def node_factors(
     contrast = (1 - (F.normalize(inner, dim=-1) * F.normalize(outer, dim=-1)).sum(-1)) * (around.sum(1) > 0)
     border = border_mask(h, w, masks.device).float()
     if graph is None:
-        graph = (cells.fine @ cells.fine.T).clamp_(min=0).add_(1e-5)
+        graph = unit_affinity(cells.fine[None])[0]  # the cut's default graph of the fine map
     graph = graph.to(masks.dtype)
     degree = graph.sum(1)
     vol = masks @ degree  # (K,)
