@@ -11,8 +11,9 @@ objects out of them:
    (agglomerative clustering on the region adjacency graph), until one region is left. Every
    part and every merge is a candidate: 2P - 1 nested regions, from parts to groups of objects.
    (Steps 1 and 2: :mod:`sgcl_plugin.part_merging`.)
-3. **Objectness** of each candidate R, from *semantic* cell features (the fine map and the
-   coarse map upsampled to its grid, each L2-normalized per cell, concatenated):
+3. **Objectness** of each candidate R (:mod:`sgcl_plugin.objectness_factors`), from *semantic* cell
+   features (the fine map and the coarse map upsampled to its grid, each L2-normalized per cell,
+   concatenated):
 
    ``score = saliency(R) * contrast(R)^2 * (1 - frame(R))^2 * activation(R) * coherence(R) * separation(R)^3``
 
@@ -42,6 +43,9 @@ objects out of them:
 Everything except the merges runs batched on the features' device; the merges run per image on
 the CPU over at most a few dozen parts.
 
+Steps 1-3 are :func:`hierarchy_candidates` (one :class:`HierarchyCandidates` per image), step 4 is
+:func:`select_regions`; :func:`hierarchy_regions` runs the two in turn.
+
 :func:`hierarchy_source` is the ``"hierarchy"`` region source (:data:`~sgcl_plugin.region_sources.REGION_SOURCES`),
 with its options in :class:`HierarchyOptions`.
 """
@@ -49,7 +53,7 @@ with its options in :class:`HierarchyOptions`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -58,153 +62,26 @@ from torch import Tensor
 from sgcl_plugin.affinity import unit_affinity, unit_features
 from sgcl_plugin.checks import check_int, check_interval, check_number
 from sgcl_plugin.ncut import fiedler_vector
+from sgcl_plugin.objectness_factors import MIN_SCORE, OBJECTNESS_EXPONENTS, CellFeatures, node_factors, objectness
 from sgcl_plugin.objects import ObjectsOptions, batched_kmeans, component_labels
 from sgcl_plugin.part_merging import absorb_small_parts, merge_tree
-from sgcl_plugin.regions import Regions, SaliencyResult, border_mask, box_iou
+from sgcl_plugin.regions import Regions, SaliencyResult, box_iou
 from sgcl_plugin.spectral import CutOptions, flat_graphs, normalize_maps, orient, spectral_embedding
 
 __all__ = [
+    "MIN_SCORE",
     "OBJECTNESS_EXPONENTS",
     "CellFeatures",
+    "HierarchyCandidates",
     "HierarchyOptions",
+    "hierarchy_candidates",
     "hierarchy_regions",
     "hierarchy_source",
     "node_factors",
     "objectness",
+    "select_regions",
+    "source_candidates",
 ]
-
-OBJECTNESS_EXPONENTS = {
-    "saliency": 1.0,
-    "contrast": 2.0,
-    "frame": 2.0,
-    "activation": 1.0,
-    "coherence": 1.0,
-    "separation": 3.0,
-}
-"""Exponent of each objectness factor (see the module docstring)."""
-
-MIN_SCORE = 1e-6
-"""Objectness at or below this counts as none."""
-
-
-class CellFeatures:
-    """The semantic feature of every cell of one image, kept factored: the fine map's unit vector and
-    the unit vector of the coarse cell it lies in (nearest), concatenated and divided by sqrt(2) (a
-    unit vector whose cosines are the mean of the two stages' cosines). Sums over sets of cells are
-    computed without building the (N, C1 + C2) matrix.
-
-    Args:
-        fine: (C1, h, w) fine map of one image.
-        coarse: (C2, hc, wc) coarse map of the same image, or None (the fine map alone).
-        fine_unit: (h * w, C1) the fine map's cells as unit vectors, if already computed.
-        coarse_unit: (hc * wc, C2) the coarse map's, likewise.
-    """
-
-    def __init__(
-        self,
-        fine: Tensor,
-        coarse: Optional[Tensor],
-        fine_unit: Optional[Tensor] = None,
-        coarse_unit: Optional[Tensor] = None,
-    ) -> None:
-        C1, h, w = fine.shape
-        # (N, C1) unit vectors (given when already computed: the fine graph's own)
-        self.fine = F.normalize(fine.float().flatten(1), dim=0).T if fine_unit is None else fine_unit.float()
-        if coarse is None:
-            self.coarse: Optional[Tensor] = None
-            return
-        hc, wc = coarse.shape[-2:]
-        self.coarse = F.normalize(coarse.float().flatten(1), dim=0).T if coarse_unit is None else coarse_unit.float()
-        # Nearest coarse cell of each fine cell, as F.interpolate(mode="nearest") picks it.
-        rows = (torch.arange(h, device=fine.device) * hc) // h
-        cols = (torch.arange(w, device=fine.device) * wc) // w
-        self.assign = (rows[:, None] * wc + cols[None, :]).flatten()  # (N,)
-        self.n = hc * wc
-
-    def sums(self, masks: Tensor) -> Tensor:
-        """(K, C) sums of the semantic features over each of the (K, N) masks' cells."""
-        a = masks @ self.fine
-        if self.coarse is None:
-            return a
-        counts = torch.zeros(masks.shape[0], self.n, device=masks.device, dtype=masks.dtype)
-        counts.index_add_(1, self.assign, masks)
-        return torch.cat([a, counts @ self.coarse], dim=1) / 2**0.5
-
-
-def node_factors(
-    masks: Tensor,
-    cells: CellFeatures,
-    saliency: Tensor,
-    activation: Tensor,
-    h: int,
-    w: int,
-    ring: int = 2,
-    inner: Optional[Tensor] = None,
-    graph: Optional[Tensor] = None,
-) -> dict:
-    """The objectness factors of candidate regions of one image (see the module docstring).
-
-    Args:
-        masks: (K, N) float 0/1 cell masks.
-        cells: The image's semantic cell features.
-        saliency: (N,) in [0, 1].
-        activation: (N,) in [0, 1].
-        h: Grid height.
-        w: Grid width.
-        ring: Width in cells of the ring a region is compared with.
-        inner: (K, C) the regions' feature sums when already known (``cells.sums(masks)``).
-        graph: (N, N) symmetric non-negative affinities of the cells for the separation factor; None builds the
-            fine map's clamped cosine graph (``max(cos, 0) + 1e-5``, the cut's default).
-
-    Returns:
-        Dict of (K,) tensors: ``area`` (cells), ``saliency``, ``contrast``, ``frame``,
-        ``activation``, ``coherence``, ``separation``.
-    """
-    K, N = masks.shape
-    area = masks.sum(1)
-    safe = area.clamp(min=1)
-    inner = cells.sums(masks) if inner is None else inner
-    dilated = F.max_pool2d(masks.reshape(K, 1, h, w), kernel_size=2 * ring + 1, stride=1, padding=ring).reshape(K, N)
-    around = dilated * (1 - masks)
-    outer = cells.sums(around)
-    contrast = (1 - (F.normalize(inner, dim=-1) * F.normalize(outer, dim=-1)).sum(-1)) * (around.sum(1) > 0)
-    border = border_mask(h, w, masks.device).float()
-    if graph is None:
-        graph = unit_affinity(cells.fine[None])[0]  # the cut's default graph of the fine map
-    graph = graph.to(masks.dtype)
-    degree = graph.sum(1)
-    vol = masks @ degree  # (K,)
-    rest = degree.sum() - vol
-    cut = (vol - ((masks @ graph) * masks).sum(1)).clamp(min=0)  # edges leaving R
-    tiny = torch.finfo(vol.dtype).tiny
-    ncut = cut / vol.clamp(min=tiny) + torch.where(rest > 0, cut / rest.clamp(min=tiny), torch.zeros_like(cut))
-    return {
-        "area": area,
-        "saliency": (masks @ saliency) / safe,
-        "contrast": contrast.clamp(min=0),
-        "frame": (masks @ border) / border.sum(),
-        "activation": (masks @ activation) / safe,
-        "coherence": inner.norm(dim=-1) / safe,  # mean cos(u_i, mean direction) = |sum u_i| / n
-        "separation": (1 - ncut / 2).clamp(0, 1),  # each of Ncut's two terms is at most 1
-    }
-
-
-def objectness(f: dict, exponents: Optional[dict] = None) -> Tensor:
-    """The product of the factors of :func:`node_factors`, each raised to its exponent
-    (default :data:`OBJECTNESS_EXPONENTS`; an exponent of 0 leaves a factor out)."""
-    e = {**OBJECTNESS_EXPONENTS, **(exponents or {})}
-    unknown = set(e) - set(OBJECTNESS_EXPONENTS)
-    if unknown:
-        raise ValueError(f"Unknown objectness factors {sorted(unknown)}; choose from {sorted(OBJECTNESS_EXPONENTS)}.")
-    score = (
-        f["saliency"].clamp(min=0) ** e["saliency"]
-        * f["contrast"] ** e["contrast"]
-        * (1 - f["frame"]).clamp(min=0) ** e["frame"]
-        * f["activation"].clamp(min=0) ** e["activation"]
-        * f["coherence"].clamp(min=0) ** e["coherence"]
-        * f["separation"].clamp(min=0) ** e["separation"]
-    )
-    return score
 
 
 def _mask_boxes(masks: Tensor, h: int, w: int) -> Tensor:
@@ -233,6 +110,131 @@ def _nms(boxes: Tensor, scores: Tensor, iou: float, limit: int) -> List[int]:
     return keep
 
 
+@dataclass
+class HierarchyCandidates:
+    """Every candidate region of one image before selection: the parts and merges of steps 1 and 2 with their
+    objectness factors (step 3), on the features' device.
+
+    Attributes:
+        boxes: (K, 4) normalized xyxy boxes of the candidates.
+        factors: :func:`node_factors`' dict of (K,) tensors (``area`` in cells and the six factors).
+        min_area: Smallest region kept, in cells (smaller candidates score 0).
+        cells: Cells of the grid (the whole-image fallback's area).
+    """
+
+    boxes: Tensor
+    factors: Dict[str, Tensor]
+    min_area: int
+    cells: int
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def hierarchy_candidates(
+    fine: Tensor,
+    coarse: Optional[Tensor],
+    embedding: Tensor,
+    fine_saliency: Tensor,
+    coarse_saliency: Tensor,
+    num_clusters: int = 8,
+    min_area: int = 4,
+    ring: int = 2,
+    kmeans_iters: int = 20,
+    fine_unit: Optional[Tensor] = None,
+    coarse_unit: Optional[Tensor] = None,
+    graph: Optional[Tensor] = None,
+) -> List[HierarchyCandidates]:
+    """Steps 1-3 of a batch: the parts, their merge hierarchy and every candidate's objectness factors.
+
+    Arguments as :func:`hierarchy_regions`. :func:`select_regions` turns the result into regions; holding the
+    candidates lets a sweep of the selection's options (exponents, NMS, scores) skip the cuts and the merges
+    (``benchmarks/objectness_sweep.py``).
+
+    Returns:
+        One :class:`HierarchyCandidates` per image.
+    """
+    B, _, h, w = fine.shape
+    N = h * w
+    ctx = coarse if coarse is not None else fine
+    act = ctx.float().norm(dim=1, keepdim=True)
+    if act.shape[-2:] != (h, w):
+        act = F.interpolate(act, size=(h, w), mode="bilinear", align_corners=False)
+    act = act.flatten(1)
+    lo, hi = act.amin(1, keepdim=True), act.amax(1, keepdim=True)
+    act = torch.where(hi > lo, (act - lo) / (hi - lo).clamp(min=torch.finfo(act.dtype).tiny), torch.zeros_like(act))
+    points = F.normalize(embedding.transpose(1, 2).float(), dim=-1)
+    clusters = batched_kmeans(points, num_clusters, first=fine_saliency.argmax(dim=1), iters=kmeans_iters)
+    labels, _ = component_labels(clusters.reshape(B, h, w), min_area=1)
+    out: List[HierarchyCandidates] = []
+    for b in range(B):
+        cells = CellFeatures(
+            fine[b],
+            None if coarse is None else coarse[b],
+            None if fine_unit is None else fine_unit[b],
+            None if coarse_unit is None else coarse_unit[b],
+        )
+        lab = labels[b].numpy()
+        P0 = int(lab.max()) + 1
+        sums = cells.sums(F.one_hot(labels[b].flatten().to(fine.device), P0).T.float())  # (P0, C)
+        parts, P = absorb_small_parts(lab, (sums.double() @ sums.double().T).cpu().numpy(), min_area)
+        # The kept parts' sums: each old part's sum goes to the part it joined.
+        owner = torch.zeros(P0, dtype=torch.int64)
+        owner[torch.from_numpy(lab.ravel())] = torch.from_numpy(parts.ravel())
+        sums = torch.zeros(P, sums.shape[1], device=sums.device, dtype=sums.dtype).index_add_(
+            0, owner.to(sums.device), sums
+        )
+        onehot = F.one_hot(torch.from_numpy(parts).flatten().to(fine.device), P).T.float()  # (P, N)
+        member = torch.from_numpy(merge_tree(parts, (sums.double() @ sums.double().T).cpu().numpy()))  # (K, P)
+        member = member.to(fine.device).float()
+        masks = member @ onehot  # (K, N), 0/1: the parts are disjoint
+        f = node_factors(
+            masks, cells, coarse_saliency[b].float(), act[b], h, w, ring, inner=member @ sums,
+            graph=None if graph is None else graph[b],
+        )  # fmt: skip
+        out.append(HierarchyCandidates(_mask_boxes(masks, h, w), f, min_area, N))
+    return out
+
+
+def select_regions(
+    candidates: List[HierarchyCandidates],
+    exponents: Optional[dict] = None,
+    nms_iou: float = 0.5,
+    max_regions: int = 16,
+    score_power: float = 4.0,
+) -> List[Regions]:
+    """Step 4: every candidate scored by :func:`objectness`, non-maximum suppression, the best kept.
+
+    Args:
+        candidates: :func:`hierarchy_candidates`' output.
+        exponents: Overrides of :data:`OBJECTNESS_EXPONENTS`.
+        nms_iou: Candidates overlapping a better one at this IoU or more are dropped.
+        max_regions: Regions kept per image.
+        score_power: Kept scores are ``(score / best) ** score_power``.
+
+    Returns:
+        As :func:`hierarchy_regions`.
+    """
+    out: List[Regions] = []
+    for c in candidates:
+        f = c.factors
+        score = objectness(f, exponents) * (f["area"] >= c.min_area)
+        keep = _nms(c.boxes.cpu(), score.cpu(), nms_iou, max_regions)
+        if not keep:
+            out.append(Regions(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.ones(1), torch.tensor([c.cells]), True))
+            continue
+        s = score[keep].cpu().double()
+        out.append(
+            Regions(
+                boxes=c.boxes[keep].cpu(),
+                # a high score_power can take a weak region's score under float32's range: keep it > 0
+                scores=((s / s[0]) ** score_power).float().clamp(min=torch.finfo(torch.float32).tiny),
+                areas=f["area"][keep].cpu().round().to(torch.int64),
+            )
+        )
+    return out
+
+
 def hierarchy_regions(
     fine: Tensor,
     coarse: Optional[Tensor],
@@ -251,7 +253,8 @@ def hierarchy_regions(
     coarse_unit: Optional[Tensor] = None,
     graph: Optional[Tensor] = None,
 ) -> List[Regions]:
-    """Scored whole-object regions of a batch from its parts' merge hierarchy.
+    """Scored whole-object regions of a batch from its parts' merge hierarchy: :func:`hierarchy_candidates`
+    (steps 1-3), then :func:`select_regions` (step 4).
 
     Args:
         fine: (B, C1, h, w) fine feature maps (the parts' graph).
@@ -280,60 +283,11 @@ def hierarchy_regions(
         has score 1). An image without any candidate of objectness above ``MIN_SCORE`` gets the
         whole image with score 1 and ``fallback=True``.
     """
-    B, _, h, w = fine.shape
-    N = h * w
-    ctx = coarse if coarse is not None else fine
-    act = ctx.float().norm(dim=1, keepdim=True)
-    if act.shape[-2:] != (h, w):
-        act = F.interpolate(act, size=(h, w), mode="bilinear", align_corners=False)
-    act = act.flatten(1)
-    lo, hi = act.amin(1, keepdim=True), act.amax(1, keepdim=True)
-    act = torch.where(hi > lo, (act - lo) / (hi - lo).clamp(min=torch.finfo(act.dtype).tiny), torch.zeros_like(act))
-    points = F.normalize(embedding.transpose(1, 2).float(), dim=-1)
-    clusters = batched_kmeans(points, num_clusters, first=fine_saliency.argmax(dim=1), iters=kmeans_iters)
-    labels, _ = component_labels(clusters.reshape(B, h, w), min_area=1)
-    out: List[Regions] = []
-    for b in range(B):
-        cells = CellFeatures(
-            fine[b],
-            None if coarse is None else coarse[b],
-            None if fine_unit is None else fine_unit[b],
-            None if coarse_unit is None else coarse_unit[b],
-        )
-        lab = labels[b].numpy()
-        P0 = int(lab.max()) + 1
-        sums = cells.sums(F.one_hot(labels[b].flatten().to(fine.device), P0).T.float())  # (P0, C)
-        parts, P = absorb_small_parts(lab, (sums.double() @ sums.double().T).cpu().numpy(), min_area)
-        # The kept parts' sums: each old part's sum goes to the part it joined.
-        owner = torch.zeros(P0, dtype=torch.int64)
-        owner[torch.from_numpy(lab.ravel())] = torch.from_numpy(parts.ravel())
-        sums = torch.zeros(P, sums.shape[1], device=sums.device, dtype=sums.dtype).index_add_(
-            0, owner.to(sums.device), sums
-        )
-        onehot = F.one_hot(torch.from_numpy(parts).flatten().to(fine.device), P).T.float()  # (P, N)
-        member = torch.from_numpy(merge_tree(parts, (sums.double() @ sums.double().T).cpu().numpy()))  # (K, P)
-        member = member.to(fine.device).float()
-        masks = member @ onehot  # (K, N), 0/1: the parts are disjoint
-        f = node_factors(
-            masks, cells, coarse_saliency[b].float(), act[b], h, w, ring, inner=member @ sums,
-            graph=None if graph is None else graph[b],
-        )  # fmt: skip
-        score = objectness(f, exponents) * (f["area"] >= min_area)
-        boxes = _mask_boxes(masks, h, w)
-        keep = _nms(boxes.cpu(), score.cpu(), nms_iou, max_regions)
-        if not keep:
-            out.append(Regions(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.ones(1), torch.tensor([N]), True))
-            continue
-        s = score[keep].cpu().double()
-        out.append(
-            Regions(
-                boxes=boxes[keep].cpu(),
-                # a high score_power can take a weak region's score under float32's range: keep it > 0
-                scores=((s / s[0]) ** score_power).float().clamp(min=torch.finfo(torch.float32).tiny),
-                areas=f["area"][keep].cpu().round().to(torch.int64),
-            )
-        )
-    return out
+    candidates = hierarchy_candidates(
+        fine, coarse, embedding, fine_saliency, coarse_saliency, num_clusters=num_clusters, min_area=min_area,
+        ring=ring, kmeans_iters=kmeans_iters, fine_unit=fine_unit, coarse_unit=coarse_unit, graph=graph,
+    )  # fmt: skip
+    return select_regions(candidates, exponents, nms_iou=nms_iou, max_regions=max_regions, score_power=score_power)
 
 
 @dataclass(frozen=True)
@@ -374,14 +328,10 @@ class HierarchyOptions(ObjectsOptions):
             object.__setattr__(self, "objectness", {k: float(v) for k, v in self.objectness.items()})
 
 
-@torch.no_grad()
-def hierarchy_source(
+def _source_candidates(
     cut: CutOptions, options: HierarchyOptions, fine: Tensor, coarse: Optional[Tensor]
-) -> SaliencyResult:
-    """The ``"hierarchy"`` region source: parts from the fine map's k-way Ncut, saliency from the coarse map's Ncut
-    (the fine map's when ``coarse`` is None or under 3 cells), objectness from both and from the fine graph
-    (:func:`hierarchy_regions`).
-    Its ``maps`` are the coarse map's saliency on the fine grid."""
+) -> Tuple[List[HierarchyCandidates], Tensor, Tensor]:
+    """The candidates of :func:`hierarchy_source`, its maps (B, N) and the fine map's Fiedler vectors (B, N)."""
     unit, Y, y, flat, W = spectral_embedding(fine, cut, options.num_vectors, "hierarchy")  # checks the map first
     B, _, h, w = fine.shape
     fine_sal = normalize_maps(y)
@@ -398,10 +348,37 @@ def hierarchy_source(
     else:
         sal, coarse_unit = fine_sal, None
     sal = torch.where(flat[:, None], torch.zeros_like(sal), sal)  # identical features: whole-image fallback
-    regions = hierarchy_regions(
+    candidates = hierarchy_candidates(
         fine, coarse, Y, fine_sal, sal, num_clusters=options.num_clusters,
         min_area=options.min_cells(cut, h, w), ring=options.ring,
-        nms_iou=options.nms_iou, max_regions=options.max_regions, score_power=options.score_power,
-        exponents=options.objectness, fine_unit=unit, coarse_unit=coarse_unit, graph=W,
+        fine_unit=unit, coarse_unit=coarse_unit, graph=W,
     )  # fmt: skip
+    return candidates, sal, y
+
+
+@torch.no_grad()
+def source_candidates(
+    cut: CutOptions, options: HierarchyOptions, fine: Tensor, coarse: Optional[Tensor]
+) -> List[HierarchyCandidates]:
+    """The candidates :func:`hierarchy_source` selects its regions from, one :class:`HierarchyCandidates` per image:
+    ``select_regions(source_candidates(cut, options, fine, coarse), options.objectness, options.nms_iou,
+    options.max_regions, options.score_power)`` are the source's regions. For sweeps of the selection's options
+    (``benchmarks/objectness_sweep.py``); the options' selection fields are not read here."""
+    return _source_candidates(cut, options, fine, coarse)[0]
+
+
+@torch.no_grad()
+def hierarchy_source(
+    cut: CutOptions, options: HierarchyOptions, fine: Tensor, coarse: Optional[Tensor]
+) -> SaliencyResult:
+    """The ``"hierarchy"`` region source: parts from the fine map's k-way Ncut, saliency from the coarse map's Ncut
+    (the fine map's when ``coarse`` is None or under 3 cells), objectness from both and from the fine graph
+    (:func:`hierarchy_candidates`, then :func:`select_regions`).
+    Its ``maps`` are the coarse map's saliency on the fine grid."""
+    candidates, sal, y = _source_candidates(cut, options, fine, coarse)
+    regions = select_regions(
+        candidates, options.objectness, nms_iou=options.nms_iou, max_regions=options.max_regions,
+        score_power=options.score_power,
+    )  # fmt: skip
+    B, _, h, w = fine.shape
     return SaliencyResult(maps=sal.reshape(B, h, w).float(), regions=regions, fiedler=y)

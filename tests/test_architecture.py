@@ -130,6 +130,8 @@ def test_the_split_modules_keep_their_concepts_apart() -> None:
     }  # drawing only; the viewer writes files
     assert "sgcl_plugin.ncut" not in graph["sgcl_plugin.ncut_dense"] | graph["sgcl_plugin.ncut_krylov"]
     assert graph["sgcl_plugin.pair_losses"] <= {"sgcl_plugin.checks"}
+    # a candidate's objectness reads its cells and graph, nothing of the cuts or merges that made it
+    assert graph["sgcl_plugin.objectness_factors"] <= {"sgcl_plugin.affinity", "sgcl_plugin.regions"}
     assert "sgcl_plugin.losses" not in set().union(*graph.values())  # the losses' namespace; no module reads it
 
 

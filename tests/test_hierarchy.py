@@ -10,9 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from sgcl_plugin import SaliencyBank, SaliencyGenerator
-from sgcl_plugin.hierarchy import OBJECTNESS_EXPONENTS, CellFeatures, node_factors, objectness
+from sgcl_plugin.hierarchy import (
+    OBJECTNESS_EXPONENTS,
+    CellFeatures,
+    HierarchyCandidates,
+    HierarchyOptions,
+    hierarchy_source,
+    node_factors,
+    objectness,
+    select_regions,
+    source_candidates,
+)
 from sgcl_plugin.part_merging import absorb_small_parts, merge_tree
 from sgcl_plugin.regions import box_iou
+from sgcl_plugin.spectral import CutOptions
 
 
 def _gram(labels: np.ndarray, cells: np.ndarray) -> np.ndarray:
@@ -344,6 +355,58 @@ def test_a_steep_score_power_keeps_every_score_positive():
     bank = SaliencyBank(1, max_regions=16)
     boxes, scores, counts = steep.padded(16)
     bank.write(boxes, scores, counts, torch.tensor([False]))
+
+
+def test_select_regions_by_hand():
+    """Step 4 on four candidates with factors set by hand: the product of the factors to their exponents ranks
+    them, a smaller one is zeroed, NMS drops the one overlapping a better box, scores are (s / best) ** power."""
+    names = ("saliency", "contrast", "frame", "activation", "coherence", "separation")
+    table = [  # saliency, contrast, frame, activation, coherence, separation, area
+        (0.9, 0.5, 0.0, 0.8, 0.7, 0.6, 10),
+        (0.8, 0.6, 0.5, 0.9, 0.6, 0.7, 12),  # overlaps candidate 0's box at IoU 0.6
+        (0.5, 0.3, 0.0, 0.5, 0.9, 0.8, 20),
+        (1.0, 0.9, 0.0, 1.0, 1.0, 1.0, 3),  # the best factors, but under min_area
+    ]
+    factors = {n: torch.tensor([row[i] for row in table], dtype=torch.float64) for i, n in enumerate(names)}
+    factors["area"] = torch.tensor([row[6] for row in table], dtype=torch.float64)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.3], [0.5, 0.5, 1.0, 1.0], [0.6, 0.0, 0.7, 0.1]])
+    cand = HierarchyCandidates(boxes, factors, min_area=4, cells=64)
+    exps = {"saliency": 1, "contrast": 2, "frame": 2, "activation": 1, "coherence": 1, "separation": 3}
+
+    def by_hand(row):
+        s = 1.0
+        for i, n in enumerate(names):
+            v = 1 - row[i] if n == "frame" else row[i]
+            s *= v ** exps[n]
+        return s
+
+    s = [by_hand(row) for row in table[:3]]
+    assert s[0] > s[1] > s[2]  # candidate 1 loses to 0 and overlaps it: dropped
+    assert float(box_iou(boxes[:1], boxes[1:2])) == pytest.approx(0.6)
+    r = select_regions([cand], exps, nms_iou=0.5, max_regions=16, score_power=3.0)[0]
+    assert r.boxes.tolist() == boxes[[0, 2]].tolist() and r.areas.tolist() == [10, 20] and not r.fallback
+    torch.testing.assert_close(r.scores, torch.tensor([1.0, (s[2] / s[0]) ** 3], dtype=torch.float32))
+    loose = select_regions([cand], exps, nms_iou=0.7, max_regions=2, score_power=1.0)[0]
+    assert loose.boxes.tolist() == boxes[[0, 1]].tolist()  # IoU 0.6 < 0.7 keeps it; two regions at most
+    torch.testing.assert_close(loose.scores, torch.tensor([1.0, s[1] / s[0]], dtype=torch.float32))
+    dead = HierarchyCandidates(boxes, {**factors, "saliency": torch.zeros(4, dtype=torch.float64)}, 4, 64)
+    r = select_regions([dead])[0]
+    assert r.fallback and r.boxes.tolist() == [[0.0, 0.0, 1.0, 1.0]] and r.areas.tolist() == [64]
+
+
+def test_source_candidates_select_to_the_source_and_generator_regions():
+    f, _ = _scene([(3, 2, 9, 7), (8, 10, 13, 15)])
+    fine, coarse = f[None], F.avg_pool2d(f[None], 2)
+    options = HierarchyOptions(nms_iou=0.3, max_regions=5, score_power=2.0, objectness={"frame": 1.0})
+    cands = source_candidates(CutOptions(), options, fine, coarse)
+    assert len(cands) == 1 and len(cands[0]) == cands[0].factors["area"].shape[0] > 5
+    got = select_regions(cands, options.objectness, options.nms_iou, options.max_regions, options.score_power)[0]
+    want = hierarchy_source(CutOptions(), options, fine, coarse).regions[0]
+    gen = SaliencyGenerator(regions="hierarchy", options=options)((fine, coarse)).regions[0]
+    for r in (want, gen):
+        assert torch.equal(got.boxes, r.boxes) and torch.equal(got.scores, r.scores)
+        assert torch.equal(got.areas, r.areas)
+    assert len(got) <= 5 and not got.fallback
 
 
 def test_real_photos_whole_objects_beat_parts():

@@ -49,3 +49,21 @@ def test_a_small_sweep_measures_each_variant_and_checks_the_floors(tmp_path):
     m = sq.region_metrics([items[i] for i in photos], [regions[i] for i in photos])
     assert rows[0]["lite0"]["dev"][:2] == pytest.approx([m["corloc"], m["recall"]])
     assert json.loads(out.read_text())["rows"][1]["overrides"] == {"separation": 0.0}
+
+
+def test_a_shortlist_measures_only_the_best_top_boxes():
+    argv = ["--vary", "separation=3,0", "--vary", "frame=2,0", "--splits", "dev", "--sources", "skimage",
+            "--num-scenes", "4", "--pairs", "2", "--composed-corloc", "0", "--shortlist", "1"]  # fmt: skip
+    rows = sweep.main(argv)
+    assert len(rows) == 2 and rows[0]["overrides"] == {}  # the defaults and the one best variant
+    items = sq.scenes(4, splits=["dev"], sources=["skimage"])
+    lite = efficientnet_lite0().eval()
+    f = tuple(sq.features(FeatureMaps(lite, stride=s), items, 448, lite.mean, lite.std)[0] for s in (16, 32))
+    best = []
+    for overrides in sweep.variants({"separation": [3.0, 0.0], "frame": [2.0, 0.0]})[1:]:
+        regions, _, _ = sq.generate(SaliencyGenerator(regions="hierarchy", objectness=overrides), f, len(items))
+        photos = [i for i, it in enumerate(items) if it["set"] == "dev"]
+        best.append(sq.region_metrics([items[i] for i in photos], [regions[i] for i in photos])["corloc"])
+    assert rows[1]["lite0"]["dev"][0] == max(best)
+    with pytest.raises(SystemExit, match="shortlist"):
+        sweep.main(["--shortlist", "-1"])
