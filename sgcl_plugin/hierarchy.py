@@ -127,6 +127,20 @@ class HierarchyCandidates:
     min_area: int
     cells: int
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.boxes, Tensor) or self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
+            shape = tuple(self.boxes.shape) if isinstance(self.boxes, Tensor) else type(self.boxes).__name__
+            raise ValueError(f"boxes must be a (K, 4) tensor, got {shape}.")
+        K = self.boxes.shape[0]
+        missing = sorted({"area", *OBJECTNESS_EXPONENTS} - set(self.factors))
+        if missing:
+            raise ValueError(f"factors lacks {missing}; node_factors gives every one.")
+        bad = {k: tuple(v.shape) for k, v in self.factors.items() if not isinstance(v, Tensor) or v.shape != (K,)}
+        if bad:
+            raise ValueError(f"every factor must be a ({K},) tensor, one value per box; got shapes {bad}.")
+        self.min_area = check_int("min_area", self.min_area, 1)
+        self.cells = check_int("cells", self.cells, 1)
+
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
@@ -214,7 +228,14 @@ def select_regions(
 
     Returns:
         As :func:`hierarchy_regions`.
+
+    Raises:
+        ValueError: ``nms_iou`` outside (0, 1], ``max_regions`` < 1, ``score_power`` not finite and > 0, or an
+            unknown factor in ``exponents``.
     """
+    nms_iou = check_interval("nms_iou", nms_iou, 0, 1, low_open=True)
+    max_regions = check_int("max_regions", max_regions, 1)
+    score_power = check_number("score_power", score_power, 0, strict=True)
     out: List[Regions] = []
     for c in candidates:
         f = c.factors

@@ -394,6 +394,27 @@ def test_select_regions_by_hand():
     assert r.fallback and r.boxes.tolist() == [[0.0, 0.0, 1.0, 1.0]] and r.areas.tolist() == [64]
 
 
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda f, b: HierarchyCandidates(b[:, :3], f, 4, 64), r"\(K, 4\)"),
+        (lambda f, b: HierarchyCandidates(b, {k: v for k, v in f.items() if k != "frame"}, 4, 64), "lacks"),
+        (lambda f, b: HierarchyCandidates(b, {**f, "area": f["area"][:2]}, 4, 64), "one value per box"),
+        (lambda f, b: HierarchyCandidates(b, f, 0, 64), "min_area"),
+        (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], nms_iou=0.0), "nms_iou"),
+        (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], max_regions=0), "max_regions"),
+        (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], score_power=float("nan")), "score_power"),
+        (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], {"size": 1.0}), "Unknown objectness"),
+    ],
+)
+def test_bad_candidates_and_selections_are_refused(make, match):
+    factors = {k: torch.rand(3) for k in OBJECTNESS_EXPONENTS}
+    factors["area"] = torch.full((3,), 8.0)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0]])
+    with pytest.raises(ValueError, match=match):
+        make(factors, boxes)
+
+
 def test_source_candidates_select_to_the_source_and_generator_regions():
     f, _ = _scene([(3, 2, 9, 7), (8, 10, 13, 15)])
     fine, coarse = f[None], F.avg_pool2d(f[None], 2)
