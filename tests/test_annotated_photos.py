@@ -208,6 +208,40 @@ def test_a_photo_pickle_that_asks_for_code_is_refused(tmp_path, monkeypatch):
         load_annotated_photos(["test2"], sources=["scipy"])
 
 
+def test_a_tar_gz_sources_photos_are_read_in_one_pass(tmp_path, monkeypatch):
+    """A stand-in for face_recognition 1.3.0's sdist (a .tar.gz: a gzip stream has no index): its four photos load
+    with their pixels, and the archive is opened once for all of them, not once a photo."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    import sgcl_plugin.annotated_photos as ap
+
+    monkeypatch.setenv("SGCL_PHOTO_ARCHIVES", str(tmp_path))
+    entries = [e for e in ENTRIES if e["source"] == "face_recognition"]
+    images = {}
+    with tarfile.open(tmp_path / "face_recognition-1.3.0.tar.gz", "w:gz") as tar:
+        for k, e in enumerate(entries):
+            W, H = e["size"]
+            img = ((np.arange(H * W * 3).reshape(H, W, 3) * (k + 1)) % 251).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")  # lossless, whatever the name says
+            info = tarfile.TarInfo(f"face_recognition-1.3.0/tests/test_images/{e['name']}")
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+            images[e["name"]] = img
+    opened = []
+    real_open = tarfile.open
+    monkeypatch.setattr(ap.tarfile, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    ap._tar_members.cache_clear()
+    photos = load_annotated_photos(["test3"], sources=["face_recognition"])
+    assert [p.name for p in photos] == [e["name"] for e in entries] and len(opened) == 1
+    for p in photos:
+        np.testing.assert_array_equal(p.image, images[p.name])
+    ap._tar_members.cache_clear()
+
+
 def test_the_second_test_splits_photos_load_where_downloaded():
     """The 15 test2 photos, read out of the five release files (after `python -m sgcl_plugin.annotated_photos
     --download`), at the sizes they were annotated at."""
