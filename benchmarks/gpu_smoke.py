@@ -255,6 +255,8 @@ def throughput_rows(device: torch.device, images: int, size: int, workers: int) 
             rate = images / (time.perf_counter() - t0)
             rows.append((check, "ok", f"{rate:.1f} images/s ({images} images, batch {batch}, {workers} workers)"))
             rows.append(share_row(gen, model, device, batch, size, mode))
+            if mode == "hierarchy":
+                rows.append(hierarchy_stages_row(model, device, batch, size))
         except Exception as err:  # noqa: BLE001
             rows.append((check, "FAIL", f"{type(err).__name__}: {err}"[:200]))
     return rows
@@ -271,6 +273,29 @@ def share_row(gen: Any, model: Any, device: torch.device, batch: int, size: int,
             _, saliency_ms = timed(lambda: gen(feats), device)
         share = 100 * saliency_ms / forward_ms
         detail = f"{share:.1f}% (forward {forward_ms:.1f} ms, saliency {saliency_ms:.1f} ms, batch {batch})"
+        return (check, "ok", detail)
+    except Exception as err:  # noqa: BLE001
+        return (check, "FAIL", f"{type(err).__name__}: {err}"[:200])
+
+
+def hierarchy_stages_row(model: Any, device: torch.device, batch: int, size: int) -> Row:
+    """Where the hierarchy mode's time goes on one batch: the fine map's graph and embedding, the rest of the
+    candidates (the coarse cut, k-means, the per-image merges on the CPU and the factors), and the selection."""
+    from sgcl_plugin.hierarchy import HierarchyOptions, select_regions, source_candidates
+    from sgcl_plugin.spectral import CutOptions, spectral_embedding
+
+    check = f"hierarchy mode's stages, ResNet-50 at {size} px"
+    try:
+        cut, options = CutOptions(), HierarchyOptions()
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(batch, 3, size, size, generator=g).to(device)
+        with torch.no_grad():
+            fine, coarse = model(x)
+            _, embed_ms = timed(lambda: spectral_embedding(fine, cut, options.num_vectors, "hierarchy"), device)
+            cands, cands_ms = timed(lambda: source_candidates(cut, options, fine, coarse), device)
+            _, select_ms = timed(lambda: select_regions(cands), device)
+        detail = (f"batch {batch}: fine graph + embedding {embed_ms:.1f} ms, rest of the candidates (coarse cut, "
+                  f"k-means, merges, factors) {cands_ms - embed_ms:.1f} ms, selection {select_ms:.1f} ms")  # fmt: skip
         return (check, "ok", detail)
     except Exception as err:  # noqa: BLE001
         return (check, "FAIL", f"{type(err).__name__}: {err}"[:200])

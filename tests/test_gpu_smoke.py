@@ -19,7 +19,7 @@ def test_quick_run_passes_every_check_and_writes_its_block(tmp_path, capsys) -> 
     assert gpu_smoke.main(["--device", "cpu", "--quick", "--doc", str(doc)]) == 0
     out = capsys.readouterr().out
     for check in ("fiedler krylov, N = 144", "autocast, objects mode", "--augment-on-device", "bf16-mixed",
-                  "refresh throughput"):  # fmt: skip
+                  "refresh throughput", "hierarchy mode's stages"):  # fmt: skip
         assert check in out
     assert "FAIL" not in out
     text = doc.read_text()
