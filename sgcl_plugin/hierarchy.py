@@ -135,7 +135,11 @@ class HierarchyCandidates:
         missing = sorted({"area", *OBJECTNESS_EXPONENTS} - set(self.factors))
         if missing:
             raise ValueError(f"factors lacks {missing}; node_factors gives every one.")
-        bad = {k: tuple(v.shape) for k, v in self.factors.items() if not isinstance(v, Tensor) or v.shape != (K,)}
+        bad = {
+            k: tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            for k, v in self.factors.items()
+            if not isinstance(v, Tensor) or v.shape != (K,)
+        }
         if bad:
             raise ValueError(f"every factor must be a ({K},) tensor, one value per box; got shapes {bad}.")
         self.min_area = check_int("min_area", self.min_area, 1)

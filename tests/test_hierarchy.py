@@ -400,6 +400,7 @@ def test_select_regions_by_hand():
         (lambda f, b: HierarchyCandidates(b[:, :3], f, 4, 64), r"\(K, 4\)"),
         (lambda f, b: HierarchyCandidates(b, {k: v for k, v in f.items() if k != "frame"}, 4, 64), "lacks"),
         (lambda f, b: HierarchyCandidates(b, {**f, "area": f["area"][:2]}, 4, 64), "one value per box"),
+        (lambda f, b: HierarchyCandidates(b, {**f, "frame": [0.1, 0.2, 0.3]}, 4, 64), "list"),
         (lambda f, b: HierarchyCandidates(b, f, 0, 64), "min_area"),
         (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], nms_iou=0.0), "nms_iou"),
         (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], max_regions=0), "max_regions"),
