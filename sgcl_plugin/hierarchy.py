@@ -388,7 +388,19 @@ def source_candidates(
     """The candidates :func:`hierarchy_source` selects its regions from, one :class:`HierarchyCandidates` per image:
     ``select_regions(source_candidates(cut, options, fine, coarse), options.objectness, options.nms_iou,
     options.max_regions, options.score_power)`` are the source's regions. For sweeps of the selection's options
-    (``benchmarks/objectness_sweep.py``); the options' selection fields are not read here."""
+    (``benchmarks/objectness_sweep.py``); the options' selection fields are not read here.
+
+    Examples:
+        >>> from sgcl_plugin import FeatureMaps, SaliencyGenerator
+        >>> from sgcl_plugin.spectral import CutOptions
+        >>> fine, coarse = FeatureMaps(backbone, stride=(16, 32))(images)
+        >>> candidates = source_candidates(CutOptions(), HierarchyOptions(), fine, coarse)  # the cuts and merges, once
+        >>> for frame in (2.0, 1.0):  # then any number of selections
+        ...     regions = select_regions(candidates, {"frame": frame})
+        >>> same = SaliencyGenerator(objectness={"frame": 1.0})((fine, coarse)).regions
+        >>> all(torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores) for a, b in zip(regions, same))
+        True
+    """
     return _source_candidates(cut, options, fine, coarse)[0]
 
 
