@@ -243,18 +243,20 @@ def select_regions(
     out: List[Regions] = []
     for c in candidates:
         f = c.factors
-        score = objectness(f, exponents) * (f["area"] >= c.min_area)
-        keep = _nms(c.boxes.cpu(), score.cpu(), nms_iou, max_regions)
+        # three transfers off the device per image; the NMS and the indexing run on the CPU
+        score = (objectness(f, exponents) * (f["area"] >= c.min_area)).cpu()
+        boxes, area = c.boxes.cpu(), f["area"].cpu()
+        keep = _nms(boxes, score, nms_iou, max_regions)
         if not keep:
             out.append(Regions(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.ones(1), torch.tensor([c.cells]), True))
             continue
-        s = score[keep].cpu().double()
+        s = score[keep].double()
         out.append(
             Regions(
-                boxes=c.boxes[keep].cpu(),
+                boxes=boxes[keep],
                 # a high score_power can take a weak region's score under float32's range: keep it > 0
                 scores=((s / s[0]) ** score_power).float().clamp(min=torch.finfo(torch.float32).tiny),
-                areas=f["area"][keep].cpu().round().to(torch.int64),
+                areas=area[keep].round().to(torch.int64),
             )
         )
     return out
