@@ -94,8 +94,9 @@ photos annotated after that choice and run through a region source only once it 
 (docs/RESULTS.md#saliency-quality); ``test2``: 15 photos of five more sources, annotated (2026-12-05) after the
 separation factor's choice was written down and run through a region source once it was fixed; ``test3``: 17
 photos of five more sources (four Debian wallpaper packages, face_recognition's test photos), annotated
-(2026-12-05) and never yet run through a region source: kept for the next choice (the benchmark leaves it out
-until a rule for that choice is written down); ``aerial``: deepforest's tiles."""
+(2026-12-05) and run through a region source once, for the default and the one rule chosen for it
+(docs/RESULTS.md#saliency-quality; the benchmark leaves it out until that rule's adoption is decided);
+``aerial``: deepforest's tiles."""
 
 _INSTALL = {
     "skimage": "pip install scikit-image",
