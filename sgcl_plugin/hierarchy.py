@@ -55,8 +55,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import Tensor
 
 from sgcl_plugin.affinity import unit_affinity, unit_features
@@ -77,6 +79,7 @@ __all__ = [
     "hierarchy_candidates",
     "hierarchy_regions",
     "hierarchy_source",
+    "map_maturity",
     "node_factors",
     "objectness",
     "select_regions",
@@ -120,12 +123,16 @@ class HierarchyCandidates:
         factors: :func:`node_factors`' dict of (K,) tensors (``area`` in cells and the six factors).
         min_area: Smallest region kept, in cells (smaller candidates score 0).
         cells: Cells of the grid (the whole-image fallback's area).
+        maturity: Mean cosine between two cells of the coarse map (:func:`map_maturity`): a randomly initialised
+            network's cells are all alike (ResNet-18: 0.76-0.85), a trained one's are not (ImageNet Lite0:
+            0.10-0.51). 1.0 when unknown.
     """
 
     boxes: Tensor
     factors: Dict[str, Tensor]
     min_area: int
     cells: int
+    maturity: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.boxes, Tensor) or self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
@@ -162,12 +169,14 @@ def hierarchy_candidates(
     fine_unit: Optional[Tensor] = None,
     coarse_unit: Optional[Tensor] = None,
     graph: Optional[Tensor] = None,
+    blob_candidates: bool = False,
 ) -> List[HierarchyCandidates]:
     """Steps 1-3 of a batch: the parts, their merge hierarchy and every candidate's objectness factors.
 
-    Arguments as :func:`hierarchy_regions`. :func:`select_regions` turns the result into regions; holding the
-    candidates lets a sweep of the selection's options (exponents, NMS, scores) skip the cuts and the merges
-    (``benchmarks/objectness_sweep.py``).
+    Arguments as :func:`hierarchy_regions`; ``blob_candidates`` adds the paper's regions to the candidates: the
+    8-connected components (at least ``min_area`` cells) of the fine map's Ncut mask (``fine_saliency`` above its
+    mean, Eq. 4). :func:`select_regions` turns the result into regions; holding the candidates lets a sweep of the
+    selection's options (exponents, NMS, scores) skip the cuts and the merges (``benchmarks/objectness_sweep.py``).
 
     Returns:
         One :class:`HierarchyCandidates` per image.
@@ -184,6 +193,10 @@ def hierarchy_candidates(
     points = F.normalize(embedding.transpose(1, 2).float(), dim=-1)
     clusters = batched_kmeans(points, num_clusters, first=fine_saliency.argmax(dim=1), iters=kmeans_iters)
     labels, _ = component_labels(clusters.reshape(B, h, w), min_area=1)
+    semantic = coarse_unit if coarse_unit is not None else (unit_features(coarse) if coarse is not None else None)
+    if semantic is None:
+        semantic = fine_unit if fine_unit is not None else unit_features(fine)
+    maturity = map_maturity(semantic).cpu()
     out: List[HierarchyCandidates] = []
     for b in range(B):
         cells = CellFeatures(
@@ -206,12 +219,39 @@ def hierarchy_candidates(
         member = torch.from_numpy(merge_tree(parts, (sums.double() @ sums.double().T).cpu().numpy()))  # (K, P)
         member = member.to(fine.device).float()
         masks = member @ onehot  # (K, N), 0/1: the parts are disjoint
+        inner = member @ sums
+        if blob_candidates:
+            blobs = _blob_masks(fine_saliency[b], h, w, min_area)
+            if blobs is not None:
+                blobs = blobs.to(fine.device)
+                masks, inner = torch.cat([masks, blobs]), torch.cat([inner, cells.sums(blobs)])
         f = node_factors(
-            masks, cells, coarse_saliency[b].float(), act[b], h, w, ring, inner=member @ sums,
+            masks, cells, coarse_saliency[b].float(), act[b], h, w, ring, inner=inner,
             graph=None if graph is None else graph[b],
         )  # fmt: skip
-        out.append(HierarchyCandidates(_mask_boxes(masks, h, w), f, min_area, N))
+        out.append(HierarchyCandidates(_mask_boxes(masks, h, w), f, min_area, N, float(maturity[b])))
     return out
+
+
+def _blob_masks(saliency: Tensor, h: int, w: int, min_area: int) -> Optional[Tensor]:
+    """(k, N) float masks of the 8-connected components of ``saliency > mean`` with at least ``min_area`` cells, or
+    None."""
+    s = saliency.reshape(h, w).double().cpu().numpy()
+    labels, n = ndimage.label(s > s.mean(), structure=np.ones((3, 3), dtype=bool))
+    masks = [labels == k for k in range(1, n + 1) if (labels == k).sum() >= min_area]
+    return torch.from_numpy(np.stack(masks).reshape(len(masks), h * w)).float() if masks else None
+
+
+def map_maturity(units: Tensor) -> Tensor:
+    """(B,) mean cosine between two different cells of each map, from its cells as unit vectors (B, n, C)
+    (:func:`~sgcl_plugin.affinity.unit_features`); 1 for a map of one cell. High for a randomly initialised network,
+    whose cells are all alike; low for a trained one."""
+    n = units.shape[1]
+    if n < 2:
+        return torch.ones(units.shape[0], device=units.device)
+    u = units.double()
+    total = u.sum(1).pow(2).sum(-1) - u.pow(2).sum((1, 2))  # sum over ordered pairs i != j of cos(u_i, u_j)
+    return (total / (n * (n - 1))).float()
 
 
 def select_regions(
@@ -220,6 +260,8 @@ def select_regions(
     nms_iou: float = 0.5,
     max_regions: int = 16,
     score_power: float = 4.0,
+    mature_frame: Optional[float] = None,
+    maturity_threshold: float = 0.5,
 ) -> List[Regions]:
     """Step 4: every candidate scored by :func:`objectness`, non-maximum suppression, the best kept.
 
@@ -229,6 +271,9 @@ def select_regions(
         nms_iou: Candidates overlapping a better one at this IoU or more are dropped.
         max_regions: Regions kept per image.
         score_power: Kept scores are ``(score / best) ** score_power``.
+        mature_frame: The frame factor's exponent for images whose ``maturity`` is under ``maturity_threshold`` (a
+            trained network's maps); None: the same exponent for every image.
+        maturity_threshold: See ``mature_frame``.
 
     Returns:
         As :func:`hierarchy_regions`.
@@ -240,11 +285,16 @@ def select_regions(
     nms_iou = check_interval("nms_iou", nms_iou, 0, 1, low_open=True)
     max_regions = check_int("max_regions", max_regions, 1)
     score_power = check_number("score_power", score_power, 0, strict=True)
+    if mature_frame is not None:
+        mature_frame = check_number("mature_frame", mature_frame, 0)
+    maturity_threshold = check_number("maturity_threshold", maturity_threshold)
+    mature_exponents = {**(exponents or {}), "frame": mature_frame}
     out: List[Regions] = []
     for c in candidates:
         f = c.factors
+        gated = mature_frame is not None and c.maturity < maturity_threshold
         # three transfers off the device per image; the NMS and the indexing run on the CPU
-        score = (objectness(f, exponents) * (f["area"] >= c.min_area)).cpu()
+        score = (objectness(f, mature_exponents if gated else exponents) * (f["area"] >= c.min_area)).cpu()
         boxes, area = c.boxes.cpu(), f["area"].cpu()
         keep = _nms(boxes, score, nms_iou, max_regions)
         if not keep:
@@ -327,17 +377,27 @@ class HierarchyOptions(ObjectsOptions):
         score_power: Kept scores are ``(objectness / best) ** score_power``.
         objectness: Exponents of the objectness factors that differ from :data:`OBJECTNESS_EXPONENTS` (0 leaves a
             factor out); None for the defaults.
+        mature_frame: The frame exponent for images whose coarse map is "mature" (:func:`map_maturity` under
+            ``maturity_threshold``: a trained network's); None (default) uses one exponent for every image.
+        maturity_threshold: See ``mature_frame``.
+        blob_candidates: Add the paper's regions (the components of the fine map's Ncut mask) to the candidates.
+
+    The last three with ``score_power=12`` make the combination that qualified on the seen photos and ran once on
+    the unseen test 3 split (docs/RESULTS.md, "Six more ranking levers"): an option until the testbed confirms it.
 
     Raises:
         ValueError: what :class:`~sgcl_plugin.objects.ObjectsOptions` refuses, ``nms_iou`` outside (0, 1],
             ``max_regions`` < 1, ``score_power`` not finite and > 0, an unknown factor or an exponent not finite
-            and >= 0.
+            and >= 0, ``mature_frame`` < 0 or not finite, ``maturity_threshold`` not finite.
     """
 
     nms_iou: float = 0.5
     max_regions: int = 16
     score_power: float = 4.0
     objectness: Optional[Dict[str, float]] = None
+    mature_frame: Optional[float] = None
+    maturity_threshold: float = 0.5
+    blob_candidates: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -353,6 +413,11 @@ class HierarchyOptions(ObjectsOptions):
             if bad:
                 raise ValueError(f"objectness takes exponents >= 0 of {sorted(OBJECTNESS_EXPONENTS)}, got {bad}.")
             object.__setattr__(self, "objectness", {k: float(v) for k, v in self.objectness.items()})
+        if self.mature_frame is not None:
+            object.__setattr__(self, "mature_frame", check_number("mature_frame", self.mature_frame, 0))
+        object.__setattr__(self, "maturity_threshold", check_number("maturity_threshold", self.maturity_threshold))
+        if not isinstance(self.blob_candidates, bool):
+            raise ValueError(f"blob_candidates must be True or False, got {self.blob_candidates!r}.")
 
 
 def _source_candidates(
@@ -378,7 +443,7 @@ def _source_candidates(
     candidates = hierarchy_candidates(
         fine, coarse, Y, fine_sal, sal, num_clusters=options.num_clusters,
         min_area=options.min_cells(cut, h, w), ring=options.ring,
-        fine_unit=unit, coarse_unit=coarse_unit, graph=W,
+        fine_unit=unit, coarse_unit=coarse_unit, graph=W, blob_candidates=options.blob_candidates,
     )  # fmt: skip
     return candidates, sal, y
 
@@ -417,7 +482,8 @@ def hierarchy_source(
     candidates, sal, y = _source_candidates(cut, options, fine, coarse)
     regions = select_regions(
         candidates, options.objectness, nms_iou=options.nms_iou, max_regions=options.max_regions,
-        score_power=options.score_power,
+        score_power=options.score_power, mature_frame=options.mature_frame,
+        maturity_threshold=options.maturity_threshold,
     )  # fmt: skip
     B, _, h, w = fine.shape
     return SaliencyResult(maps=sal.reshape(B, h, w).float(), regions=regions, fiedler=y)

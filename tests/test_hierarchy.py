@@ -15,7 +15,9 @@ from sgcl_plugin.hierarchy import (
     CellFeatures,
     HierarchyCandidates,
     HierarchyOptions,
+    hierarchy_candidates,
     hierarchy_source,
+    map_maturity,
     node_factors,
     objectness,
     select_regions,
@@ -23,7 +25,7 @@ from sgcl_plugin.hierarchy import (
 )
 from sgcl_plugin.part_merging import absorb_small_parts, merge_tree
 from sgcl_plugin.regions import box_iou
-from sgcl_plugin.spectral import CutOptions
+from sgcl_plugin.spectral import CutOptions, spectral_embedding
 
 
 def _gram(labels: np.ndarray, cells: np.ndarray) -> np.ndarray:
@@ -406,6 +408,10 @@ def test_select_regions_by_hand():
         (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], max_regions=0), "max_regions"),
         (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], score_power=float("nan")), "score_power"),
         (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], {"size": 1.0}), "Unknown objectness"),
+        (lambda f, b: select_regions([HierarchyCandidates(b, f, 4, 64)], mature_frame=-1.0), "mature_frame"),
+        (lambda f, b: HierarchyOptions(mature_frame=float("inf")), "mature_frame"),
+        (lambda f, b: HierarchyOptions(maturity_threshold=float("nan")), "maturity_threshold"),
+        (lambda f, b: HierarchyOptions(blob_candidates="yes"), "blob_candidates"),
     ],
 )
 def test_bad_candidates_and_selections_are_refused(make, match):
@@ -416,13 +422,62 @@ def test_bad_candidates_and_selections_are_refused(make, match):
         make(factors, boxes)
 
 
+def test_map_maturity_is_the_mean_cosine_of_two_different_cells():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    units = torch.stack([torch.stack([e1, e1, e2]), torch.stack([e1, e1, e1])])  # (2, 3, 2)
+    # pairs (0, 1), (0, 2), (1, 2): cosines 1, 0, 0 -> 1/3; all alike -> 1
+    torch.testing.assert_close(map_maturity(units), torch.tensor([1 / 3, 1.0]))
+    torch.testing.assert_close(map_maturity(units[:, :1]), torch.ones(2))  # one cell: no pair
+
+
+def test_the_maturity_gate_changes_the_frame_exponent_of_mature_maps_only():
+    factors = {k: torch.tensor([0.9, 0.95, 0.8]) for k in OBJECTNESS_EXPONENTS}
+    factors["frame"] = torch.tensor([0.0, 0.6, 0.1])  # candidate 1 touches the border most
+    factors["contrast"] = torch.tensor([0.5, 0.9, 0.4])
+    factors["area"] = torch.full((3,), 9.0)
+    boxes = torch.tensor([[0.0, 0.0, 0.3, 0.3], [0.0, 0.0, 1.0, 0.9], [0.6, 0.6, 1.0, 1.0]])
+    young, mature = (HierarchyCandidates(boxes, factors, 4, 64, maturity=m) for m in (0.8, 0.2))
+    gated = select_regions([young, mature], mature_frame=0.0)
+    plain = select_regions([young, mature])
+    no_frame = select_regions([mature], {"frame": 0.0})[0]
+    assert torch.equal(gated[0].boxes, plain[0].boxes) and torch.equal(gated[0].scores, plain[0].scores)
+    assert torch.equal(gated[1].boxes, no_frame.boxes) and torch.equal(gated[1].scores, no_frame.scores)
+    assert not torch.equal(gated[1].boxes, plain[1].boxes)  # the case is real: the frame decides candidate 1's rank
+    threshold = select_regions([mature], mature_frame=0.0, maturity_threshold=0.1)[0]
+    assert torch.equal(threshold.boxes, plain[1].boxes)  # 0.2 is not under 0.1: not gated
+
+
+def test_blob_candidates_are_the_components_of_the_fine_mask_at_its_mean():
+    f, _ = _scene([(3, 2, 9, 7), (8, 10, 13, 15)])
+    fine = f[None]
+    h, w = fine.shape[-2:]
+    sal = torch.zeros(h, w)
+    sal[1:4, 1:5] = 1.0  # a 12-cell blob
+    sal[10:14, 10:13] = 0.8  # a 12-cell blob
+    sal[15, 0] = 0.9  # a speck under min_area
+    unit, Y, y, _, W = spectral_embedding(fine, CutOptions(), 4, "hierarchy")
+    args = (fine, None, Y, sal.flatten()[None], sal.flatten()[None])
+    plain = hierarchy_candidates(*args, min_area=4)[0]
+    blobs = hierarchy_candidates(*args, min_area=4, blob_candidates=True)[0]
+    assert len(blobs) == len(plain) + 2
+    torch.testing.assert_close(blobs.boxes[: len(plain)], plain.boxes)
+    want = torch.tensor([[1 / w, 1 / h, 5 / w, 4 / h], [10 / w, 10 / h, 13 / w, 14 / h]])
+    torch.testing.assert_close(blobs.boxes[len(plain) :], want)
+    assert blobs.factors["area"][len(plain) :].tolist() == [12.0, 12.0]
+
+
 def test_source_candidates_select_to_the_source_and_generator_regions():
     f, _ = _scene([(3, 2, 9, 7), (8, 10, 13, 15)])
     fine, coarse = f[None], F.avg_pool2d(f[None], 2)
-    options = HierarchyOptions(nms_iou=0.3, max_regions=5, score_power=2.0, objectness={"frame": 1.0})
+    options = HierarchyOptions(
+        nms_iou=0.3, max_regions=5, score_power=2.0, objectness={"frame": 1.0}, mature_frame=0.5, blob_candidates=True
+    )
     cands = source_candidates(CutOptions(), options, fine, coarse)
     assert len(cands) == 1 and len(cands[0]) == cands[0].factors["area"].shape[0] > 5
-    got = select_regions(cands, options.objectness, options.nms_iou, options.max_regions, options.score_power)[0]
+    assert len(cands[0]) > len(source_candidates(CutOptions(), HierarchyOptions(), fine, coarse)[0])  # the blobs
+    got = select_regions(
+        cands, options.objectness, options.nms_iou, options.max_regions, options.score_power, options.mature_frame
+    )[0]
     want = hierarchy_source(CutOptions(), options, fine, coarse).regions[0]
     gen = SaliencyGenerator(regions="hierarchy", options=options)((fine, coarse)).regions[0]
     for r in (want, gen):
