@@ -57,6 +57,11 @@ ROWS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "byol+crops+inter": ("byol", ("--regions", "objects", "--inter", "--no-scores"), "+ inter-image loss"),
     "sgcl-byol": ("byol", ("--regions", "objects", "--inter"), "+ scores = SGCL-BYOL"),
     "hier-crops": ("byol", ("--regions", "hierarchy", "--no-inter", "--no-scores"), "+ SGCL crops, hierarchy mode"),
+    "hier-photo-crops": (
+        "byol",
+        ("--regions", "hierarchy", "--photo-ranking", "--no-inter", "--no-scores"),
+        "+ SGCL crops, hierarchy mode, photo ranking (option)",
+    ),
     "hier-crops+scores": (
         "byol",
         ("--regions", "hierarchy", "--no-inter"),

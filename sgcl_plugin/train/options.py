@@ -105,6 +105,12 @@ def _add_sgcl_options(p: argparse.ArgumentParser, method: Optional[str]) -> None
     )  # fmt: skip
     sgcl.add_argument("--min-area", type=int, default=4, help="smallest region, in feature-map cells (paper: 4)")
     sgcl.add_argument(
+        "--photo-ranking", action="store_true",
+        help="hierarchy mode: rank regions with the option that qualified on real photos (frame exponent 1 for a "
+        "trained network's maps, the paper's regions as extra candidates, score power 12; docs/RESULTS.md); not the "
+        "default until the testbed confirms it",
+    )  # fmt: skip
+    sgcl.add_argument(
         "--before-refresh", choices=("crops", "regions"), default="crops",
         help="before the first refresh: random crops of the whole image, or Algorithm 1's t random regions "
         "with rule-R pairs inside",
@@ -421,6 +427,8 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--max-side applies to --data <folder>; composed scenes are drawn at --image-size")
     if args.sgcl and args.regions == "gt" and args.data != "composed":
         parser.error("--regions gt needs the composed scenes (--data composed): a folder has no boxes")
+    if args.photo_ranking and args.regions != "hierarchy":
+        parser.error(f"--photo-ranking ranks the hierarchy mode's regions; --regions is {args.regions}")
     if args.epochs == 0 and args.no_eval:
         parser.error("--epochs 0 with --no-eval does nothing: evaluate the untrained network, or train")
 
