@@ -161,7 +161,8 @@ def main(argv: List[str] = None) -> List[Dict[str, object]]:  # type: ignore[ass
         f16, _ = sq.features(FeatureMaps(bb, stride=16), its, 448, bb.mean, bb.std)
         cands[name] = candidates((f16, f32), len(its))
     random_pairs = {s: sq.pair_rate([it for it in items if it["set"] == s], None, args.pairs) for s in real}
-    photos = sum(1 for it in items if it["set"] in real)
+    counts = {s: sum(1 for it in items if it["set"] == s) for s in real}
+    photos = sum(counts.values())
     todo = variants(vary)
     if args.shortlist and len(todo) > args.shortlist + 1:
         ranked = []
@@ -187,7 +188,6 @@ def main(argv: List[str] = None) -> List[Dict[str, object]]:  # type: ignore[ass
         misses += [f"{s} recall" for s in real if lite_m[s][1] < args.recall]
         if young < young_floor:
             misses.append("young network")
-        counts = {s: sum(1 for it in items if it["set"] == s) for s in real}
         pooled = sum(lite_m[s][0] * counts[s] for s in real) / photos
         rows.append({"exponents": {**OBJECTNESS_EXPONENTS, **overrides}, "overrides": overrides,
                      "lite0": {s: list(v) for s, v in lite_m.items()}, "r18_composed_pairs": young,

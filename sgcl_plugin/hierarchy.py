@@ -193,8 +193,11 @@ def hierarchy_candidates(
     points = F.normalize(embedding.transpose(1, 2).float(), dim=-1)
     clusters = batched_kmeans(points, num_clusters, first=fine_saliency.argmax(dim=1), iters=kmeans_iters)
     labels, _ = component_labels(clusters.reshape(B, h, w), min_area=1)
-    semantic = coarse_unit if coarse_unit is not None else (unit_features(coarse) if coarse is not None else None)
-    if semantic is None:
+    if coarse_unit is not None:  # the semantic stage's cells, as the saliency factor reads them
+        semantic = coarse_unit
+    elif coarse is not None:
+        semantic = unit_features(coarse)
+    else:
         semantic = fine_unit if fine_unit is not None else unit_features(fine)
     maturity = map_maturity(semantic).cpu()
     out: List[HierarchyCandidates] = []
@@ -238,7 +241,8 @@ def _blob_masks(saliency: Tensor, h: int, w: int, min_area: int) -> Optional[Ten
     None."""
     s = saliency.reshape(h, w).double().cpu().numpy()
     labels, n = ndimage.label(s > s.mean(), structure=np.ones((3, 3), dtype=bool))
-    masks = [labels == k for k in range(1, n + 1) if (labels == k).sum() >= min_area]
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    masks = [labels == k for k in range(1, n + 1) if areas[k] >= min_area]
     return torch.from_numpy(np.stack(masks).reshape(len(masks), h * w)).float() if masks else None
 
 
@@ -288,7 +292,7 @@ def select_regions(
     if mature_frame is not None:
         mature_frame = check_number("mature_frame", mature_frame, 0)
     maturity_threshold = check_number("maturity_threshold", maturity_threshold)
-    mature_exponents = {**(exponents or {}), "frame": mature_frame}
+    mature_exponents = None if mature_frame is None else {**(exponents or {}), "frame": mature_frame}
     out: List[Regions] = []
     for c in candidates:
         f = c.factors
