@@ -25,8 +25,9 @@ it meets the floors:
 - on each real split, pairs >= random BYOL crops' + ``--pair-margin`` (15) and recall >= ``--recall`` (60);
 - random ResNet-18 composed pairs >= the defaults' - ``--young-slack`` (2 points).
 
-The ``test3`` split is kept unseen for the next choice: it is refused unless ``--unseen-ok`` says the rule is
-written down. Prints a markdown table and writes the rows as JSON (``--out``).
+The ``test3`` split was run once, for the rule chosen on 2026-12-05 (docs/RESULTS.md); it is still refused
+unless ``--unseen-ok`` says a rule is written down, until a new unseen split takes its place. Prints a markdown
+table and writes the rows as JSON (``--out``).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def _add_sgcl_options(p: argparse.ArgumentParser, method: Optional[str]) -> None
         "--photo-ranking", action="store_true",
         help="hierarchy mode: rank regions with the option that qualified on real photos (frame exponent 1 for a "
         "trained network's maps, the paper's regions as extra candidates, score power 12; docs/RESULTS.md); not the "
-        "default until the testbed confirms it",
+        "default: on the testbed its crops lost 0.8 points of dense linear accuracy",
     )  # fmt: skip
     sgcl.add_argument(
         "--before-refresh", choices=("crops", "regions"), default="crops",
