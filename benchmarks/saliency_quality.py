@@ -12,7 +12,8 @@ Data, all offline (sgcl_plugin.annotated_photos; saliency input 448 px):
     after the frame exponent's choice and run through the sources once), **test 2** (15 photos of five release
     files, annotated after the separation factor's choice, run once) and **aerial** (deepforest's 4 tiles, 37-574
     small trees each: a hard case); the **test3** split is left out: it was run once, for one chosen rule
-    (docs/RESULTS.md), and joins this table when that rule's adoption is settled;
+    (docs/RESULTS.md), and joins this table when that rule's adoption is settled; so is **test4** (17 photos of
+    five more source archives, never run through a region source: kept unseen for the next choice);
   - composed scenes of the test split (exact masks).
 Sources, each giving scored boxes per image (and a saliency map where it has one):
   - SGCL's paper mode (Eq. 4-5) on the last map (stride 32) and on the stride-16 stage;
@@ -64,7 +65,7 @@ MAX_REGIONS = 16  # what a SaliencyBank keeps per image by default
 SHOW = SHOW_SHARE  # a crop shows an object covering at least this share of it (and more than any other)
 
 
-SETS = ("dev", "heldout", "test", "test2", "aerial", "composed")  # "test3": see the module docstring
+SETS = ("dev", "heldout", "test", "test2", "aerial", "composed")  # not "test3", "test4": see the module docstring
 SET_NAMES = {"dev": "real, dev", "heldout": "real, held-out", "test": "real, test", "test2": "real, test 2",
              "aerial": "aerial", "composed": "composed"}  # fmt: skip
 
@@ -73,8 +74,8 @@ def scenes(
     num: int, splits: Optional[List[str]] = None, sources: Optional[List[str]] = None
 ) -> List[Dict[str, object]]:
     """The annotated real photos of ``splits`` (default: those of :data:`SETS`: dev, held-out, test, test 2,
-    aerial; not ``test3``, see the module docstring; ``sources``: all installed ones by default) and ``num``
-    composed scenes of the test split: image, boxes and per-object masks (filled boxes where a photo has no
+    aerial; not ``test3`` or ``test4``, see the module docstring; ``sources``: all installed ones by default) and
+    ``num`` composed scenes of the test split: image, boxes and per-object masks (filled boxes where a photo has no
     masks)."""
     from sgcl_plugin.annotated_photos import SPLITS, load_annotated_photos, object_masks
     from sgcl_plugin.testbed.scenes import ComposedScenes, masks_to_boxes

