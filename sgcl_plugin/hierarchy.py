@@ -73,6 +73,7 @@ from sgcl_plugin.spectral import CutOptions, flat_graphs, normalize_maps, orient
 __all__ = [
     "MIN_SCORE",
     "OBJECTNESS_EXPONENTS",
+    "PHOTO_RANKING",
     "CellFeatures",
     "HierarchyCandidates",
     "HierarchyOptions",
@@ -423,6 +424,10 @@ class HierarchyOptions(ObjectsOptions):
         object.__setattr__(self, "maturity_threshold", check_number("maturity_threshold", self.maturity_threshold))
         if not isinstance(self.blob_candidates, bool):
             raise ValueError(f"blob_candidates must be True or False, got {self.blob_candidates!r}.")
+
+
+PHOTO_RANKING = HierarchyOptions(mature_frame=1.0, blob_candidates=True, score_power=12.0)
+"""The photo-ranking option (the trainer's ``--photo-ranking``): see :class:`HierarchyOptions`' last three fields."""
 
 
 def _source_candidates(

@@ -21,8 +21,6 @@ from sgcl_plugin.backbones import efficientnet_lite0  # noqa: E402
 
 
 def test_the_unseen_splits_and_bad_exponents_are_refused():
-    with pytest.raises(SystemExit, match="kept unseen"):
-        sweep.main(["--splits", "dev", "test3"])
     with pytest.raises(SystemExit, match=r"\['test4'\] is kept unseen"):
         sweep.main(["--splits", "dev", "test4"])
     with pytest.raises(SystemExit, match="FACTOR one of"):

@@ -74,13 +74,13 @@ def test_the_trainer_builds_the_mode_it_is_given_and_refuses_none_silently() -> 
 
 
 def test_the_trainers_photo_ranking_builds_the_option_and_only_for_the_hierarchy_mode(tmp_path) -> None:
-    from sgcl_plugin.hierarchy import HierarchyOptions
+    from sgcl_plugin.hierarchy import PHOTO_RANKING, HierarchyOptions
     from sgcl_plugin.train import parse_args
     from sgcl_plugin.train.model import build_generator
 
     args = parse_args(["--regions", "hierarchy", "--photo-ranking", "--out", str(tmp_path)])
     options = build_generator(args).options
-    assert options == HierarchyOptions(mature_frame=1.0, blob_candidates=True, score_power=12.0)
+    assert options == HierarchyOptions(mature_frame=1.0, blob_candidates=True, score_power=12.0) == PHOTO_RANKING
     assert build_generator(parse_args(["--out", str(tmp_path)])).options == HierarchyOptions()
     with pytest.raises(SystemExit):
         parse_args(["--regions", "objects", "--photo-ranking", "--out", str(tmp_path)])

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from sgcl_plugin import SaliencyGenerator, SGCLObjective
 from sgcl_plugin.features import Stride, refresh_features
-from sgcl_plugin.hierarchy import HierarchyOptions
+from sgcl_plugin.hierarchy import PHOTO_RANKING
 from sgcl_plugin.images import IMAGENET_MEAN, IMAGENET_STD
 from sgcl_plugin.region_sources import DEFAULT_REGION_SOURCE, last_map_only, reads_pair
 
@@ -147,8 +147,7 @@ def build_generator(args: argparse.Namespace) -> SaliencyGenerator:
     # serves the pictures. Any other name is a mode of the table (SaliencyGenerator refuses an unknown one).
     mode = {"ncut": "paper", "gt": DEFAULT_REGION_SOURCE}.get(args.regions, args.regions)
     if getattr(args, "photo_ranking", False):  # parse_args allows it with the hierarchy mode only
-        options = HierarchyOptions(mature_frame=1.0, blob_candidates=True, score_power=12.0)
-        return SaliencyGenerator(min_area=args.min_area, regions=mode, options=options)
+        return SaliencyGenerator(min_area=args.min_area, regions=mode, options=PHOTO_RANKING)
     return SaliencyGenerator(min_area=args.min_area, regions=mode)
 
 
