@@ -345,7 +345,8 @@ def markdown(res: Dict[str, object], command: str) -> str:
     lines = [
         BEGIN,
         f"Reproduce: `{command}` (real photos: {counts.get('dev', 0)} dev, {counts.get('heldout', 0)} held-out, "
-        f"{counts.get('test', 0)} test, {counts.get('test2', 0)} test 2, {counts.get('aerial', 0)} aerial; "
+        f"{counts.get('test', 0)} test, {counts.get('test2', 0)} test 2, {counts.get('test3', 0)} test 3, "
+        f"{counts.get('aerial', 0)} aerial; "
         f"{counts.get('composed', 0)} composed "
         f"scenes of the test split; saliency input {res['size']} px, {res['pairs']} pairs per image). "
         f"Machine: {res['machine']}.",
@@ -359,7 +360,8 @@ def markdown(res: Dict[str, object], command: str) -> str:
         "**Real photos** (`sgcl_plugin.annotated_photos`; dev: the hierarchy mode's defaults were chosen on it; "
         "held-out: looked at only to report until 0.3, then used to choose the frame exponent and the separation "
         "factor; test: annotated after the frame exponent's choice, run through the sources once, then looked at photo "
-        "by photo; test 2: annotated after the separation factor's choice, run through the sources once):",
+        "by photo; test 2: annotated after the separation factor's choice, run through the sources once; test 3: "
+        "annotated after that, run once for the default and the photo-ranking option, choosing data since):",
         "",
         "| backbone | source | " + " | ".join(f"{SET_NAMES[s]} CorLoc | recall | pairs" for s in real) + " |",
         "|---|---|" + "---|---|---|" * len(real),
