@@ -64,7 +64,14 @@ from torch import Tensor
 from sgcl_plugin.affinity import unit_affinity, unit_features
 from sgcl_plugin.checks import check_int, check_interval, check_number
 from sgcl_plugin.ncut import fiedler_vector
-from sgcl_plugin.objectness_factors import MIN_SCORE, OBJECTNESS_EXPONENTS, CellFeatures, node_factors, objectness
+from sgcl_plugin.objectness_factors import (
+    MIN_SCORE,
+    OBJECTNESS_EXPONENTS,
+    CellFeatures,
+    map_maturity,
+    node_factors,
+    objectness,
+)
 from sgcl_plugin.objects import ObjectsOptions, batched_kmeans, component_labels
 from sgcl_plugin.part_merging import absorb_small_parts, merge_tree
 from sgcl_plugin.regions import Regions, SaliencyResult, box_iou
@@ -245,18 +252,6 @@ def _blob_masks(saliency: Tensor, h: int, w: int, min_area: int) -> Optional[Ten
     areas = np.bincount(labels.ravel(), minlength=n + 1)
     masks = [labels == k for k in range(1, n + 1) if areas[k] >= min_area]
     return torch.from_numpy(np.stack(masks).reshape(len(masks), h * w)).float() if masks else None
-
-
-def map_maturity(units: Tensor) -> Tensor:
-    """(B,) mean cosine between two different cells of each map, from its cells as unit vectors (B, n, C)
-    (:func:`~sgcl_plugin.affinity.unit_features`); 1 for a map of one cell. High for a randomly initialised network,
-    whose cells are all alike; low for a trained one."""
-    n = units.shape[1]
-    if n < 2:
-        return torch.ones(units.shape[0], device=units.device)
-    u = units.double()
-    total = u.sum(1).pow(2).sum(-1) - u.pow(2).sum((1, 2))  # sum over ordered pairs i != j of cos(u_i, u_j)
-    return (total / (n * (n - 1))).float()
 
 
 def select_regions(

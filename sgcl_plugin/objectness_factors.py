@@ -14,7 +14,7 @@ from torch import Tensor
 from sgcl_plugin.affinity import unit_affinity
 from sgcl_plugin.regions import border_mask
 
-__all__ = ["MIN_SCORE", "OBJECTNESS_EXPONENTS", "CellFeatures", "node_factors", "objectness"]
+__all__ = ["MIN_SCORE", "OBJECTNESS_EXPONENTS", "CellFeatures", "map_maturity", "node_factors", "objectness"]
 
 OBJECTNESS_EXPONENTS = {
     "saliency": 1.0,
@@ -148,3 +148,15 @@ def objectness(f: dict, exponents: Optional[dict] = None) -> Tensor:
         * f["separation"].clamp(min=0) ** e["separation"]
     )
     return score
+
+
+def map_maturity(units: Tensor) -> Tensor:
+    """(B,) mean cosine between two different cells of each map, from its cells as unit vectors (B, n, C)
+    (:func:`~sgcl_plugin.affinity.unit_features`); 1 for a map of one cell. High for a randomly initialised network,
+    whose cells are all alike; low for a trained one."""
+    n = units.shape[1]
+    if n < 2:
+        return torch.ones(units.shape[0], device=units.device)
+    u = units.double()
+    total = u.sum(1).pow(2).sum(-1) - u.pow(2).sum((1, 2))  # sum over ordered pairs i != j of cos(u_i, u_j)
+    return (total / (n * (n - 1))).float()
