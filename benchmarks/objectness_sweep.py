@@ -27,8 +27,7 @@ it meets the floors:
 
 The ``test4`` split (annotated 2026-12-05, never run through a region source: kept unseen for the next choice) is
 refused unless ``--unseen-ok`` says a rule is written down; ``test3`` was run once, for the rule chosen on 2026-12-05
-(docs/RESULTS.md), and is choosing data since. Prints a markdown
-table and writes the rows as JSON (``--out``).
+(docs/RESULTS.md), and is choosing data since. Prints a markdown table and writes the rows as JSON (``--out``).
 """
 
 from __future__ import annotations

